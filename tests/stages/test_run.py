@@ -202,3 +202,63 @@ def test_toy_recipe_runs_end_to_end_and_the_second_step_starts_from_the_first(tm
     recorded = yaml.safe_load((tmp_path / "sft_b" / "config.yaml").read_text())
     assert recorded["model"]["name"] == f"{tmp_path / 'sft_a'}/model"
     assert statuses(run.run(cfg)) == [("sft_a", "skipped"), ("sft_b", "skipped")]
+
+
+def write_profiled(tmp_path: Path, profiles: dict) -> Path:
+    path = write_recipe(tmp_path, a={"seed": 3, "phases": [{"data": "builtin:toy", "max_steps": 40}]})
+    data = yaml.safe_load(path.read_text())
+    data["profiles"] = profiles
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_profile_merges_overrides_into_one_step_and_uses_its_own_directory(tmp_path, calls):
+    small = {
+        "output_dir": str(tmp_path / "small"),
+        "steps": {"a": {"phases": [{"data": "builtin:toy", "max_steps": 2}]}},
+    }
+    path = write_profiled(tmp_path, {"small": small})
+    cfg = load_config(run.Config, path, ["profile=small"], stage="run")
+    a, b = run.resolve_steps(cfg)
+    assert a.config.phases[0].max_steps == 2  # the list was replaced by the profile's
+    assert a.config.seed == 3  # a key the profile does not name keeps the recipe's value
+    assert Path(a.config.output_dir) == tmp_path / "small" / "a"
+    assert b.config.model.name == str(tmp_path / "small" / "a" / "model")  # references follow the profile
+    result = run.run(cfg)
+    assert (tmp_path / "small" / "recipe_state.json").exists() and not (tmp_path / "out").exists()
+    assert statuses(result) == [("a", "ran"), ("b", "ran")]
+    # without the profile the recipe is unchanged
+    full_a = run.resolve_steps(load_config(run.Config, path, stage="run"))[0]
+    assert (
+        full_a.config.phases[0].max_steps == 40 and Path(full_a.config.output_dir) == tmp_path / "out" / "a"
+    )
+
+
+def test_a_profile_drops_a_step_but_not_one_that_a_later_step_needs(tmp_path, calls):
+    path = write_profiled(tmp_path, {"no_b": {"drop": ["b"]}, "no_a": {"drop": ["a"]}})
+    steps = run.resolve_steps(load_config(run.Config, path, ["profile=no_b"], stage="run"))
+    assert [s.name for s in steps] == ["a"]
+    with pytest.raises(ConfigError, match=r"unknown reference \$\{steps\.a\.output_dir\}"):
+        run.resolve_steps(load_config(run.Config, path, ["profile=no_a"], stage="run"))
+
+
+@pytest.mark.parametrize(
+    "profiles, override, message",
+    [
+        ({"small": {}}, "profile=big", "profile 'big' is not defined in profiles \\(known: small\\)"),
+        ({"small": {"drop": ["c"]}}, "profile=small", "profiles.small.drop: unknown step\\(s\\) c"),
+        ({"small": {"steps": {"c": {}}}}, "profile=small", "profiles.small.steps: unknown step\\(s\\) c"),
+        ({"small": {"steps": {"a": 3}}}, "profile=small", "profiles.small.steps.a: must be a mapping"),
+        ({"small": {"stepz": {}}}, "profile=small", "stepz"),
+    ],
+)
+def test_bad_profiles_are_config_errors(tmp_path, profiles, override, message):
+    path = write_profiled(tmp_path, profiles)
+    with pytest.raises(ConfigError, match=message):
+        load_config(run.Config, path, [override], stage="run")
+
+
+def test_a_profile_override_the_stage_rejects_names_the_step_and_profile(tmp_path, calls):
+    path = write_profiled(tmp_path, {"small": {"steps": {"a": {"optim": {"micro_batch_sizes": 2}}}}})
+    with pytest.raises(ConfigError, match=r"recipe step 'a' \(profile 'small'\).*micro_batch_sizes"):
+        run.resolve_steps(load_config(run.Config, path, ["profile=small"], stage="run"))

@@ -24,6 +24,20 @@ A recipe wires one step's outputs to the next step's inputs with references in s
         stage: pairs
         config:
           input: ${steps.rationales.output_dir}/rationales.jsonl
+
+A recipe may define named *profiles*: the same chain at another size (a CPU demo, a reduced run). A profile
+gives the recipe another ``output_dir``, deep-merges overrides into named steps' configs, and may drop steps
+(no later step may then refer to a dropped one)::
+
+    profiles:
+      small:
+        output_dir: runs/my-recipe-small
+        drop: [ppo_rlhf]
+        steps:
+          sft: {phases: [{data: ..., max_steps: 20}]}   # mappings merge key by key; lists and values replace
+          rm_label: {optim: {max_steps: 10}}
+
+and ``rewardmix run RECIPE.yaml profile=small`` runs it.
 """
 
 from __future__ import annotations
@@ -78,18 +92,54 @@ class StepConfig:
 
 
 @dataclass
+class ProfileConfig:
+    output_dir: str | None = None
+    """Recipe directory under this profile (null: the recipe's ``output_dir``). Give each profile its own, so
+    a small run never sets aside the steps of a full one."""
+    drop: list[str] = field(default_factory=list)
+    """Steps left out under this profile; a remaining step that refers to one is an error."""
+    steps: dict[str, Any] = field(default_factory=dict)
+    """Step name -> overrides of that step's config: mappings are merged key by key, any other value
+    (lists included) replaces the recipe's."""
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/recipe"
     """Recipe directory: config.yaml, recipe_state.json and, by default, one run directory per step."""
     steps: list[StepConfig] = field(default_factory=list)
     """The stages to run, in order; each has ``name``, ``stage`` and ``config`` (the stage's own config).
     Empty (the default): nothing to run."""
+    profiles: dict[str, ProfileConfig] = field(default_factory=dict)
+    """Named variants of the recipe (e.g. ``small`` for a CPU run): see :class:`ProfileConfig`."""
+    profile: str | None = None
+    """The profile to run (``rewardmix run RECIPE.yaml profile=small``); null: the recipe as written."""
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"steps: duplicate step name(s) {', '.join(duplicates)}")
+        if self.profile is not None and self.profile not in self.profiles:
+            known = ", ".join(sorted(self.profiles)) or "none defined"
+            raise ValueError(f"profile {self.profile!r} is not defined in profiles (known: {known})")
+        for pname, prof in self.profiles.items():
+            for key, listed in (("drop", prof.drop), ("steps", list(prof.steps))):
+                unknown = sorted(set(listed) - set(names))
+                if unknown:
+                    raise ValueError(f"profiles.{pname}.{key}: unknown step(s) {', '.join(unknown)}")
+            for step, overrides in prof.steps.items():
+                if not isinstance(overrides, dict):
+                    raise ValueError(f"profiles.{pname}.steps.{step}: must be a mapping of config overrides")
+            both = sorted(set(prof.drop) & set(prof.steps))
+            if both:
+                raise ValueError(f"profiles.{pname}: step(s) {', '.join(both)} both dropped and overridden")
+
+    @property
+    def run_dir(self) -> str:
+        """The recipe directory of the selected profile."""
+        prof = self.profiles.get(self.profile) if self.profile else None
+        return prof.output_dir if prof is not None and prof.output_dir else self.output_dir
 
 
 class ResolvedStep(NamedTuple):
@@ -132,8 +182,8 @@ def run(cfg: Config) -> RecipeResult:
     Returns:
         A :class:`RecipeResult` with one :class:`StepOutcome` per step.
     """
-    # step 1. recipe directory and the record of finished steps
-    out = Path(cfg.output_dir)
+    # step 1. recipe directory (the profile's, when one is selected) and the record of finished steps
+    out = Path(cfg.run_dir)
     prepare_run_dir(out, cfg, stage="run")
     state_path = out / STATE_FILE
     state = read_state(state_path)
@@ -182,23 +232,35 @@ def run(cfg: Config) -> RecipeResult:
 
 
 def resolve_steps(cfg: Config) -> list[ResolvedStep]:
-    """Each step's stage config: default ``output_dir``, references replaced, checked strictly.
+    """Each step's stage config: profile applied, default ``output_dir``, references replaced, checked strictly.
 
     Raises:
         ConfigError: naming the step and the key, for an unknown reference or a value the stage rejects.
     """
     resolved: list[ResolvedStep] = []
     output_dirs: dict[str, str] = {}
-    for i, step in enumerate(cfg.steps):
-        source = f"recipe step {step.name!r}"
+    prof = cfg.profiles[cfg.profile] if cfg.profile else ProfileConfig()
+    for i, step in enumerate(s for s in cfg.steps if s.name not in prof.drop):
+        source = f"recipe step {step.name!r}" + (f" (profile {cfg.profile!r})" if cfg.profile else "")
         data = copy.deepcopy(step.config)  # a copy keeps the YAML line numbers of the original
-        data.setdefault("output_dir", str(Path(cfg.output_dir) / step.name))
+        data = merge_overrides(data, prof.steps.get(step.name, {}))
+        data.setdefault("output_dir", str(Path(cfg.run_dir) / step.name))
         data = resolve_references(data, output_dirs, source=source)
         stage_cfg = from_dict(get_stage(step.stage).load().Config, data, source=source)
         output_dirs[step.name] = str(stage_cfg.output_dir)
         resolved.append(ResolvedStep(step.name, step.stage, stage_cfg, config_sha256(step.stage, stage_cfg)))
         log.debug("recipe step %d %s: config %s", i, step.name, resolved[-1].config_sha256[:12])
     return resolved
+
+
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` merged in: mappings key by key (recursively), anything else replaced."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = merge_overrides(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
 
 
 def resolve_references(data: Any, output_dirs: dict[str, str], *, source: str, key: str = "") -> Any:
