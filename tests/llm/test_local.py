@@ -141,3 +141,80 @@ def test_local_client_with_cache(client, tmp_path):
     req = ChatRequest(messages=MESSAGES, max_tokens=4)
     assert cached.complete(req).text == cached.complete(req).text
     assert client.calls == before + 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batched generation
+# ---------------------------------------------------------------------------------------------------------
+
+QUESTIONS = ["What is the answer?", "Say something long and different, please.", "Hi", "Another one?"]
+
+
+def convo(q: str) -> tuple[dict[str, str], ...]:
+    return ({"role": "user", "content": q},)
+
+
+def test_generate_many_greedy_equals_one_at_a_time(client):
+    from rewardmix.models.chat_model import BatchItem
+
+    cm = client.chat_model
+    batch = cm.generate_many([BatchItem(convo(q)) for q in QUESTIONS], max_new_tokens=12)
+    alone = [cm.generate(convo(q), max_new_tokens=12) for q in QUESTIONS]
+    # left padding with position ids counted over real tokens: each row is the same model call as alone
+    assert [g.new_token_ids[0] for g in batch] == [g.new_token_ids[0] for g in alone]
+    assert [g.texts for g in batch] == [g.texts for g in alone]
+    assert [g.prompt_tokens for g in batch] == [g.prompt_tokens for g in alone]
+    assert [g.finish_reasons for g in batch] == [g.finish_reasons for g in alone]
+
+
+def test_generate_many_sampling_depends_on_the_row_seed_not_on_the_batch(client):
+    from rewardmix.models.chat_model import BatchItem
+
+    cm = client.chat_model
+    a = BatchItem(convo(QUESTIONS[0]), seed=7)
+    with_b = cm.generate_many([a, BatchItem(convo(QUESTIONS[1]), seed=1)], max_new_tokens=16, temperature=1.0)
+    with_c = cm.generate_many([BatchItem(convo(QUESTIONS[2]), seed=2), a], max_new_tokens=16, temperature=1.0)
+    assert with_b[0].new_token_ids == with_c[1].new_token_ids
+    other_seed = cm.generate_many([a._replace(seed=8)], max_new_tokens=16, temperature=1.0)
+    assert other_seed[0].new_token_ids != with_b[0].new_token_ids
+
+
+def test_sample_rows_top_p_keeps_only_the_nucleus():
+    from rewardmix.models.chat_model import _sample_rows
+
+    # probs (0.5, 0.3, 0.2): top_p 0.6 keeps tokens 0 and 1 (mass before token 2 is 0.8 >= 0.6)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(400, 1)
+    gens = [torch.Generator().manual_seed(i) for i in range(400)]
+    picks = _sample_rows(logits, gens, temperature=1.0, top_p=0.6)
+    assert set(picks.tolist()) == {0, 1}
+    assert 0.5 < (picks == 0).float().mean() < 0.75  # 0.5 / 0.8 = 0.625 after renormalizing
+    assert _sample_rows(logits[:2], gens[:2], temperature=0.0, top_p=1.0).tolist() == [0, 0]
+
+
+def test_concurrent_requests_are_answered_in_batches_with_the_same_answers(saved_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = LocalChatClient(saved_model, device="cpu")
+    batched = LocalChatClient(saved_model, device="cpu", max_batch_size=4, batch_wait_s=0.5)
+    requests = [ChatRequest.user(q, max_tokens=10, temperature=0.0) for q in QUESTIONS * 2]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(batched.complete, requests))
+    assert [a.text for a in answers] == [one.complete(r).text for r in requests]
+    assert batched.calls == 8 and batched.batches < 8  # answered together, not one by one
+    assert [a.meta["backend"] for a in answers] == ["local"] * 8
+
+
+def test_a_failing_batch_raises_in_every_waiting_caller(saved_model, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    batched = LocalChatClient(saved_model, device="cpu", max_batch_size=4, batch_wait_s=0.5)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(batched.chat_model, "generate_many", boom)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(batched.complete, ChatRequest.user(q, max_tokens=4)) for q in QUESTIONS[:3]]
+        errors = [f.exception(timeout=30) for f in futures]
+    assert all(isinstance(e, RuntimeError) and "simulated" in str(e) for e in errors)
+    assert not batched._leader and not batched._queue  # the client is usable again
