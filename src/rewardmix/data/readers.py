@@ -8,7 +8,9 @@ index ("row N") for Parquet and ``datasets``.
 
 A bad row is one of: invalid JSON, a JSON value that is not an object, a wrong number of columns, a line
 that is not UTF-8, a line longer than ``max_line_bytes``, a CSV quoting error, a required field (a key of
-``fields``) that is missing, null or blank, or a value its converter rejects (``ValueError``/``TypeError``).
+``fields``) that is missing, null or blank, a value its converter rejects (``ValueError``/``TypeError``), or
+a row the ``check`` hook rejects (a cross-field rule, e.g. "the wrong label differs from the gold label";
+raise :class:`RowError` to name the field).
 Under ``on_bad_row="error"`` the first one raises :class:`DataError` (``"file:line: field 'x': reason"``);
 under ``"skip"`` it is counted, logged (one warning each for the first 20, then a summary) and skipped.
 
@@ -17,6 +19,15 @@ a ``.json`` file holding one JSON array) raise :class:`DataError` under either p
 would hide them.
 
 Blank lines (empty, or only whitespace in JSONL) are neither data rows in nor out: they are not counted.
+
+Hub datasets: wherever a config names a data file, a string starting with ``hf:`` names a Hugging Face dataset
+instead (:func:`parse_hub_source`), read through ``datasets.load_dataset`` by :func:`read_records`:
+
+- ``hf:<dataset id>:<split>`` or ``hf:<dataset id>:<config>:<split>``, e.g. ``hf:nyu-mll/glue:sst2:validation``
+  (the split may carry a slice: ``hf:fancyzhx/ag_news:train[:5000]``);
+- ``hf://datasets/<dataset id>/<file>``: one JSON/JSONL/CSV/TSV/Parquet file of a dataset repository, for
+  repositories that ``load_dataset`` cannot build by id (e.g. ``hf://datasets/tatsu-lab/alpaca_eval/
+  alpaca_eval.json``, a repository with a loading script).
 
 Reference: SPEC §1 "Loaders for JSONL, CSV/TSV, Parquet and ``datasets.load_dataset``".
 """
@@ -29,10 +40,11 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 from rewardmix.rundir import atomic_write_text
 
@@ -41,16 +53,21 @@ __all__ = [
     "DataError",
     "Format",
     "ReadReport",
+    "RowError",
     "SkippedRow",
     "allow_empty",
     "as_float",
     "as_int",
     "as_str",
     "chain",
+    "HubSource",
     "detect_format",
     "in_range",
+    "is_hub_source",
     "load_hf_dataset",
+    "load_hub_source",
     "one_of",
+    "parse_hub_source",
     "read_records",
     "save_report",
 ]
@@ -81,6 +98,14 @@ _BOM = b"\xef\xbb\xbf"
 
 class DataError(ValueError):
     """Bad input data; the message starts with ``"file:line: field 'x': ..."`` (or ``"file:row N: ..."``)."""
+
+
+class RowError(ValueError):
+    """Raised by a ``check`` hook of :func:`read_records` to reject a row, naming the field at fault."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
 
 
 @dataclass
@@ -283,13 +308,19 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+RowCheck = Callable[[dict[str, Any]], None]
+_FIELD_PREFIX = re.compile(r"field '([^']+)': (.*)", re.DOTALL)
+
+
 def _convert_fields(
-    row: dict[str, Any], fields: Mapping[str, Converter] | None, line: int, bad: _BadRows
+    row: dict[str, Any],
+    fields: Mapping[str, Converter] | None,
+    line: int,
+    bad: _BadRows,
+    check: RowCheck | None = None,
 ) -> dict[str, Any] | None:
-    """Convert the required fields in place; None (after reporting) if one is missing or rejected."""
-    if not fields:
-        return row
-    for name, converter in fields.items():
+    """Convert the required fields in place, then run ``check``; None (after reporting) if the row is bad."""
+    for name, converter in (fields or {}).items():
         if name not in row:
             bad.add(line, name, "missing")
             return None
@@ -302,6 +333,18 @@ def _convert_fields(
             row[name] = converter(raw)
         except (ValueError, TypeError) as exc:
             bad.add(line, name, f"invalid value {_short(raw)}: {exc}")
+            return None
+    if check is not None:
+        try:
+            check(row)
+        except RowError as exc:
+            bad.add(line, exc.field, str(exc))
+            return None
+        except (ValueError, TypeError) as exc:
+            # Messages of the data modules say "field 'x': reason" when they know the field.
+            match = _FIELD_PREFIX.search(str(exc))
+            field_name, reason = (match.group(1), match.group(2)) if match else (None, str(exc))
+            bad.add(line, field_name, reason)
             return None
     return row
 
@@ -367,18 +410,22 @@ def detect_format(path: str | Path) -> Literal["jsonl", "csv", "tsv", "parquet"]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
         if suffixes and _SUFFIX_FORMATS.get(suffixes[-1]) == "parquet":
-            raise ValueError(f"{path}: gzip-compressed Parquet is not supported (Parquet compresses itself)")
+            raise DataError(f"{path}: gzip-compressed Parquet is not supported (Parquet compresses itself)")
     fmt = _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
     if fmt is None:
         known = ", ".join(sorted(_SUFFIX_FORMATS))
-        raise ValueError(
+        raise DataError(
             f"{path}: cannot tell the format from the suffix (known: {known}, each optionally .gz); pass format="
         )
     return fmt  # type: ignore[return-value]
 
 
 def _read_jsonl(
-    f: IO[bytes], fields: Mapping[str, Converter] | None, bad: _BadRows, max_line_bytes: int
+    f: IO[bytes],
+    fields: Mapping[str, Converter] | None,
+    bad: _BadRows,
+    max_line_bytes: int,
+    check: RowCheck | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     rows: list[dict[str, Any]] = []
     rows_in = 0
@@ -397,7 +444,7 @@ def _read_jsonl(
         if not isinstance(obj, dict):
             bad.add(line.number, None, f"expected a JSON object, got {type(obj).__name__}")
             continue
-        row = _convert_fields(obj, fields, line.number, bad)
+        row = _convert_fields(obj, fields, line.number, bad, check)
         if row is not None:
             rows.append(row)
     return rows, rows_in
@@ -462,6 +509,7 @@ def _read_delimited(
     fields: Mapping[str, Converter] | None,
     bad: _BadRows,
     max_line_bytes: int,
+    check: RowCheck | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     records = _iter_records(f, fmt, max_line_bytes)
     if has_header:
@@ -491,14 +539,14 @@ def _read_delimited(
         if len(values) != len(names):
             bad.add(line_no, None, f"expected {len(names)} columns, got {len(values)}")
             continue
-        row = _convert_fields(dict(zip(names, values, strict=True)), fields, line_no, bad)
+        row = _convert_fields(dict(zip(names, values, strict=True)), fields, line_no, bad, check)
         if row is not None:
             rows.append(row)
     return rows, rows_in
 
 
 def _read_parquet(
-    path: Path, fields: Mapping[str, Converter] | None, bad: _BadRows
+    path: Path, fields: Mapping[str, Converter] | None, bad: _BadRows, check: RowCheck | None = None
 ) -> tuple[list[dict[str, Any]], int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -516,7 +564,7 @@ def _read_parquet(
     for batch in pfile.iter_batches(batch_size=4096):
         for raw in batch.to_pylist():
             rows_in += 1
-            row = _convert_fields(raw, fields, rows_in, bad)
+            row = _convert_fields(raw, fields, rows_in, bad, check)
             if row is not None:
                 rows.append(row)
     return rows, rows_in
@@ -531,11 +579,14 @@ def read_records(
     fields: Mapping[str, Converter] | None = None,
     on_bad_row: BadRowPolicy = "error",
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    check: RowCheck | None = None,
 ) -> tuple[list[dict[str, Any]], ReadReport]:
-    """Read a JSONL, CSV, TSV or Parquet file into dicts, applying the bad-row policy.
+    """Read a JSONL, CSV, TSV or Parquet file (or a hub dataset) into dicts, applying the bad-row policy.
 
     Args:
-        path: the file; ``.gz`` is decompressed for the text formats.
+        path: the file; ``.gz`` is decompressed for the text formats. A string starting with ``hf:`` is a hub
+            dataset (see :func:`parse_hub_source`), read with :func:`load_hub_source`; rows are then counted
+            ("row N") rather than lines, and ``format``, ``columns``, ``has_header`` do not apply.
         format: ``"auto"`` tells it from the suffix (see :func:`detect_format`).
         columns: the column names of a header-less CSV/TSV; needs ``has_header=False``.
         has_header: whether the first non-blank CSV/TSV line names the columns. ``False`` needs ``columns``.
@@ -544,6 +595,8 @@ def read_records(
             converted values in place of the raw ones. Without ``fields`` values stay raw (strings for CSV/TSV).
         on_bad_row: ``"error"`` raises :class:`DataError` at the first bad row; ``"skip"`` counts, logs and skips.
         max_line_bytes: longest physical line accepted (bytes, without the line break); longer is a bad row.
+        check: called on each row after ``fields`` converted it; raising ``ValueError``/``TypeError`` (best a
+            :class:`RowError` naming the field) makes it a bad row under the policy.
 
     Returns:
         ``(rows, report)`` with ``report.rows_in == report.rows_out + len(report.skipped)``.
@@ -552,6 +605,12 @@ def read_records(
         DataError: a bad row under ``"error"``, or a problem with the whole file under either policy.
         ValueError: inconsistent arguments (unknown format, ``columns`` with a header, ...).
     """
+    if is_hub_source(path):
+        if format != "auto" or columns is not None or not has_header:
+            raise ValueError(
+                f"{path}: format=, columns= and has_header= apply to local files, not hub datasets"
+            )
+        return load_hub_source(str(path), fields=fields, on_bad_row=on_bad_row, check=check)
     path = Path(path)
     fmt = detect_format(path) if format == "auto" else format
     if fmt not in ("jsonl", "csv", "tsv", "parquet"):
@@ -573,14 +632,14 @@ def read_records(
 
     bad = _BadRows(str(path), on_bad_row, "row" if fmt == "parquet" else "line")
     if fmt == "parquet":
-        rows, rows_in = _read_parquet(path, fields, bad)
+        rows, rows_in = _read_parquet(path, fields, bad, check)
         return rows, bad.report(rows_in, len(rows))
     try:
         with _open_binary(path) as f:
             if fmt == "jsonl" and path.suffix.lower() == ".json":
                 _refuse_json_array(f, path)
             if fmt == "jsonl":
-                rows, rows_in = _read_jsonl(f, fields, bad, max_line_bytes)
+                rows, rows_in = _read_jsonl(f, fields, bad, max_line_bytes, check)
             else:
                 rows, rows_in = _read_delimited(
                     f,
@@ -590,6 +649,7 @@ def read_records(
                     fields=fields,
                     bad=bad,
                     max_line_bytes=max_line_bytes,
+                    check=check,
                 )
     except (gzip.BadGzipFile, EOFError) as exc:
         raise DataError(f"{path}: cannot decompress: {exc}") from None
@@ -618,6 +678,8 @@ def load_hf_dataset(
     config_name: str | None = None,
     fields: Mapping[str, Converter] | None = None,
     on_bad_row: BadRowPolicy = "error",
+    check: RowCheck | None = None,
+    source: str | None = None,
     **kwargs: Any,
 ) -> tuple[list[dict[str, Any]], ReadReport]:
     """Load one split through ``datasets.load_dataset`` and apply ``fields`` and the bad-row policy per row.
@@ -633,6 +695,8 @@ def load_hf_dataset(
         config_name: the dataset configuration (``name=`` of ``load_dataset``).
         fields: required field name -> converter, as in :func:`read_records`.
         on_bad_row: ``"error"`` or ``"skip"``, as in :func:`read_records`.
+        check: a per-row check, as in :func:`read_records`.
+        source: the name of the data in bad-row messages and the report (default: built from the arguments).
         **kwargs: passed to ``datasets.load_dataset`` (``data_files``, ``cache_dir``, ``revision``, ...).
 
     Returns:
@@ -641,7 +705,7 @@ def load_hf_dataset(
     import datasets  # lazy: importing datasets costs about a second
 
     target = os.fspath(name_or_path)
-    source = target + (f":{config_name}" if config_name else "") + f"[{split}]"
+    source = source or target + (f":{config_name}" if config_name else "") + f"[{split}]"
     local = Path(target)
     if local.is_file() and "data_files" not in kwargs:
         fmt = detect_format(local)
@@ -659,10 +723,96 @@ def load_hf_dataset(
     rows_in = 0
     for raw in ds:
         rows_in += 1
-        row = _convert_fields(dict(raw), fields, rows_in, bad)
+        row = _convert_fields(dict(raw), fields, rows_in, bad, check)
         if row is not None:
             rows.append(row)
     return rows, bad.report(rows_in, len(rows))
+
+
+HUB_PREFIX = "hf:"
+HUB_FILE_PREFIX = "hf://datasets/"
+_HUB_SPEC = re.compile(r"(?P<head>[^\[\]]+?)(?P<slice>\[[^\]]*\])?")
+_HUB_BUILDERS = {"jsonl": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet"}
+
+
+class HubSource(NamedTuple):
+    """A hub dataset named in a config string (see :func:`parse_hub_source`)."""
+
+    dataset: str
+    """The dataset id (``nyu-mll/glue``), or the packaged builder (``json``, ``csv``, ``parquet``) of one file."""
+    config_name: str | None
+    """The dataset configuration (``sst2``), or None."""
+    split: str
+    """The split, possibly with a slice (``train[:5000]``)."""
+    data_file: str | None = None
+    """The ``hf://datasets/...`` URL of a single file, or None."""
+
+
+def is_hub_source(path: object) -> bool:
+    """Whether ``path`` is a string naming a hub dataset (``hf:...``) rather than a local file."""
+    return isinstance(path, str) and path.startswith(HUB_PREFIX)
+
+
+def parse_hub_source(text: str) -> HubSource:
+    """Parse ``hf:<id>:<split>``, ``hf:<id>:<config>:<split>`` or ``hf://datasets/<id>/<file>``.
+
+    Dataset ids may hold ``/`` but no ``:``; the split may end with a slice such as ``[:5000]`` or ``[10%:]``.
+    A single file's builder comes from its suffix (``.json``/``.jsonl`` -> json, ``.csv``/``.tsv`` -> csv,
+    ``.parquet`` -> parquet) and its split is ``train``.
+
+    Raises:
+        ValueError: ``text`` is not one of these forms (the message shows them).
+    """
+    forms = "hf:<dataset id>:<split>, hf:<dataset id>:<config>:<split> or hf://datasets/<dataset id>/<file>"
+    if not is_hub_source(text):
+        raise ValueError(f"{text!r} is not a hub dataset ({forms})")
+    if text.startswith(HUB_FILE_PREFIX):
+        rest = text[len(HUB_FILE_PREFIX) :]
+        if rest.count("/") < 2 or rest.endswith("/"):
+            raise ValueError(f"{text!r}: a hub file needs hf://datasets/<owner>/<name>/<file>")
+        try:
+            fmt = detect_format(rest)
+        except ValueError as e:
+            raise ValueError(f"{text!r}: {e}") from None
+        return HubSource(_HUB_BUILDERS[fmt], None, "train", text)
+    match = _HUB_SPEC.fullmatch(text[len(HUB_PREFIX) :])
+    parts = match.group("head").split(":") if match else []
+    if len(parts) not in (2, 3) or not all(p.strip() for p in parts) or "//" in parts[0]:
+        raise ValueError(f"{text!r}: expected {forms}")
+    split = parts[-1] + (match.group("slice") or "")
+    return HubSource(parts[0], parts[1] if len(parts) == 3 else None, split)
+
+
+def load_hub_source(
+    text: str,
+    *,
+    fields: Mapping[str, Converter] | None = None,
+    on_bad_row: BadRowPolicy = "error",
+    check: RowCheck | None = None,
+    **kwargs: Any,
+) -> tuple[list[dict[str, Any]], ReadReport]:
+    """Read the hub dataset named by ``text`` (see :func:`parse_hub_source`) with :func:`load_hf_dataset`.
+
+    Bad rows are reported as ``<text>:row N``. ``kwargs`` go to ``datasets.load_dataset`` (``cache_dir``,
+    ``revision``, ...). Downloads go to the ``datasets`` cache (``HF_DATASETS_CACHE``); ``HF_DATASETS_OFFLINE=1``
+    reads only what is cached.
+    """
+    hub = parse_hub_source(text)
+    if hub.data_file is not None:
+        kwargs["data_files"] = {hub.split: hub.data_file}
+        if hub.data_file.endswith((".tsv", ".tsv.gz")):
+            kwargs.setdefault("sep", "\t")
+            kwargs.setdefault("quoting", csv.QUOTE_NONE)  # as read_records: GLUE TSVs have literal quotes
+    return load_hf_dataset(
+        hub.dataset,
+        split=hub.split,
+        config_name=hub.config_name,
+        fields=fields,
+        on_bad_row=on_bad_row,
+        check=check,
+        source=text,
+        **kwargs,
+    )
 
 
 def save_report(report: ReadReport | Sequence[ReadReport], path: str | Path) -> None:

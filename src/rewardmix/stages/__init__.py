@@ -30,9 +30,29 @@ STAGES: tuple[Stage, ...] = (
         "run a recipe: stages chained in order, finished steps skipped, an interrupted one resumed",
     ),
     Stage(
+        "combine",
+        "rewardmix.stages.combine",
+        "several data files or hub datasets in one JSONL: per-input limits, seeded shuffle, copied fields, chat rows",
+    ),
+    Stage(
+        "oasst",
+        "rewardmix.stages.oasst",
+        "OpenAssistant trees into CRS files: SFT threads, rankings, quality ratings, RL prompts, human pairs",
+    ),
+    Stage(
+        "split",
+        "rewardmix.stages.split",
+        "cut an NLU task's examples into seeded, disjoint, label-balanced splits (SFT, PPO prompts, test)",
+    ),
+    Stage(
         "rationales",
         "rewardmix.stages.rationales",
         "a teacher LLM writes rationales for the gold label and a wrong label of each NLU example (RLLR App. B, D)",
+    ),
+    Stage(
+        "sample",
+        "rewardmix.stages.sample",
+        "a policy samples K answers (rationale + label) per NLU question, the input of `rank` (RLLR App. C)",
     ),
     Stage(
         "rank",
@@ -85,9 +105,14 @@ STAGES: tuple[Stage, ...] = (
         "a self-contained HTML and Markdown report: tables and plots of one run or a comparison",
     ),
     Stage(
+        "toy-ppo",
+        "rewardmix.stages.toy_ppo",
+        "PPO on a toy policy with a composite (threshold-mixed) reward: the PPO math in seconds, no model",
+    ),
+    Stage(
         "demo",
         "rewardmix.stages.demo",
-        "the embedded default: PPO on a toy policy with a composite (threshold-mixed) reward, CPU, seconds",
+        "the embedded default: the RLLR recipe's demo profile on SmolLM2-135M (offline, CPU, minutes), summarized",
     ),
 )
 

@@ -48,6 +48,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -162,6 +163,9 @@ class StepOutcome(NamedTuple):
     output_dir: Path
     result: Any
     """What the stage's ``run`` returned; None for a skipped step."""
+    seconds: float | None = None
+    """Wall time of the step in this run (None for a skipped step; ``recipe_state.json`` keeps the time of
+    the run that finished it)."""
 
 
 class RecipeResult(NamedTuple):
@@ -212,7 +216,9 @@ def run(cfg: Config) -> RecipeResult:
             outcomes.append(StepOutcome(step.name, step.stage, "skipped", output_dir, None))
             continue
         log.info("step %d/%d %s (%s): running in %s", i + 1, len(resolved), step.name, step.stage, output_dir)
+        started = time.perf_counter()
         result = get_stage(step.stage).load().run(step.config)
+        seconds = time.perf_counter() - started
 
         # step 4. record it as done
         state["steps"][step.name] = {
@@ -220,9 +226,11 @@ def run(cfg: Config) -> RecipeResult:
             "config_sha256": step.config_sha256,
             "output_dir": str(output_dir),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1),
         }
         write_state(state_path, state)
-        outcomes.append(StepOutcome(step.name, step.stage, "ran", output_dir, result))
+        log.info("step %d/%d %s done in %.0f s", i + 1, len(resolved), step.name, seconds)
+        outcomes.append(StepOutcome(step.name, step.stage, "ran", output_dir, result, seconds))
 
     if not outcomes:
         log.warning("the recipe has no steps; nothing to run")
@@ -280,13 +288,14 @@ def resolve_references(data: Any, output_dirs: dict[str, str], *, source: str, k
             data[k] = _resolve_value(data, k, output_dirs, source=source, key=f"{key}.{k}" if key else str(k))
         return data
     if isinstance(data, list):
+        # items go through _resolve_value too, so a string item (pairs: ["${steps.x.output_dir}/a.jsonl"]) is replaced
         return [
-            resolve_references(v, output_dirs, source=source, key=f"{key}[{j}]") for j, v in enumerate(data)
+            _resolve_value(data, j, output_dirs, source=source, key=f"{key}[{j}]") for j in range(len(data))
         ]
     return data
 
 
-def _resolve_value(parent: dict, k: Any, output_dirs: dict[str, str], *, source: str, key: str) -> Any:
+def _resolve_value(parent: dict | list, k: Any, output_dirs: dict[str, str], *, source: str, key: str) -> Any:
     value = parent[k]
     if not isinstance(value, str):
         return resolve_references(value, output_dirs, source=source, key=key)
