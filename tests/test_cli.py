@@ -49,11 +49,11 @@ def test_unknown_stage_is_a_clear_error():
 
 
 def test_show_config_prints_resolved_yaml(tmp_path, capsys):
-    path = tmp_path / "demo.yaml"
-    path.write_text("stage: demo\nppo:\n  steps: 3\n")
+    path = tmp_path / "toy.yaml"
+    path.write_text("stage: toy-ppo\nppo:\n  steps: 3\n")
     assert cli.main(["show-config", str(path), "reward.threshold=2.5"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["stage"] == "demo"
+    assert shown["stage"] == "toy-ppo"
     assert shown["ppo"]["steps"] == 3
     assert shown["reward"]["threshold"] == 2.5
     assert shown["ppo"]["clip_range"] == 0.2  # defaults filled in
@@ -64,10 +64,10 @@ def test_show_config_prints_resolved_yaml(tmp_path, capsys):
     [
         (["show-config", "{path}"], "ppo: {steps: 3}\n", "missing key 'stage'"),
         (["show-config", "{path}"], "stage: nope\n", "unknown stage 'nope'"),
-        (["demo", "{path}"], "stage: demo\nppo:\n  stpes: 3\n", "demo.yaml:3: unknown key 'ppo.stpes'"),
-        (["demo", "{path}"], "stage: sft\n", "for stage 'sft', not 'demo'"),
-        (["demo", "{path}", "ppo.steps"], "stage: demo\n", "expected key.sub=value overrides"),
-        (["demo", "ppo.steps=x"], "", "override 'ppo.steps=x': 'ppo.steps' must be an integer"),
+        (["toy-ppo", "{path}"], "stage: toy-ppo\nppo:\n  stpes: 3\n", "demo.yaml:3: unknown key 'ppo.stpes'"),
+        (["toy-ppo", "{path}"], "stage: sft\n", "for stage 'sft', not 'toy-ppo'"),
+        (["toy-ppo", "{path}", "ppo.steps"], "stage: toy-ppo\n", "expected key.sub=value overrides"),
+        (["toy-ppo", "ppo.steps=x"], "", "override 'ppo.steps=x': 'ppo.steps' must be an integer"),
         (["show-config", "{missing}"], "", "config file not found"),
     ],
 )
@@ -92,12 +92,15 @@ def test_shipped_yaml_files_all_load():
     shipped = [
         p
         for p in REPO.rglob("*.y*ml")
-        if not any(part.startswith(".") or part == "runs" for part in p.relative_to(REPO).parts)
+        # tests/ holds fixtures (the bad-input corpus has broken configs on purpose), not shipped files
+        if not any(part.startswith(".") or part in ("runs", "tests") for part in p.relative_to(REPO).parts)
     ]
     assert any(p.parent.name == "configs" for p in shipped), "the repository ships at least the demo config"
     for path in shipped:
         if path.parent.name == "task_specs":
             assert load_task_specs(path, register=False), path
+            continue
+        if path.parent.name == "accelerate":  # `accelerate launch` configs: tests/distributed/test_configs.py
             continue
         stage, cfg = cli.resolve(None, path, [])
         assert type(cfg).__module__ == get_stage(stage).module

