@@ -69,7 +69,7 @@ class SeededSampling(LogitsProcessor):
             scores = warper(input_ids, scores)
         cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)  # filtered tokens: probability 0
         uniform = torch.cat(
-            [torch.rand(1, device=self.device, dtype=torch.float32) for g in self.generators]
+            [torch.rand(1, generator=g, device=self.device, dtype=torch.float32) for g in self.generators]
         ).to(cdf.device)
         # v = min{v : F(v) > u * F(V)}: a draw from the (warped) softmax; * F(V) absorbs rounding of the sum
         target = (uniform * cdf[:, -1]).unsqueeze(1)

@@ -76,8 +76,10 @@ __all__ = [
     "CompositeConfig",
     "CompositeReward",
     "CompositeScores",
+    "NonFiniteScoreError",
     "ScorerType",
     "build_scorer",
+    "check_finite_scores",
     "register_scorer_type",
 ]
 
@@ -366,6 +368,64 @@ def _moments(x: torch.Tensor) -> tuple[float, float]:
     return x.mean().item(), x.std(correction=0).item()
 
 
+class NonFiniteScoreError(FloatingPointError, ValueError):
+    """A reward component's score (raw, normalized or combined) is NaN or inf.
+
+    The message names the component, the indices of the bad samples in the batch and, when the batch is at
+    hand, the first one's prompt and response. It is also a ``ValueError``, what a bad scorer output always
+    raised.
+
+    Attributes:
+        component: The component's name (``combinator <name>`` for the combined score).
+        samples: Indices in the batch of the non-finite scores.
+    """
+
+    def __init__(
+        self, message: str, *, component: str | None = None, samples: list[int] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.component = component
+        self.samples = list(samples or [])
+
+
+def check_finite_scores(
+    component: str, scores: torch.Tensor, *, kind: str = "raw", batch: ScoringBatch | None = None
+) -> None:
+    """Raise :class:`NonFiniteScoreError` naming ``component`` and the samples when ``scores`` has NaN/inf.
+
+    Args:
+        component: The component's name, for the message.
+        scores: (B,) scores.
+        kind: ``raw``, ``normalized`` or ``combined``, for the message.
+        batch: The scored batch, to quote the first bad sample's prompt and response.
+    """
+    bad = torch.nonzero(~torch.isfinite(scores.detach())).flatten().tolist()
+    if not bad:
+        return
+    i = bad[0]
+    sample = ""
+    if batch is not None:
+        sample = (
+            f"; sample {i}: prompt {_prompt_text(batch.prompts[i])!r}, response {batch.responses[i][:200]!r}"
+        )
+    shown = f"{bad[:20]}{' ...' if len(bad) > 20 else ''}"
+    raise NonFiniteScoreError(
+        f"reward component {component!r} gave a non-finite {kind} score ({scores[i].item()}) for sample(s) "
+        f"{shown} of a batch of {scores.shape[0]}{sample}",
+        component=component,
+        samples=bad,
+    )
+
+
+def _prompt_text(prompt: Any, limit: int = 200) -> str:
+    """A prompt as text for a message: the string, or the last turn's content of a conversation."""
+    if isinstance(prompt, str):
+        return prompt[:limit]
+    last = prompt[-1] if prompt else ""
+    content = last.get("content", "") if isinstance(last, Mapping) else getattr(last, "content", last)
+    return str(content)[:limit]
+
+
 class CompositeScores(NamedTuple):
     """What a composite reward returns for B samples."""
 
@@ -468,11 +528,19 @@ class CompositeReward:
         return _component_names(self.cfg)
 
     def raw_scores(self, batch: ScoringBatch) -> dict[str, torch.Tensor]:
-        """Every component's raw (B,) float32 score, on the composite's device."""
-        return {
-            name: check_score_tensor(name, scorer.score(batch), len(batch)).to(self.device)
-            for name, scorer in self.scorers.items()
-        }
+        """Every component's raw (B,) float32 score, on the composite's device.
+
+        Raises:
+            NonFiniteScoreError: A component gave NaN or inf (the message names it, the samples, the first
+                one's prompt and response).
+        """
+        out = {}
+        for name, scorer in self.scorers.items():
+            scores = scorer.score(batch)
+            if isinstance(scores, torch.Tensor) and scores.shape == (len(batch),):
+                check_finite_scores(name, scores, batch=batch)
+            out[name] = check_score_tensor(name, scores, len(batch)).to(self.device)
+        return out
 
     def __call__(self, batch: ScoringBatch, *, update_stats: bool = True) -> CompositeScores:
         """Score, transform and combine.
@@ -489,18 +557,39 @@ class CompositeReward:
             ValueError: A ``reference`` component used before :meth:`calibrate_reference`, a ``running`` one
                 without statistics and ``update_stats=False``, or a scorer returning a bad tensor.
         """
-        raw = self.raw_scores(batch)
+        return self.combine(self.raw_scores(batch), update_stats=update_stats)
+
+    def combine(self, raw: Mapping[str, torch.Tensor], *, update_stats: bool = True) -> CompositeScores:
+        """Normalize, clip and combine raw component scores: the second half of :meth:`__call__`.
+
+        A data-parallel run scores its share of the batch on each process (:meth:`raw_scores`), gathers the raw
+        scores and combines the whole batch here, so running statistics and clip fractions are those of the
+        whole batch, identical on every process.
+
+        Args:
+            raw: Component name -> (B,) raw score, every component of the config.
+            update_stats: As in :meth:`__call__`.
+        """
+        missing = [name for name in self.names if name not in raw]
+        if missing:
+            raise ValueError(f"raw scores missing for components {missing}")
+        B = len(raw[self.names[0]])
+        for name in self.names:  # before any statistic is updated: a NaN must not enter the running moments
+            check_finite_scores(name, raw[name])
         normalized: dict[str, torch.Tensor] = {}
         for component in self.cfg.components:
             x = self._normalize(component, raw[component.name], update=update_stats)
+            check_finite_scores(component.name, x, kind="normalized")
             if component.clip is not None:
                 self._clipfrac[component.name] = (x.abs() > component.clip).float().mean().item()
                 x = clip_scores_symmetric(x, clip=component.clip)  # s <- min(max(s, -c), c)
             normalized[component.name] = x
         stacked = torch.stack([normalized[name] for name in self.names], dim=1)  # (B, C), config order
-        scores = check_score_tensor(
-            f"combinator {self.cfg.combinator}", self._combine(stacked, **self._combine_kwargs), len(batch)
-        )
+        combined = self._combine(stacked, **self._combine_kwargs)
+        if isinstance(combined, torch.Tensor) and combined.shape == (B,):
+            check_finite_scores(f"combinator {self.cfg.combinator}", combined, kind="combined")
+        scores = check_score_tensor(f"combinator {self.cfg.combinator}", combined, B)
+        raw = {name: raw[name] for name in self.names}
         self._last = CompositeScores(scores=scores, raw=raw, normalized=normalized, stacked=stacked)
         return self._last
 
@@ -542,7 +631,10 @@ class CompositeReward:
         """
         out: dict[str, dict[str, float]] = {}
         for name in self._reference:
-            x = check_score_tensor(name, self.scorers[name].score(batch), len(batch))
+            x = self.scorers[name].score(batch)
+            if isinstance(x, torch.Tensor) and x.shape == (len(batch),):
+                check_finite_scores(name, x, kind="reference", batch=batch)
+            x = check_score_tensor(name, x, len(batch))
             if x.numel() < 2:
                 raise ValueError(f"component {name!r}: reference calibration needs at least 2 samples")
             stats = RunningMeanStd.from_tensor(x)

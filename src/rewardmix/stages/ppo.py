@@ -2,7 +2,11 @@
 
 What a run does, in order (the numbered steps of :func:`run`):
 
-1. Prepare the run directory and Accelerate (device placement, mixed precision).
+1. Prepare the run directory and Accelerate (device placement, mixed precision). Under ``accelerate launch``
+   with N processes the run is data-parallel: each process generates, scores and evaluates its share of every
+   rollout batch, every process then holds the whole batch, and the gradients of each minibatch are summed
+   across processes, so N processes x ``batch_size`` b give the run of 1 process x N*b
+   (``docs/distributed.md``).
 2. Load the tokenizer and the base (the SFT model: a folder, a hub id, ``offline:smollm2`` or ``tiny``) and put
    the roles on it: the policy is the LoRA role ``policy``, the value model a scalar head on its own LoRA role
    ``value`` (:class:`~rewardmix.models.heads.ScalarHeadModel.token_scores`), and the reference is the same
@@ -23,7 +27,8 @@ What a run does, in order (the numbered steps of :func:`run`):
 6. The PPO loop, one iteration per step (after torchtune's PPO recipe):
 
    1. generate: sample a response to each prompt with ``generate`` (left-padded prompts; tokens after the
-      first EOS are masked out);
+      first EOS are masked out), each from its own seed (run seed, step, place in the batch), so a response
+      does not depend on the batch, the process or the generation batch size it is made with;
    2. score: the composite reward per response (every component's raw and normalized score is kept), an
       optional penalty for responses that never emit EOS, an optional score clip (CRS Table 8);
    3. log-probabilities of the responses under the policy and the reference, and the values;
@@ -61,7 +66,7 @@ import logging
 import math
 import time
 from array import array
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +83,26 @@ from rewardmix.algos.masked import masked_mean
 from rewardmix.algos.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
 from rewardmix.config import to_dict
 from rewardmix.data.chat import ChatDataError, Message, as_messages, tokenize_prompt, truncate_prompt_ids
-from rewardmix.data.readers import DataError, read_records
+from rewardmix.data.readers import DataError, RowError, read_records
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
-from rewardmix.scoring import BuildContext, CompositeConfig, CompositeReward, ScoringBatch, build_scorer
+from rewardmix.scoring import (
+    BuildContext,
+    CompositeConfig,
+    CompositeReward,
+    NonFiniteScoreError,
+    ScoringBatch,
+    build_scorer,
+)
 from rewardmix.train.checkpoint import load_latest_checkpoint, restore_rng, save_checkpoint
+from rewardmix.train.distributed import (
+    all_reduce_gradients,
+    any_process,
+    broadcast_parameters,
+    check_data_parallel,
+    gather_objects,
+    gather_rows,
+    make_accelerator,
+)
 from rewardmix.train.loop import (
     NonFiniteGuard,
     SampleTable,
@@ -89,6 +110,7 @@ from rewardmix.train.loop import (
     chunk,
     clip_gradients,
     epoch_order,
+    global_sum,
     pad_sequences,
     set_seed,
     truncate_jsonl_after,
@@ -174,10 +196,27 @@ class GenerationConfig:
     top_p: float = 1.0
     """Nucleus sampling mass (1.0: off)."""
     batch_size: int = 16
-    """Prompts per ``generate`` call (memory only; the rollout batch is ``ppo.batch_size``)."""
+    """Prompts per ``generate`` call on a process (memory and speed only: every response has its own seed, so the
+    samples do not depend on it; the rollout batch is ``ppo.batch_size``)."""
     missing_eos_penalty: float | None = None
     """Subtract this from the score of a response that never emits EOS (TRL's ``missing_eos_penalty``); null:
     no penalty."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """Who samples the rollouts: ``hf`` (``generate`` on the policy itself; any device) or ``vllm`` (a vLLM engine
+    on the GPU holding a copy of the policy, synced after every update: ``rewardmix.models.vllm_rollout``; needs
+    the ``vllm`` extra, installed in a separate environment, and a model folder, not ``tiny``)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """``backend: vllm``: fraction of the GPU's memory the engine may take (its weights and KV cache); the
+    training model shares the GPU."""
+
+    def __post_init__(self) -> None:
+        if self.backend == "vllm":
+            from rewardmix.models.vllm_rollout import INSTALL_HINT, vllm_available  # imports torch only
+
+            if not vllm_available():
+                raise ValueError(f"backend: vllm, but the vllm package is not installed here: {INSTALL_HINT}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1]")
 
 
 @dataclass
@@ -199,14 +238,15 @@ class PPOConfig:
     steps: int | None = None
     """PPO iterations (one rollout batch each); null: ``data.epochs`` passes over the prompt pool."""
     batch_size: int = 16
-    """Responses per iteration (CRS Table 8: 16; RLLR Table 3: 16-32)."""
+    """Responses per iteration on each process: the rollout batch is ``batch_size * num_processes`` (CRS Table 8:
+    16; RLLR Table 3: 16-32)."""
     ppo_epochs: int = 4
     """Optimization passes over each rollout batch (CRS Table 8: 4)."""
     minibatch_size: int = 4
-    """Responses per optimizer step."""
+    """Responses per optimizer step on each process (``minibatch_size * num_processes`` in all)."""
     micro_batch_size: int = 4
-    """Responses per forward/backward pass; a minibatch is accumulated over ``minibatch_size / micro_batch_size``
-    passes with the exact same update."""
+    """Responses per forward/backward pass on a process; a minibatch is accumulated over
+    ``minibatch_size / micro_batch_size`` passes with the exact same update."""
     forward_batch_size: int = 16
     """Responses per no-grad forward pass (log-probabilities, reference, values) at rollout time."""
     learning_rate: float = 1.41e-5
@@ -318,6 +358,8 @@ class Config:
             raise ValueError("data.format: task needs data.task")
         if not self.reward.components:
             raise ValueError("reward.components: give at least one component")
+        if g.backend == "vllm" and self.model.name == "tiny":
+            raise ValueError("generation.backend: vllm loads the base from a folder; tiny is built in memory")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -367,6 +409,10 @@ class Models(NamedTuple):
     """``"policy"`` with LoRA, None with full fine-tuning."""
     params: list[torch.nn.Parameter]
     """What the optimizer trains: the policy's and the value role's weights, nothing else."""
+    rollout: Any = None
+    """``generation.backend: vllm``: the :class:`~rewardmix.models.vllm_rollout.VllmRollout` engine that samples
+    the rollouts with a copy of the policy's weights (synced by :func:`sync_rollout_weights`); None: the policy
+    samples them itself."""
 
 
 class Trajectory(NamedTuple):
@@ -411,10 +457,6 @@ class PPOStats(NamedTuple):
     grad_norm: float
 
 
-class NonFiniteScoreError(FloatingPointError):
-    """A reward component returned NaN or inf; the message names the component and the samples."""
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The stage
 
@@ -430,18 +472,20 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     Returns:
         A :class:`PpoResult`.
     """
-    # step 1. run directory, accelerator, seed
-    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.ppo.mixed_precision)
-    if accelerator.num_processes > 1:
-        raise NotImplementedError(
-            "rewardmix ppo runs in one process (one device) for now; launch it without several processes"
-        )
+    # step 1. run directory, accelerator (data-parallel when launched with several processes), seed
+    accelerator = make_accelerator(cpu=cfg.cpu, mixed_precision=cfg.ppo.mixed_precision, stage="ppo")
+    check_data_parallel(accelerator, "ppo")
+    is_main = accelerator.is_main_process
     out = Path(cfg.output_dir)
-    prepare_run_dir(out, cfg, stage="ppo")
+    if is_main:
+        prepare_run_dir(out, cfg, stage="ppo")
+    accelerator.wait_for_everyone()
     set_seed(cfg.seed)
 
     # step 2. tokenizer, base and roles: policy, value, reference (= adapters disabled)
     models = load_models(cfg, accelerator.device)
+    broadcast_parameters(accelerator, models.params)  # every replica starts from the main process's weights
+    models = with_rollout_engine(cfg, models)  # generation.backend vllm: an engine with the policy's weights
     n_train = sum(p.numel() for p in models.params)
     n_base = sum(p.numel() for p in models.shared.parameters())
     log.info("trainable parameters (policy + value): %d; shared base: %d", n_train, n_base)
@@ -450,15 +494,18 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     reward = build_reward(cfg, models, accelerator.device)
 
     # step 4. the prompt pool
-    prompts = load_prompts(cfg, models.tokenizer, out=out)
-    total_steps = cfg.ppo.steps or math.ceil(len(prompts) * cfg.data.epochs / cfg.ppo.batch_size)
+    prompts = load_prompts(cfg, models.tokenizer, out=out if is_main else None)
+    # Batch sizes are per process: an iteration takes batch_size responses from each process.
+    global_batch = cfg.ppo.batch_size * accelerator.num_processes
+    total_steps = cfg.ppo.steps or math.ceil(len(prompts) * cfg.data.epochs / global_batch)
     minibatches = math.ceil(cfg.ppo.batch_size / cfg.ppo.minibatch_size)
     optimizer, scheduler = make_optimizer(cfg, models.params, total_steps * cfg.ppo.ppo_epochs * minibatches)
     kl_ctl = make_kl_controller(cfg.ppo.kl)
-    # What a checkpoint is only valid for: other prompts, batch or reward would not continue this run.
+    # What a checkpoint is only valid for: other prompts, batch or reward would not continue this run (the
+    # global batch: a run may resume on another number of processes that keeps it).
     plan = {
         "prompts": prompt_hash(prompts),
-        "batch_size": cfg.ppo.batch_size,
+        "batch_size": global_batch,
         "steps": total_steps,
         "components": reward.names,
     }
@@ -473,6 +520,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
                 f"config's ({plan}); use a new output_dir or delete {out / 'checkpoints'}"
             )
         load_named_state(models, checkpoint.trainable_state)
+        sync_rollout_weights(models)  # the vLLM engine (if any) samples with the resumed policy
         optimizer.load_state_dict(checkpoint.optimizer_state)
         scheduler.load_state_dict(checkpoint.scheduler_state)
         kl_ctl.load_state_dict(checkpoint.extra["kl"])
@@ -480,39 +528,55 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         restore_rng(checkpoint.rng_state)
         step = checkpoint.step
         for name in ("metrics.jsonl", "samples.jsonl"):  # the redone steps must not appear twice
-            truncate_jsonl_after(out / name, step)
+            if is_main:
+                truncate_jsonl_after(out / name, step)
     elif any(c.normalize == "reference" for c in cfg.reward.components):
         calibrate_reward(cfg, models, reward, prompts, accelerator)
     resuming = checkpoint is not None
-    metrics = TrainLogger(out, report_to=cfg.logging.report_to, resume=resuming, config=to_dict(cfg))
-    samples = SampleTable(out / "samples.jsonl", resume=resuming, enabled=cfg.logging.num_samples > 0)
+    metrics = TrainLogger(
+        out, report_to=cfg.logging.report_to, resume=resuming, config=to_dict(cfg), enabled=is_main
+    )
+    samples = SampleTable(
+        out / "samples.jsonl", resume=resuming, enabled=is_main and cfg.logging.num_samples > 0
+    )
 
-    # step 6. the PPO loop
+    # step 6. the PPO loop; each process generates, scores and evaluates its share of the batch, then every
+    # process holds the whole batch (gathered) for the rest of the iteration
     guard = NonFiniteGuard()
     row: dict[str, float] = {}
-    bar = tqdm(range(step, total_steps), desc="ppo", unit="step")
+    rank, b = accelerator.process_index, cfg.ppo.batch_size
+    share = slice(rank * b, (rank + 1) * b)
+    bar = tqdm(range(step, total_steps), desc="ppo", unit="step", disable=not is_main)
     for s in bar:
         started = time.perf_counter()
-        batch = [prompts[i] for i in batch_indices(len(prompts), s, cfg.ppo.batch_size, seed=cfg.seed)]
+        batch = [prompts[i] for i in batch_indices(len(prompts), s, global_batch, seed=cfg.seed)]
+        mine = batch[share]  # a contiguous slice: gathering in process order restores the batch order
         models.policy.eval()  # rollouts: no dropout (it is zeroed anyway), no autograd
-        # 6.1 generate: left-padded prompts, sampled responses, tokens after EOS masked
-        query_responses, attention_mask, response_mask, has_eos = generate_responses(models, batch, cfg)
+        # 6.1 generate: left-padded prompts, sampled responses, tokens after EOS masked; each response from
+        # its own seed (run seed, step, place in the batch), whichever process makes it
+        seeds = rollout_seeds(cfg.seed, s, range(global_batch))[share]
+        query_responses, attention_mask, response_mask, has_eos = generate_responses(
+            models, mine, cfg, seeds=seeds
+        )
         generate_time = time.perf_counter() - started
-        # 6.2 score: composite reward, missing-EOS penalty, score clip
+        # 6.2 score: every component's raw score here, the composite over the whole batch (running statistics
+        # of all processes), missing-EOS penalty, score clip
         texts = decode_responses(models.tokenizer, query_responses, response_mask)
-        try:
-            composite = reward(scoring_batch(batch, texts, query_responses, response_mask))
-        except NonFiniteScoreError as e:
-            raise NonFiniteScoreError(
-                f"step {s + 1}: {e}. No weight was changed by this step; the last checkpoint is still valid: "
-                "fix the scorer and rerun the same command to resume"
-            ) from None
-        scores, score_clipfrac = final_scores(composite.scores, has_eos, cfg)
-        # 6.3 log-probabilities (policy, reference), entropy and values of the sampled tokens
+        raw = score_responses(reward, mine, texts, query_responses, response_mask, accelerator, step=s + 1)
+        # 6.3 log-probabilities (policy, reference), entropy and values of the sampled tokens; then the whole
+        # batch on every process
         with accelerator.autocast():
             logprobs, ref_logprobs, values, entropy = rollout_forward(
                 models, query_responses, attention_mask, response_mask, cfg
             )
+        entropy = gather_mean(accelerator, entropy, response_mask.sum())
+        texts = gather_objects(accelerator, texts)
+        query_responses, attention_mask, response_mask, has_eos, logprobs, ref_logprobs, values = gather_rollout(
+            accelerator, pad_token_id(models.tokenizer), query_responses, attention_mask, response_mask, has_eos,
+            logprobs, ref_logprobs, values,
+        )  # fmt: skip
+        composite = reward.combine({name: gather_rows(accelerator, x) for name, x in raw.items()})
+        scores, score_clipfrac = final_scores(composite.scores, has_eos, cfg)
         # 6.4 per-token rewards: -beta * KL_t, plus the score on the last token (RLLR Eq. 5)
         kl_coef = kl_ctl.value
         rewards, kl = kl_shaped_rewards(
@@ -531,9 +595,10 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         # 6.6 PPO epochs over minibatches: clipped policy + value losses, accumulation, clipping, NaN guard
         lr = optimizer.param_groups[0]["lr"]
         stats = ppo_update(models, optimizer, scheduler, trajectory, cfg, accelerator, guard, step=s + 1)
+        sync_rollout_weights(models)  # the vLLM engine (if any) samples the next batch with the new weights
         # 6.7 the KL controller sees this batch's mean KL per response
         kl_per_response = kl.sum(dim=1)
-        kl_ctl.update(float(kl_per_response.mean()), cfg.ppo.batch_size)
+        kl_ctl.update(float(kl_per_response.mean()), global_batch)
         # 6.8 log, sample table, checkpoint
         elapsed = time.perf_counter() - started
         row = step_metrics(trajectory, stats, reward, kl_coef=kl_coef, lr=lr)
@@ -547,15 +612,17 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         if cfg.logging.num_samples > 0 and (last or _every(cfg.logging.sample_every, s + 1)):
             samples.log(s + 1, sample_rows(batch, texts, trajectory, composite, models.tokenizer, cfg))
         if last or _every(cfg.logging.checkpoint_every, s + 1):
-            save_checkpoint(
-                out,
-                s + 1,
-                trainable_state={name: p.detach() for name, p in named_trainable(models).items()},
-                optimizer=optimizer,
-                scheduler=scheduler,
-                extra={"plan": plan, "kl": kl_ctl.state_dict(), "reward": reward.state_dict()},
-                keep=cfg.logging.keep_checkpoints,
-            )
+            if is_main:  # every process holds the same weights and statistics: one writes them
+                save_checkpoint(
+                    out,
+                    s + 1,
+                    trainable_state={name: p.detach() for name, p in named_trainable(models).items()},
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    extra={"plan": plan, "kl": kl_ctl.state_dict(), "reward": reward.state_dict()},
+                    keep=cfg.logging.keep_checkpoints,
+                )
+            accelerator.wait_for_everyone()
         if on_step is not None:
             on_step(s + 1, row)
     bar.close()
@@ -565,10 +632,14 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         row = {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
 
     # step 7. save the policy (adapter, merged or full model) with its tokenizer, and the value role
-    model_dir, adapter_dir, value_dir = save_final_models(cfg, models, out)
-    summary = {"global_step": total_steps, "model_dir": str(model_dir), "metrics": row}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_float) + "\n")
-    log.info("PPO done after %d steps; policy in %s", total_steps, model_dir)
+    merged = cfg.lora.enabled and cfg.lora.merge_lora
+    model_dir, adapter_dir, value_dir = out / "model", (out / "adapter" if merged else None), out / "value"
+    if is_main:
+        model_dir, adapter_dir, value_dir = save_final_models(cfg, models, out)
+        summary = {"global_step": total_steps, "model_dir": str(model_dir), "metrics": row}
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_float) + "\n")
+        log.info("PPO done after %d steps; policy in %s", total_steps, model_dir)
+    accelerator.wait_for_everyone()
     return PpoResult(out, model_dir, adapter_dir, value_dir, total_steps, row)
 
 
@@ -621,6 +692,35 @@ def load_models(cfg: Config, device: torch.device) -> Models:
     params = lora.trainable_parameters(shared, POLICY_ROLE) if cfg.lora.enabled else list(policy.parameters())
     params += lora.trainable_parameters(value, VALUE_ROLE)
     return Models(tokenizer, policy, shared, value, policy_role, params)
+
+
+def with_rollout_engine(cfg: Config, models: Models) -> Models:
+    """``generation.backend: vllm``: ``models`` with a vLLM engine holding the policy's current weights.
+
+    The engine loads the base from its folder and is then given the policy's weights (LoRA role merged out of
+    place); with ``backend: hf`` the models come back unchanged and vLLM is never imported.
+    """
+    if cfg.generation.backend != "vllm":
+        return models
+    from rewardmix.models import loading
+    from rewardmix.models.vllm_rollout import VllmRollout
+
+    engine = VllmRollout(
+        loading.resolve_model_path(cfg.model.name),
+        seed=cfg.seed,
+        dtype=cfg.model.dtype,
+        gpu_memory_utilization=cfg.generation.vllm_gpu_memory_utilization,
+        max_model_len=cfg.data.max_prompt_tokens + cfg.generation.max_new_tokens,
+    )
+    models = models._replace(rollout=engine)
+    sync_rollout_weights(models)
+    return models
+
+
+def sync_rollout_weights(models: Models) -> None:
+    """Load the policy's current weights into the rollout engine, if there is one (after each update, resume)."""
+    if models.rollout is not None:
+        models.rollout.sync_weights(models.policy, models.policy_role)
 
 
 def disable_dropout(model: torch.nn.Module) -> int:
@@ -760,6 +860,101 @@ def scoring_batch(
     )
 
 
+def score_responses(
+    reward: CompositeReward,
+    prompts: Sequence[PromptExample],
+    texts: Sequence[str],
+    query_responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    accelerator: Accelerator,
+    *,
+    step: int,
+) -> dict[str, torch.Tensor]:
+    """Every component's raw (B_p,) score of this process's responses.
+
+    A non-finite score on any process stops every process (the one that saw it names the component and the
+    sample), before any weight changes.
+
+    Raises:
+        NonFiniteScoreError: A component returned NaN or inf on this or another process.
+    """
+    error: NonFiniteScoreError | None = None
+    raw: dict[str, torch.Tensor] = {}
+    try:
+        raw = reward.raw_scores(scoring_batch(prompts, texts, query_responses, response_mask))
+    except NonFiniteScoreError as e:
+        error = e
+    if any_process(accelerator, error is not None):
+        reason = error or "a reward component returned a non-finite score on another process (see its log)"
+        raise NonFiniteScoreError(
+            f"step {step}: {reason}. No weight was changed by this step; the last checkpoint is still valid: "
+            "fix the scorer and rerun the same command to resume"
+        ) from None
+    return raw
+
+
+def gather_mean(accelerator: Accelerator, mean: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:
+    """The mean over every process of per-process means, each weighted by its ``count`` (e.g. tokens)."""
+    if accelerator.num_processes == 1:
+        return mean
+    total = global_sum(accelerator, float(mean) * float(count))
+    n = global_sum(accelerator, float(count))
+    return torch.tensor(total / n if n else math.nan)
+
+
+def gather_rollout(
+    accelerator: Accelerator,
+    pad_id: int,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    has_eos: torch.Tensor,
+    *per_token: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The whole batch's rollout on every process, in the layout one process would have made.
+
+    Each process's prompts are left-padded to the widest prompt of the batch and its responses right-padded
+    to the longest response, so row ``i`` of the result is response ``i`` of the batch with every real token
+    at the position it has alone (padding is masked everywhere).
+
+    Args:
+        accelerator: The stage's accelerator.
+        pad_id: Id written at padded positions.
+        query_responses: (B_p, P_p + R_p) this process's ids.
+        attention_mask: (B_p, P_p + R_p).
+        response_mask: (B_p, R_p) bool.
+        has_eos: (B_p,) bool.
+        per_token: (B_p, R_p) tensors (log-probabilities, values), padded with 0.
+
+    Returns:
+        ``(query_responses, attention_mask, response_mask, has_eos, *per_token)`` of the B = sum B_p responses.
+    """
+    if accelerator.num_processes == 1:
+        return (query_responses, attention_mask, response_mask, has_eos, *per_token)
+    P = query_responses.shape[1] - response_mask.shape[1]
+    ids = torch.cat(
+        [
+            gather_rows(accelerator, query_responses[:, :P], pad_value=pad_id, side="left"),
+            gather_rows(accelerator, query_responses[:, P:], pad_value=pad_id),
+        ],
+        dim=1,
+    )
+    mask = torch.cat(
+        [
+            gather_rows(accelerator, attention_mask[:, :P], pad_value=0, side="left"),
+            gather_rows(accelerator, attention_mask[:, P:], pad_value=0),
+        ],
+        dim=1,
+    )
+    return (
+        ids,
+        mask,
+        gather_rows(accelerator, response_mask, pad_value=False),
+        gather_rows(accelerator, has_eos),
+        *(gather_rows(accelerator, x, pad_value=0.0) for x in per_token),
+    )
+
+
 def final_scores(scores: torch.Tensor, has_eos: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, float]:
     """The score the policy optimizes: composite, minus the missing-EOS penalty, clipped.
 
@@ -794,12 +989,16 @@ def calibrate_reward(
 ) -> None:
     """Give ``normalize: reference`` components the statistics of the initial policy's (= SFT) responses.
 
+    With several processes each one generates and scores all of them (seeded per sample, so every process
+    computes the same statistics without communicating; it runs once per run).
+
     Reference: Ziegler et al. 2019 §2.2 (reward normalized on samples of the initial policy).
     """
     n = min(len(prompts), cfg.ppo.reference_samples)
     picked = [prompts[i] for i in epoch_order(len(prompts), seed=cfg.seed, epoch=0, salt="reference")[:n]]
     models.policy.eval()
-    query_responses, _, response_mask, _ = generate_responses(models, picked, cfg)
+    seeds = rollout_seeds(cfg.seed, "reference", range(n))
+    query_responses, _, response_mask, _ = generate_responses(models, picked, cfg, seeds=seeds)
     texts = decode_responses(models.tokenizer, query_responses, response_mask)
     reward.calibrate_reference(scoring_batch(picked, texts, query_responses, response_mask))
 
@@ -849,18 +1048,42 @@ def response_mask_from_ids(
     return positions.unsqueeze(0) < length.unsqueeze(1), has_eos
 
 
+def rollout_seeds(seed: int, step: int | str, positions: Iterable[int]) -> list[int]:
+    """One sampling seed per response: a pure function of the run seed, the step and the place in the batch.
+
+    What a response gets therefore depends neither on the batch it is generated with, nor on the process that
+    generates it, nor on the global random state (a resumed run needs no generator restored).
+    """
+    out = []
+    for position in positions:
+        digest = hashlib.sha256(f"{seed}:{step}:{position}".encode()).digest()
+        out.append(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return out
+
+
 @torch.no_grad()
 def generate_responses(
-    models: Models, prompts: Sequence[PromptExample], cfg: Config
+    models: Models, prompts: Sequence[PromptExample], cfg: Config, *, seeds: Sequence[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample one response per prompt with the policy.
+    """Sample one response per prompt with the policy, response ``i`` from its own seed ``seeds[i]``.
 
     Prompts are left-padded to the batch's longest (so every response starts at column P); responses of all
-    ``generate`` calls are right-padded to the longest, R.
+    ``generate`` calls are right-padded to the longest, R. Sampling is the Gumbel-max trick inside greedy
+    decoding (:class:`rewardmix.models.sampling.SeededSampling`): a draw from the same temperature / top-k /
+    top-p distribution as ``do_sample=True``, but each row from its own generator.
+
+    Args:
+        seeds: One per prompt (see :func:`rollout_seeds`); None draws them from the global torch generator.
 
     Returns:
         ``(query_responses (B, P + R), attention_mask (B, P + R), response_mask (B, R), has_eos (B,))``.
     """
+    from rewardmix.models.sampling import seeded_sampling
+
+    if seeds is None:
+        seeds = torch.randint(0, 2**63 - 1, (len(prompts),)).tolist()
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     tokenizer, gen = models.tokenizer, cfg.generation
     device = next(models.policy.parameters()).device
     pad, stops = pad_token_id(tokenizer), stop_token_ids(tokenizer)
@@ -870,22 +1093,34 @@ def generate_responses(
     )
     P = prompt_ids.shape[1]
     pieces: list[torch.Tensor] = []
-    for rows in chunk(range(len(prompts)), gen.batch_size):
-        rows = list(rows)
-        with policy_context(models):
-            output = models.policy.generate(
-                input_ids=prompt_ids[rows],
-                attention_mask=prompt_mask[rows],
-                do_sample=True,
-                temperature=gen.temperature,
-                top_k=gen.top_k,  # 0 switches off transformers' default top_k=50
-                top_p=gen.top_p,
-                repetition_penalty=1.0,
-                max_new_tokens=gen.max_new_tokens,
-                pad_token_id=pad,
-                eos_token_id=stops or None,
-            )
-        pieces.append(output[:, P:])
+    if models.rollout is not None:  # generation.backend vllm: one seeded engine request per prompt
+        responses = models.rollout.generate(
+            [p.input_ids for p in prompts], seeds=seeds, max_new_tokens=gen.max_new_tokens,
+            temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p, stop_ids=stops,
+        )  # fmt: skip
+        pieces = [torch.tensor(r, dtype=prompt_ids.dtype, device=device).reshape(1, -1) for r in responses]
+    else:
+        for rows in chunk(range(len(prompts)), gen.batch_size):
+            rows = list(rows)
+            with policy_context(models):
+                output = models.policy.generate(
+                    input_ids=prompt_ids[rows],
+                    attention_mask=prompt_mask[rows],
+                    # Greedy over Gumbel-perturbed logits = sampling, with one generator per row (see above).
+                    do_sample=False,
+                    logits_processor=seeded_sampling(
+                        [seeds[i] for i in rows],
+                        temperature=gen.temperature,
+                        top_k=gen.top_k,
+                        top_p=gen.top_p,
+                        device=device,
+                    ),
+                    repetition_penalty=1.0,
+                    max_new_tokens=gen.max_new_tokens,
+                    pad_token_id=pad,
+                    eos_token_id=stops or None,
+                )
+            pieces.append(output[:, P:])
     R = max(p.shape[1] for p in pieces)
     widths = torch.cat([torch.full((p.shape[0],), p.shape[1]) for p in pieces]).to(device)
     response_ids = torch.cat([torch.nn.functional.pad(p, (0, R - p.shape[1]), value=pad) for p in pieces])
@@ -1028,37 +1263,49 @@ def ppo_update(
     ``policy_loss + vf_coef * value_loss``; a micro-batch contributes its masked mean times
     ``(its tokens / the minibatch's tokens)``, so accumulation gives the update of one large pass.
 
+    With N processes every process holds the whole batch (``trajectory``), a minibatch has
+    ``minibatch_size * N`` responses, each process runs its share of them, and the gradients are summed across
+    processes before clipping: the update of one process running the whole minibatch.
+
     Reference: Schulman et al. 2017 (PPO) Eq. 7 and 9 (clipped surrogate, value loss with weight c1).
     """
     p = cfg.ppo
     t = trajectory
     R = t.response_mask.shape[1]
+    rank, world = accelerator.process_index, accelerator.num_processes
     models.policy.train()  # dropout is zeroed: training mode only enables gradient checkpointing
     models.value.train()
     totals = dict.fromkeys(PPOStats._fields, 0.0)
     n_optimizer_steps = 0
-    for _ in range(p.ppo_epochs):
-        order = torch.randperm(t.response_mask.shape[0]).tolist()  # global RNG: restored on resume
-        for minibatch in chunk(order, p.minibatch_size):
-            n_tokens = float(t.response_mask[minibatch].sum())
-            for micro in chunk(minibatch, p.micro_batch_size):
+    for epoch in range(p.ppo_epochs):
+        # A seeded order per (step, epoch): the same on every process and after a resume.
+        B = t.response_mask.shape[0]
+        order = epoch_order(B, seed=cfg.seed, epoch=(step - 1) * p.ppo_epochs + epoch, salt="ppo-minibatches")
+        for minibatch in chunk(order, p.minibatch_size * world):
+            n_tokens = float(t.response_mask[minibatch].sum())  # the whole minibatch's, on every process
+            for micro in chunk(minibatch[rank::world], p.micro_batch_size):
                 rows = list(micro)
                 mask = t.response_mask[rows]
                 weight = float(mask.sum()) / n_tokens  # this micro-batch's share of the minibatch's tokens
-                with accelerator.autocast():
-                    with policy_context(models):
-                        _, logprobs = policy_logits_logprobs(
-                            models.policy, t.query_responses[rows], t.attention_mask[rows], R,
-                            cfg.generation.temperature,
-                        )  # fmt: skip
-                    values = value_estimates(models, t.query_responses[rows], t.attention_mask[rows], R)
+                # L = L_clip + c1 * L_V, backpropagated one term at a time: the policy and value roles train
+                # disjoint weights, so the gradients are the same, and the policy's activations are freed
+                # before the value's forward pass (the peak holds one role's activations, not two).
+                with accelerator.autocast(), policy_context(models):
+                    _, logprobs = policy_logits_logprobs(
+                        models.policy, t.query_responses[rows], t.attention_mask[rows], R,
+                        cfg.generation.temperature,
+                    )  # fmt: skip
                 pg_loss, clipfrac, approx_kl = policy_loss(
                     logprobs, t.logprobs[rows], t.advantages[rows], mask, clip_range=p.clip_range
                 )
+                accelerator.backward(pg_loss * weight)
+                del logprobs
+                with accelerator.autocast():
+                    values = value_estimates(models, t.query_responses[rows], t.attention_mask[rows], R)
                 vf_loss, vf_clipfrac = value_loss(
                     values.float(), t.values[rows], t.returns[rows], mask, clip_range_value=p.clip_range_value
                 )
-                accelerator.backward((pg_loss + p.vf_coef * vf_loss) * weight)  # L = L_clip + c1 * L_V
+                accelerator.backward(p.vf_coef * vf_loss * weight)
                 for key, value in (
                     ("loss_policy", pg_loss),
                     ("loss_value", vf_loss),
@@ -1067,8 +1314,9 @@ def ppo_update(
                     ("value_clipfrac", vf_clipfrac),
                 ):
                     totals[key] += float(value.detach()) * weight
+            all_reduce_gradients(accelerator, models.params)  # sum of every process's share of the minibatch
             grad_norm = clip_gradients(models.params, p.max_grad_norm, accelerator=accelerator)
-            if guard.step_ok(grad_norm, step):
+            if guard.step_ok(grad_norm, step, parameters=lambda: named_trainable(models).items()):
                 optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -1076,6 +1324,8 @@ def ppo_update(
             n_optimizer_steps += 1
     models.policy.eval()
     models.value.eval()
+    # Token-weighted shares summed over processes; the gradient norm is the same on every process already.
+    totals = {k: v if k == "grad_norm" else global_sum(accelerator, v) for k, v in totals.items()}
     return PPOStats(**{key: value / n_optimizer_steps for key, value in totals.items()})
 
 
@@ -1173,22 +1423,28 @@ def load_prompts(cfg: Config, tokenizer: Any, *, out: Path | None = None) -> lis
         rows = [{"question": e.question, "task": e.task, "label": e.label} for e in examples]
         read_report, kind = report.to_dict(), "nlu"
     else:
-        rows, report = read_records(data.prompts, on_bad_row=data.on_bad_row)
-        read_report = report.to_dict()
-        kind = detect_prompt_format(rows[0], data) if rows and data.format == "auto" else data.format
+        # Each row is converted as it is read, so one that does not fit the format is a bad row at its line.
+        kinds: list[PromptFormat] = [] if data.format == "auto" else [data.format]
+
+        def check(row: dict[str, Any]) -> None:
+            if not kinds:
+                try:
+                    kinds.append(detect_prompt_format(row, data))
+                except DataError as e:
+                    raise RowError(None, str(e).removeprefix(f"{data.prompts}: ")) from None
+            try:
+                row_to_prompt(row, kinds[0], data)
+            except KeyError as e:
+                raise RowError(str(e.args[0]), f"missing (not a {kinds[0]} row)") from None
+
+        rows, report = read_records(data.prompts, on_bad_row=data.on_bad_row, check=check)
+        read_report, kind = report.to_dict(), (kinds[0] if kinds else data.format)
     if data.limit is not None:
         rows = rows[: data.limit]
-    prompts, skipped, truncated = [], 0, 0
-    for n, row in enumerate(rows, start=1):
-        try:
-            messages, meta = row_to_prompt(row, kind, data)
-        except (ChatDataError, KeyError, TypeError, ValueError) as e:
-            message = f"{data.prompts}: data row {n}: {e}"
-            if data.on_bad_row == "error":
-                raise DataError(f"{message} (not a {kind} row)") from None
-            skipped += 1
-            log.warning("%s; skipped", message)
-            continue
+    prompts, truncated = [], 0
+    skipped = read_report["n_skipped"] if read_report else 0
+    for row in rows:
+        messages, meta = row_to_prompt(row, kind, data)
         ids = tokenize_prompt(messages, tokenizer)
         truncated += len(ids) > data.max_prompt_tokens
         prompts.append(PromptExample(messages, truncate_prompt_ids(ids, data.max_prompt_tokens), meta))
@@ -1232,8 +1488,7 @@ def row_to_prompt(
 ) -> tuple[list[Message], dict[str, Any]]:
     """One row -> (conversation ending with the user's turn, meta = the row's other fields)."""
     if kind == "messages":
-        raw = row["messages"]
-        messages = as_messages(json.loads(raw) if isinstance(raw, str) else raw)
+        messages = _messages_field(row["messages"])
         meta = {k: v for k, v in row.items() if k != "messages"}
         if messages and messages[-1].role == "assistant":  # a reference answer, not part of the prompt
             meta["reference"] = messages[-1].content
@@ -1254,6 +1509,13 @@ def row_to_prompt(
     if data.system_prompt is not None and messages[0].role != "system":
         messages = [Message("system", data.system_prompt), *messages]
     return messages, meta
+
+
+def _messages_field(raw: Any) -> list[Message]:
+    try:
+        return as_messages(json.loads(raw) if isinstance(raw, str) else raw)
+    except (TypeError, ValueError) as e:
+        raise ChatDataError(f"field 'messages': {e}") from None
 
 
 def prompt_hash(prompts: Sequence[PromptExample]) -> str:

@@ -108,12 +108,13 @@ from rewardmix.data.chat import (
     tokenize_chat,
     truncated_lengths,
 )
-from rewardmix.data.pairs import PreferencePair, pairs_from_ranking, read_pairs
-from rewardmix.data.readers import DataError, read_records
+from rewardmix.data.pairs import PreferencePair, pair_from_row, pairs_from_ranking
+from rewardmix.data.readers import DataError, RowError, read_records
 from rewardmix.data.splits import split_records
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 from rewardmix.train import config as train_config
 from rewardmix.train.checkpoint import load_latest_checkpoint, restore_rng, save_checkpoint
+from rewardmix.train.distributed import check_data_parallel, make_accelerator
 from rewardmix.train.loop import (
     NonFiniteGuard,
     SampleTable,
@@ -394,7 +395,10 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         A :class:`RewardModelResult`.
     """
     # step 1. run directory, accelerator, seed
-    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.optim.mixed_precision)
+    accelerator = make_accelerator(
+        cpu=cfg.cpu, mixed_precision=cfg.optim.mixed_precision, stage="reward-model"
+    )
+    check_data_parallel(accelerator, "reward-model")
     out = Path(cfg.output_dir)
     is_main = accelerator.is_main_process
     if is_main:
@@ -489,7 +493,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         lr = optimizer.param_groups[0]["lr"]
         params = [p for p in model.parameters() if p.requires_grad]
         grad_norm = clip_gradients(params, cfg.optim.max_grad_norm, accelerator=accelerator)
-        if guard.step_ok(grad_norm, s + 1):
+        losses = {"loss/train": stats["loss"]}  # a bad step names its loss and parameters
+        if guard.step_ok(grad_norm, s + 1, losses=losses, parameters=unwrapped.named_parameters):
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -939,7 +944,7 @@ def accumulate_gradients(
 
     Returns:
         ``loss`` (mean item loss of the step), ``items`` (all processes) and, for pairwise/ranking,
-        ``accuracy`` (share of the step's pairs ordered right, on this process).
+        ``accuracy`` (share of the step's pairs ordered right, all processes).
     """
     n_items = global_sum(accelerator, len(batch))
     loss_sum, wins, n_pairs = 0.0, 0.0, 0
@@ -961,8 +966,10 @@ def accumulate_gradients(
             wins += float(pairwise_accuracy(better, worse)) * better.numel()
             n_pairs += better.numel()
     stats = {"loss": global_sum(accelerator, loss_sum) / n_items, "items": n_items}
-    if n_pairs:
-        stats["accuracy"] = wins / n_pairs
+    if cfg.objective.kind != "absolute":  # the same branch on every process: the sums below are collective
+        all_pairs = global_sum(accelerator, n_pairs)
+        if all_pairs:
+            stats["accuracy"] = global_sum(accelerator, wins) / all_pairs
     return stats
 
 
@@ -1066,7 +1073,7 @@ def load_items(cfg: Config, encoder: InputEncoder) -> tuple[list[Item], list[Ite
     train, report["train"] = build_items(train_records, fmt, cfg, encoder)
     evals, report["eval"] = build_items(eval_records, eval_fmt, cfg, encoder)
     if not train:
-        raise ValueError(f"no training item in {data.train} (see the counts: {report['train']})")
+        raise DataError(f"{data.train}: no training item left (see the counts: {report['train']})")
     return train, evals, report
 
 
@@ -1085,11 +1092,33 @@ def read_data(
         fmt: DataFormat = {"pairwise": "pairs", "ranking": "ranking", "absolute": "ratings"}[objective]
         records = {"pairs": toy_pairs, "ranking": toy_rankings, "ratings": toy_ratings}[fmt](96, seed=seed)
         return records, fmt, None
-    rows, read_report = read_records(source, on_bad_row=data.on_bad_row)
-    fmt = data.format if data.format != "auto" else detect_format(rows, source, data)
+    # Each record is checked as it is read (format told from the first one), so a bad one is an error or a
+    # counted skip at its line, under data.on_bad_row.
+    formats: list[DataFormat] = [] if data.format == "auto" else [data.format]
+
+    def check(row: dict[str, Any]) -> None:
+        if not formats:
+            try:
+                formats.append(detect_format([row], source, data))
+            except DataError as e:
+                raise RowError(None, str(e).removeprefix(f"{source}: ")) from None
+        _check_record(row, formats[0], data)
+
+    rows, read_report = read_records(source, on_bad_row=data.on_bad_row, check=check)
+    fmt = formats[0] if formats else detect_format(rows, source, data)
     if fmt == "pairs":
-        return read_pairs(source), fmt, read_report.to_dict()  # strict schema: an unknown key is an error
+        return [pair_from_row(row) for row in rows], fmt, read_report.to_dict()
     return rows, fmt, read_report.to_dict()
+
+
+def _check_record(row: dict[str, Any], fmt: DataFormat, data: DataConfig) -> None:
+    """Raise for a record that the builders below would reject (field named in the message)."""
+    if fmt == "pairs":
+        pair_from_row(row)  # strict schema: an unknown key is an error
+    elif fmt == "ranking":
+        _ranking_record(row, 0)
+    elif fmt == "ratings":
+        _rated_item(row, 0, data)
 
 
 def detect_format(rows: Sequence[Mapping[str, Any]], source: str, data: DataConfig) -> DataFormat:
@@ -1147,6 +1176,10 @@ def build_items(
         )
     counts["items"] = len(items)
     counts["dropped_identical_after_truncation"] = identical
+    if identical:
+        log.warning(
+            "%d items dropped: their ranked texts are identical after truncation (no signal)", identical
+        )
     counts["truncated_to_max_length"] = sum(
         1 for item in items for seq in item.sequences if len(seq) >= encoder.max_length
     )

@@ -66,12 +66,13 @@ from rewardmix.data.chat import (
     from_gsm8k,
     tokenize_chat,
 )
-from rewardmix.data.readers import read_records
+from rewardmix.data.readers import DataError, RowError, read_records
 from rewardmix.data.splits import split_records
 from rewardmix.data.tasks import format_answer
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 from rewardmix.train.checkpoint import load_latest_checkpoint, restore_rng, save_checkpoint
 from rewardmix.train.config import OptimConfig
+from rewardmix.train.distributed import check_data_parallel, make_accelerator
 from rewardmix.train.loop import (
     NonFiniteGuard,
     SampleTable,
@@ -276,7 +277,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         An :class:`SftResult`.
     """
     # step 1. run directory, accelerator, seed
-    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.optim.mixed_precision)
+    accelerator = make_accelerator(cpu=cfg.cpu, mixed_precision=cfg.optim.mixed_precision, stage="sft")
+    check_data_parallel(accelerator, "sft")
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         prepare_run_dir(out, cfg, stage="sft")
@@ -372,7 +374,10 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
             lr = optimizer.param_groups[0]["lr"]
             params = [q for q in model.parameters() if q.requires_grad]
             grad_norm = clip_gradients(params, cfg.optim.max_grad_norm, accelerator=accelerator)
-            if stats["tokens"] > 0 and guard.step_ok(grad_norm, global_step + 1):
+            losses = {"loss/train": stats["loss"]}  # a bad step names its loss and parameters
+            if stats["tokens"] > 0 and guard.step_ok(
+                grad_norm, global_step + 1, losses=losses, parameters=unwrapped.named_parameters
+            ):
                 optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -667,7 +672,7 @@ def load_phase(cfg: Config, index: int, tokenizer: Any, *, global_batch: int, ou
     train, train_counts = tokenize_examples(train_convs, tokenizer, cfg.examples)
     evals, eval_counts = tokenize_examples(eval_convs, tokenizer, cfg.examples)
     if not train:
-        raise ValueError(f"phase {name}: no training example with an answer token in {phase.data}")
+        raise DataError(f"{phase.data}: phase {name}: no training example with an answer token")
     steps_per_epoch = math.ceil(len(train) / global_batch)
     total = steps_per_epoch * phase.epochs
     if phase.max_steps is not None:
@@ -720,29 +725,32 @@ def read_conversations(
 
     Returns:
         ``(conversations, counts)``: ``counts["read"]`` is the reader's report (rows in/out, bad rows with their
-        line), ``counts["rows_not_converted"]`` the rows skipped because they did not fit the format (under
-        ``on_bad_row: skip``; under ``error`` the first one raises).
+        line and field, a row that does not fit the format included: an error under ``on_bad_row: error``,
+        a counted skip under ``skip``), ``counts["format"]`` the row format used.
     """
     if source == BUILTIN_TOY:
         rows, read = toy_rows(), None
+        kind = detect_format(rows[0], source) if fmt == "auto" else fmt
     else:
-        rows, report = read_records(source, on_bad_row=examples.on_bad_row)
-        read = report.to_dict()
-    kind = detect_format(rows[0], source) if rows and fmt == "auto" else fmt
-    convs, skipped = [], 0
-    for n, row in enumerate(rows, start=1):
-        try:
-            convs.append(row_to_messages(row, kind, examples))
-        except (ChatDataError, KeyError, TypeError, ValueError) as e:
-            message = f"{source}: data row {n}: {e}"
-            if examples.on_bad_row == "error":
-                raise ChatDataError(f"{message} (not a {kind} row)") from None
-            skipped += 1
-            log.warning("%s; skipped", message)
-    if skipped:
-        log.warning("%s: %d of %d rows skipped (not %s rows)", source, skipped, len(rows), kind)
+        # Each row is converted as it is read, so one that does not fit the format is a bad row at its line.
+        kinds: list[DataFormat] = [] if fmt == "auto" else [fmt]
+
+        def check(row: dict[str, Any]) -> None:
+            if not kinds:
+                try:
+                    kinds.append(detect_format(row, source))
+                except ChatDataError as e:
+                    raise RowError(None, str(e).removeprefix(f"{source}: ")) from None
+            try:
+                row_to_messages(row, kinds[0], examples)
+            except KeyError as e:
+                raise RowError(str(e.args[0]), f"missing (not a {kinds[0]} row)") from None
+
+        rows, report = read_records(source, on_bad_row=examples.on_bad_row, check=check)
+        read, kind = report.to_dict(), (kinds[0] if kinds else fmt)
+    convs = [row_to_messages(row, kind, examples) for row in rows]
     log.info("%s: %d conversations (%s format)", source, len(convs), kind)
-    return convs, {"read": read, "format": kind, "rows_not_converted": skipped}
+    return convs, {"read": read, "format": kind}
 
 
 def detect_format(row: Mapping[str, Any], where: str) -> DataFormat:
@@ -768,7 +776,12 @@ def row_to_messages(row: Mapping[str, Any], kind: DataFormat, examples: Examples
     """One row -> [system?] + user/assistant turns, ending with the answer to learn."""
     if kind == "messages":
         raw = row["messages"]
-        messages = as_messages(json.loads(raw) if isinstance(raw, str) else raw)
+        try:
+            messages = as_messages(json.loads(raw) if isinstance(raw, str) else raw)
+        except (TypeError, ValueError) as e:
+            raise ChatDataError(f"field 'messages': {e}") from None
+        if not messages or messages[-1].role != "assistant":
+            raise ChatDataError("field 'messages': the conversation must end with an assistant turn to learn")
     elif kind == "prompt_response":
         messages = [Message("user", _text(row, "prompt")), Message("assistant", _text(row, "response"))]
     elif kind == "alpaca":

@@ -1,0 +1,232 @@
+"""Data-parallel helpers: the accelerator every training stage starts with, and the few collectives they use.
+
+rewardmix's training stages run data-parallel under ``accelerate launch`` (or ``torchrun``): every process holds
+a full copy of the model, takes its share of each optimizer step's examples, and gradients are summed across
+processes, so N processes x batch b give the update of 1 process x batch N*b. How to launch each stage is in
+``docs/distributed.md``.
+
+- :func:`make_accelerator`: the ``Accelerator`` of a stage; on a machine without CUDA a multi-process launch
+  runs on the CPU with gloo, and a launch whose processes would each train alone is an error.
+- :func:`check_data_parallel`: refuse the sharded backends (DeepSpeed, FSDP, Megatron) the stages do not
+  support yet, before any work.
+- :func:`gather_rows`: every process's rows, concatenated in process order, padded to a common width.
+- :func:`gather_objects`, :func:`any_process`: picklable objects and flags across processes.
+- :func:`all_reduce_gradients`, :func:`broadcast_parameters`: what a stage that does not wrap its model in
+  DDP (PPO: several roles on one base) does instead.
+
+With one process every function returns its input (no copy, no communication), so single-process runs take
+exactly the code path they took before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+__all__ = [
+    "all_reduce_gradients",
+    "any_process",
+    "broadcast_parameters",
+    "check_data_parallel",
+    "gather_objects",
+    "gather_rows",
+    "launched_world_size",
+    "make_accelerator",
+]
+
+logger = logging.getLogger(__name__)
+
+# Backends whose processes each hold the whole model and only synchronize gradients: what the stages support.
+_DATA_PARALLEL = {
+    DistributedType.NO,
+    DistributedType.MULTI_CPU,
+    DistributedType.MULTI_GPU,
+    DistributedType.MULTI_NPU,
+    DistributedType.MULTI_MLU,
+    DistributedType.MULTI_SDAA,
+    DistributedType.MULTI_MUSA,
+    DistributedType.MULTI_XPU,
+    DistributedType.MULTI_HPU,
+}
+
+
+def launched_world_size() -> int:
+    """Processes the launcher started (``WORLD_SIZE`` set by ``torchrun`` / ``accelerate launch``), 1 if none."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def make_accelerator(*, cpu: bool, mixed_precision: str, stage: str) -> Accelerator:
+    """The ``Accelerator`` a training stage runs with.
+
+    A multi-process launch on a machine without CUDA runs on the CPU (gloo): without ``cpu=True`` Accelerate
+    would see no GPU and no CPU flag and give every process a world of its own, N independent runs writing
+    the same run directory. On non-main processes the ``rewardmix`` loggers drop to WARNING, so INFO lines
+    appear once.
+
+    Args:
+        cpu: The stage's ``cpu`` setting.
+        mixed_precision: ``no``, ``bf16`` or ``fp16``.
+        stage: The stage name, for messages.
+
+    Raises:
+        RuntimeError: The launcher started several processes but Accelerate runs each alone.
+    """
+    world = launched_world_size()
+    if world > 1 and not cpu and not torch.cuda.is_available():
+        cpu = True  # several processes, no GPU: gloo on the CPU (see the docstring)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    if world > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"{stage}: launched with WORLD_SIZE={world} but Accelerate set up a single process "
+            f"({accelerator.distributed_type}); each process would train alone into the same output_dir. "
+            "Launch with `accelerate launch --multi_gpu --num_processes N ...` or a config from "
+            "configs/accelerate/ (see docs/distributed.md)"
+        )
+    if accelerator.num_processes > 1:
+        if not accelerator.is_main_process:
+            logging.getLogger("rewardmix").setLevel(logging.WARNING)
+        logger.info(
+            "%s: %d processes (%s, backend %s), this is process %d on %s",
+            stage,
+            accelerator.num_processes,
+            accelerator.distributed_type,
+            accelerator.state.backend,
+            accelerator.process_index,
+            accelerator.device,
+        )
+    return accelerator
+
+
+def check_data_parallel(accelerator: Accelerator, stage: str) -> None:
+    """Stop before any work when Accelerate was launched with a sharded backend the stage does not support.
+
+    The stages save checkpoints and models from the main process's own (full) tensors and restore them the same
+    way; under DeepSpeed ZeRO or FSDP those tensors are shards, so a run would train but write unusable
+    checkpoints. Data parallelism (DDP on GPUs, gloo on CPUs) is supported.
+
+    Raises:
+        NotImplementedError: DeepSpeed, FSDP, Megatron-LM or another non-data-parallel backend.
+    """
+    if accelerator.distributed_type not in _DATA_PARALLEL:
+        raise NotImplementedError(
+            f"{stage}: Accelerate backend {accelerator.distributed_type} is not supported yet: rewardmix saves and "
+            "resumes checkpoints from each process's full tensors, which DeepSpeed ZeRO and FSDP shard. Launch "
+            "data-parallel instead (`accelerate launch --multi_gpu --num_processes N`, or "
+            "configs/accelerate/multi-gpu.yaml); see docs/distributed.md"
+        )
+
+
+def gather_rows(
+    accelerator: Accelerator,
+    tensor: torch.Tensor,
+    *,
+    pad_value: float | int | bool = 0,
+    side: Literal["right", "left"] = "right",
+) -> torch.Tensor:
+    """Every process's rows, concatenated in process order; dim 1 padded to the widest process's width.
+
+    Args:
+        accelerator: The stage's accelerator.
+        tensor: (B_p,) or (B_p, T_p) on this process; B_p and T_p may differ between processes.
+        pad_value: Written at padded positions.
+        side: Pad dim 1 on the right (responses) or the left (left-padded prompts).
+
+    Returns:
+        (sum B_p,) or (sum B_p, max T_p), same dtype, on ``tensor``'s device.
+    """
+    if accelerator.num_processes == 1:
+        return tensor
+    if tensor.ndim not in (1, 2):
+        raise ValueError(f"gather_rows takes 1-D or 2-D tensors, got shape {tuple(tensor.shape)}")
+    dtype = tensor.dtype
+    # gloo has no bool all_gather: move bools as uint8 and convert back.
+    work = tensor.to(torch.uint8) if dtype == torch.bool else tensor
+    shape = torch.tensor(list(work.shape) + [0] * (2 - work.ndim), device=work.device)
+    shapes = _all_gather(shape)
+    rows, width = int(max(s[0] for s in shapes)), int(max(s[1] for s in shapes))
+    padded = torch.full(
+        (rows, width) if work.ndim == 2 else (rows,), pad_value, dtype=work.dtype, device=work.device
+    )
+    if work.ndim == 2 and work.shape[1]:
+        columns = slice(width - work.shape[1], width) if side == "left" else slice(0, work.shape[1])
+        padded[: work.shape[0], columns] = work
+    elif work.ndim == 1:
+        padded[: work.shape[0]] = work
+    pieces = _all_gather(padded)
+    out = torch.cat([piece[: int(s[0])] for piece, s in zip(pieces, shapes, strict=True)])
+    return out.to(dtype)
+
+
+def gather_objects(accelerator: Accelerator, items: Sequence[Any]) -> list[Any]:
+    """Every process's picklable ``items``, concatenated in process order (texts, rows)."""
+    if accelerator.num_processes == 1:
+        return list(items)
+    gathered: list[Any] = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(gathered, list(items))
+    return [item for part in gathered for item in part]
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every process when ``flag`` is True on at least one (so that all stop together)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def all_reduce_gradients(accelerator: Accelerator, params: Sequence[torch.nn.Parameter]) -> None:
+    """Sum the gradients of ``params`` over every process, in place, in one flat buffer.
+
+    For a stage that computes each process's share of a loss already divided by the whole step's normalizer
+    (PPO: token sums over the global minibatch's token count), the sum is the gradient of the whole step. A
+    parameter without a gradient on some process counts as zeros there; one without a gradient on every
+    process keeps ``grad = None`` (the optimizer then skips it, as in a single-process run).
+    """
+    if accelerator.num_processes == 1 or not params:
+        return
+    device = params[0].device
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    flat = torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float32)
+            for p in params
+        ]
+    )
+    torch.distributed.all_reduce(has_grad)
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for param, seen in zip(params, has_grad.tolist(), strict=True):
+        n = param.numel()
+        if seen:
+            param.grad = flat[offset : offset + n].view_as(param).to(param.dtype).clone()
+        offset += n
+
+
+@torch.no_grad()
+def broadcast_parameters(accelerator: Accelerator, params: Sequence[torch.nn.Parameter]) -> None:
+    """Copy the main process's values of ``params`` to every process (start every replica identical)."""
+    if accelerator.num_processes == 1 or not params:
+        return
+    flat = torch.cat([p.detach().reshape(-1).to(torch.float32) for p in params])
+    torch.distributed.broadcast(flat, src=0)
+    offset = 0
+    for param in params:
+        n = param.numel()
+        param.copy_(flat[offset : offset + n].view_as(param).to(param.dtype))
+        offset += n
+
+
+def _all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    pieces = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(pieces, tensor.contiguous())
+    return pieces

@@ -1,0 +1,73 @@
+"""The shipped `accelerate launch` configs (configs/accelerate/) against accelerate's own loader and launcher.
+
+accelerate checks a config file's top-level keys but copies the keys of ``deepspeed_config`` / ``fsdp_config``
+onto its launch arguments without looking: a misspelt nested key would be silently ignored. So every nested
+key must be a real `accelerate launch` argument, and the launcher must read each file as the backend it names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from accelerate.commands.config.config_args import ClusterConfig
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils import DistributedType
+
+from rewardmix.train.distributed import check_data_parallel
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+# file -> the launch flag accelerate must set from it (multi_gpu = the torchrun launcher, CPU or GPU)
+EXPECTED = {
+    "cpu-2proc.yaml": "multi_gpu",
+    "multi-gpu.yaml": "multi_gpu",
+    "deepspeed-zero2.yaml": "use_deepspeed",
+    "deepspeed-zero3.yaml": "use_deepspeed",
+    "fsdp.yaml": "use_fsdp",
+}
+
+
+def test_every_shipped_config_is_listed():
+    assert sorted(p.name for p in CONFIGS) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_launches_as_the_backend_it_names(path):
+    text = path.read_text()
+    assert text.startswith("# ") and "\n# Run:" in text and "rewardmix.cli" in text  # a usage header
+    config = ClusterConfig.from_yaml_file(str(path))  # unknown top-level keys raise here
+    known = set(vars(launch_command_parser().parse_args(["train.py"])))
+    for key in config.deepspeed_config:
+        assert key in known, f"{path.name}: deepspeed_config.{key} is not an accelerate launch argument"
+    for key in config.fsdp_config:
+        assert key in known, f"{path.name}: fsdp_config.{key} is not an accelerate launch argument"
+    args = launch_command_parser().parse_args(["--config_file", str(path), "train.py"])
+    args, _, _ = _validate_launch_command(args)
+    assert getattr(args, EXPECTED[path.name]) is True
+    assert args.num_processes == 2 and args.num_machines == 1
+    if config.deepspeed_config:
+        assert args.zero_stage == config.deepspeed_config["zero_stage"]
+    if config.fsdp_config:
+        assert str(args.fsdp_version) == "2"
+
+
+@pytest.mark.parametrize(
+    ("kind", "supported"),
+    [
+        (DistributedType.NO, True),
+        (DistributedType.MULTI_CPU, True),
+        (DistributedType.MULTI_GPU, True),
+        (DistributedType.DEEPSPEED, False),
+        (DistributedType.FSDP, False),
+        (DistributedType.MEGATRON_LM, False),
+    ],
+)
+def test_sharded_backends_are_refused_before_any_work(kind, supported):
+    accelerator = SimpleNamespace(distributed_type=kind)
+    if supported:
+        check_data_parallel(accelerator, "sft")
+    else:
+        with pytest.raises(NotImplementedError, match="sft: Accelerate backend .* not supported yet"):
+            check_data_parallel(accelerator, "sft")
