@@ -46,6 +46,8 @@ class ScriptedServer:
     ``"timeout"`` (sleep ``hang_s`` before answering), ``"reset"`` (close the socket with RST),
     ``("status", code, headers, body)``, ``"truncated"`` (half a JSON body with a matching length),
     ``"garbage"`` (200 with non-JSON text), ``"missing_choices"`` (200 with ``{"choices": []}``),
+    ``"no_content"`` (200, valid JSON, a choice without ``message.content``), ``"cut"`` (the headers promise the
+    whole body, half of it is sent, then the connection closes: an incomplete read),
     ``"echo_auth"`` (a good answer whose content repeats the Authorization header and the bare key: a leak
     to redact),
     ``("choices", k)`` (a good answer with k choices).
@@ -124,6 +126,19 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                     self._send(200, b"<html>Bad Gateway, try later</html>")
                 elif action == "missing_choices":
                     self._send(200, json.dumps({"id": "x", "choices": []}).encode())
+                elif action == "no_content":
+                    self._send(
+                        200, json.dumps({"id": "x", "choices": [{"index": 0, "message": {}}]}).encode()
+                    )
+                elif action == "cut":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(good)))
+                    self.end_headers()
+                    self.wfile.write(good[: len(good) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
                 elif action == "echo_auth":
                     bare = str(auth).split()[-1]
                     content = f"I saw header {auth} and the bare key {bare}."

@@ -14,7 +14,9 @@ from typing import Any
 
 from rewardmix import __version__
 from rewardmix.config import ConfigError, load_config, load_yaml, to_yaml
-from rewardmix.llm.redact import install_redaction
+from rewardmix.data.readers import DataError
+from rewardmix.llm.client import LLMError
+from rewardmix.llm.redact import install_redaction, redact
 from rewardmix.stages import STAGES, get_stage
 
 log = logging.getLogger("rewardmix")
@@ -101,8 +103,28 @@ def main(argv: list[str] | None = None) -> int:
         stage_name, cfg = resolve(ns.command, path, overrides)
         get_stage(stage_name).load().run(cfg)
     except ConfigError as e:
-        print(f"rewardmix: error: {e}", file=sys.stderr)
+        # redact: an override such as teacher.base_url=...?key=sk-... is echoed in the message.
+        print(f"rewardmix: error: {redact(str(e))}", file=sys.stderr)
         return 2
+    except DataError as e:
+        # Bad input data: the message names file, line and field; a traceback would only hide it.
+        print(f"rewardmix: error: {redact(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # A named input that is missing, a folder or unreadable; other OS errors keep their traceback.
+        if e.filename is None and not isinstance(e, FileNotFoundError):
+            raise
+        where = f"{e.filename}: {e.strerror or 'cannot read'}" if e.filename else str(e)
+        print(f"rewardmix: error: {redact(where)}", file=sys.stderr)
+        return 1
+    except LLMError as e:
+        # A fatal teacher/judge error (401, 403, 404): finished items are kept, a rerun resumes.
+        print(f"rewardmix: error: {e}", file=sys.stderr)
+        return 1
+    except FloatingPointError as e:
+        # NaN/inf in a reward, loss or gradient: the message names the culprit; no weight took it in.
+        print(f"rewardmix: error: {redact(str(e))}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("rewardmix: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -12,6 +12,8 @@ Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -164,8 +166,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", pre
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {_dotted(prefix, close[0])!r}?" if close else ""
             raise ConfigError(
-                f"{_where(data, key, source, prefix)}: unknown key {_dotted(prefix, key)!r} "
+                f"{_where(data, key, source, prefix)}: unknown key {_dotted(prefix, key)!r}{hint} "
                 f"(known keys here: {known})"
             )
     kwargs: dict[str, Any] = {}
@@ -254,6 +258,8 @@ def _convert(tp: Any, value: Any, *, source: str, key: str, where: str) -> Any:
         raise fail("an integer")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML .nan / .inf
+                raise fail("a finite number")
             return float(value)
         if isinstance(value, str):
             # YAML 1.1 reads "1e-5" (no dot) as a string; accept what float() accepts, except nan/inf words.

@@ -22,6 +22,7 @@ from typing import Any
 
 from rewardmix import __version__
 from rewardmix.config import to_yaml
+from rewardmix.llm.redact import redact
 
 __all__ = [
     "MetricsLogger",
@@ -78,7 +79,8 @@ def prepare_run_dir(output_dir: str | Path, cfg: Any, *, stage: str, argv: list[
     """Create ``output_dir`` and write the resolved config and run provenance into it."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", f"stage: {stage}\n" + to_yaml(cfg))
+    # redact: an API key pasted into a free-text field (or the command line) is not saved with the run
+    atomic_write_text(out / "config.yaml", redact(f"stage: {stage}\n" + to_yaml(cfg)))
     info = {
         "stage": stage,
         "command": list(sys.argv if argv is None else argv),
@@ -90,7 +92,7 @@ def prepare_run_dir(output_dir: str | Path, cfg: Any, *, stage: str, argv: list[
         "transformers": _version_of("transformers"),
         "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_text(out / "run_info.json", redact(json.dumps(info, indent=2) + "\n"))
     return out
 
 

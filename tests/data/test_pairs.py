@@ -100,9 +100,9 @@ _GOOD = {"prompt": "q", "chosen": "a", "rejected": "b", "kind": "rating"}
         (json.dumps({k: v for k, v in _GOOD.items() if k != "chosen"}), r":2: field 'chosen': missing"),
         (json.dumps({**_GOOD, "rejected": 5}), r":2: field 'rejected'"),
         (json.dumps({**_GOOD, "kind": "pairwise"}), r":2: field 'kind'"),
-        (json.dumps({**_GOOD, "source": "x"}), r": record 2: field 'source': unknown field"),
-        (json.dumps({**_GOOD, "meta": [1]}), r": record 2: field 'meta'"),
-        (json.dumps({**_GOOD, "task": 7}), r": record 2: field 'task'"),
+        (json.dumps({**_GOOD, "source": "x"}), r":2: field 'source': unknown field"),
+        (json.dumps({**_GOOD, "meta": [1]}), r":2: field 'meta'"),
+        (json.dumps({**_GOOD, "task": 7}), r":2: field 'task'"),
     ],
 )
 def test_read_pairs_names_file_line_and_field(tmp_path, second_line, expected):

@@ -179,18 +179,6 @@ def test_generate_many_sampling_depends_on_the_row_seed_not_on_the_batch(client)
     assert other_seed[0].new_token_ids != with_b[0].new_token_ids
 
 
-def test_sample_rows_top_p_keeps_only_the_nucleus():
-    from rewardmix.models.chat_model import _sample_rows
-
-    # probs (0.5, 0.3, 0.2): top_p 0.6 keeps tokens 0 and 1 (mass before token 2 is 0.8 >= 0.6)
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(400, 1)
-    gens = [torch.Generator().manual_seed(i) for i in range(400)]
-    picks = _sample_rows(logits, gens, temperature=1.0, top_p=0.6)
-    assert set(picks.tolist()) == {0, 1}
-    assert 0.5 < (picks == 0).float().mean() < 0.75  # 0.5 / 0.8 = 0.625 after renormalizing
-    assert _sample_rows(logits[:2], gens[:2], temperature=0.0, top_p=1.0).tolist() == [0, 0]
-
-
 def test_concurrent_requests_are_answered_in_batches_with_the_same_answers(saved_model):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -143,11 +143,11 @@ def test_score_distribution_quantiles_and_histogram(tmp_path):
 def test_bad_probe_and_rating_rows_name_the_record(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"prompt": "x", "responses": ["only one"]}) + "\n")
-    with pytest.raises(Exception, match="record 1: field 'responses'"):
+    with pytest.raises(Exception, match=r"p.jsonl:1: field 'responses'"):
         ev.read_probes(str(path))
     ratings = tmp_path / "r.jsonl"
     ratings.write_text(json.dumps({"response": "x", "score": 2}) + "\n")
-    with pytest.raises(Exception, match="record 1: field 'score'"):
+    with pytest.raises(Exception, match=r"r.jsonl:1: field 'score'"):
         ev.run(config(tmp_path, ratings=str(ratings)), scorer=TableScorer({"x": 0.0}))
 
 

@@ -470,7 +470,7 @@ def test_prompts_from_files_keep_meta_and_are_cut_from_the_start(tmp_path, tiny_
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
     cfg.data.prompts, cfg.data.format, cfg.data.task = str(bad), "auto", None
-    with pytest.raises(ppo.DataError, match="data row 2"):
+    with pytest.raises(ppo.DataError, match=r"bad.jsonl:2: field 'prompt'"):
         ppo.load_prompts(cfg, tiny_tokenizer)
 
 

@@ -415,7 +415,7 @@ def test_nlu_rows_with_and_without_rationale(with_rationale, answer):
 def test_nlu_csv_file_and_bad_rows(tmp_path):
     path = tmp_path / "nlu.csv"
     path.write_text("question,rationale,label\nIs it good?,It is.,1\nIs it bad?,,0\n")
-    with pytest.raises(ValueError, match="data row 2: field 'rationale'"):
+    with pytest.raises(ValueError, match="nlu.csv:3: field 'rationale'"):
         sft.read_conversations(str(path), "auto", sft.ExamplesConfig())
     convs, report = sft.read_conversations(str(path), "auto", sft.ExamplesConfig(on_bad_row="skip"))
     assert len(convs) == 1 and convs[0][-1].content == "It is.\n\nThe answer is: 1"

@@ -18,6 +18,7 @@ of SFT sample pairs are rationale-sensitive, i.e. carry the same label).
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
-from rewardmix.data.readers import DataError, read_records
+from rewardmix.data.readers import BadRowPolicy, ReadReport, RowError, read_records
 from rewardmix.data.tasks import Scale, format_answer
 from rewardmix.rundir import atomic_write_text
 
@@ -45,6 +46,8 @@ __all__ = [
     "pairs_from_ratings",
     "rationale_sensitive_pairs",
     "read_pairs",
+    "pair_from_row",
+    "read_pairs_report",
     "wrong_label",
     "write_pairs",
 ]
@@ -138,33 +141,47 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
         The pairs in file order.
 
     Raises:
-        DataError: On invalid JSON or a missing or invalid required field (``"file:line: field 'x': ..."``),
-            and on an unknown key or an invalid optional field (``"file: record N: field 'x': ..."``, N
-            counting non-blank lines from 1).
+        DataError: On invalid JSON, a missing or invalid field or an unknown key (``"file:line: field 'x': ..."``).
     """
-    rows, _ = read_records(path, format="jsonl", fields=_PAIR_FIELDS, on_bad_row="error")
-    pairs = []
-    for number, row in enumerate(rows, start=1):
-        where = f"{path}: record {number}"
-        unknown = sorted(set(row) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
-        if unknown:
-            known = list(_REQUIRED_FIELDS + _OPTIONAL_FIELDS)
-            raise DataError(f"{where}: field '{unknown[0]}': unknown field (known: {known})")
-        meta = row.get("meta")
-        try:
-            pairs.append(
-                PreferencePair(
-                    prompt=row["prompt"],
-                    chosen=row["chosen"],
-                    rejected=row["rejected"],
-                    kind=row["kind"],
-                    task=row.get("task"),
-                    meta={} if meta is None else meta,
-                )
-            )
-        except ValueError as e:  # the record's own validation names the field
-            raise DataError(f"{where}: {e}") from None
-    return pairs
+    return read_pairs_report(path, on_bad_row="error")[0]
+
+
+def read_pairs_report(
+    path: str | Path, *, on_bad_row: BadRowPolicy = "error"
+) -> tuple[list[PreferencePair], ReadReport]:
+    """:func:`read_pairs` with a bad-row policy: a bad line is an error or a counted skip in the report.
+
+    Returns:
+        ``(pairs, report)`` with ``report.rows_out == len(pairs)``.
+    """
+    rows, report = read_records(
+        path, format="jsonl", fields=_PAIR_FIELDS, on_bad_row=on_bad_row, check=pair_from_row
+    )
+    return [pair_from_row(row) for row in rows], report
+
+
+def pair_from_row(row: dict[str, Any]) -> PreferencePair:
+    """A :class:`PreferencePair` from a row whose required fields are checked; unknown keys are rejected.
+
+    Raises:
+        ValueError: The bad field named (``RowError``, or ``"field 'x': ..."`` from the pair's validation).
+    """
+    unknown = sorted(set(row) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
+    if unknown:
+        known = list(_REQUIRED_FIELDS + _OPTIONAL_FIELDS)
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RowError(unknown[0], f"unknown field{hint} (known: {known})")
+    meta = row.get("meta")
+    # PreferencePair's own validation names the field ("field 'meta': ..."); the reader puts it at its line.
+    return PreferencePair(
+        prompt=row["prompt"],
+        chosen=row["chosen"],
+        rejected=row["rejected"],
+        kind=row["kind"],
+        task=row.get("task"),
+        meta={} if meta is None else meta,
+    )
 
 
 def _verbatim_str(value: Any) -> str:

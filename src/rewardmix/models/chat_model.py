@@ -30,6 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rewardmix.data.chat import IM_END, render_chat
+from rewardmix.models.sampling import seeded_sampling
 
 __all__ = ["BatchItem", "ChatGeneration", "ChatModel"]
 
@@ -106,6 +107,8 @@ class ChatModel:
         tokenizer = AutoTokenizer.from_pretrained(model_path_or_id, **kwargs)
         if dtype is not None:
             kwargs["dtype"] = dtype
+        if gguf_file is None:
+            kwargs["use_safetensors"] = True  # never fall back to pickled .bin weights (torch.load runs code)
         model = AutoModelForCausalLM.from_pretrained(model_path_or_id, **kwargs)
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         logger.info("loaded chat model %s on %s", model_path_or_id, device)
@@ -214,7 +217,7 @@ class ChatModel:
         top_p: float = 1.0,
         stop: Sequence[str] = (),
     ) -> list[ChatGeneration]:
-        """One reply to each conversation, generated together in a left-padded batch with a KV cache.
+        """One reply to each conversation, generated together in one left-padded ``generate`` call.
 
         Args:
             items: The conversations and their seeds.
@@ -239,40 +242,24 @@ class ChatModel:
         attention_mask = torch.tensor(
             [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
         )
-        generators = []
-        for it in items:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(it.seed if it.seed is not None else int(torch.randint(0, 2**62, ()).item()))
-            generators.append(g)
-        rows = len(items)
-        finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
-        end = torch.tensor(end_ids or [-1], device=self.device)
-        new_tokens: list[torch.Tensor] = []
-        cache = None
-        step_ids = input_ids
-        # left padding: positions count real tokens only, so every row sees the positions it would see alone
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        for _ in range(max_new_tokens):
-            out = self.model(
-                input_ids=step_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=True,
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,  # sampling, when asked, happens in the seeded processor (one generator per row)
+            "pad_token_id": pad_id,
+            "eos_token_id": end_ids or None,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
+        if temperature > 0.0:
+            seeds = [
+                it.seed if it.seed is not None else int(torch.randint(0, 2**62, ()).item()) for it in items
+            ]
+            gen_kwargs["logits_processor"] = seeded_sampling(
+                seeds, temperature=temperature, top_k=0, top_p=top_p, device=self.device
             )
-            cache = out.cache  # transformers 5: `cache` (was `past_key_values`)
-            token = _sample_rows(out.logits[:, -1, :], generators, temperature=temperature, top_p=top_p).to(
-                self.device
-            )
-            token = torch.where(finished, torch.full_like(token, pad_id), token)
-            new_tokens.append(token)
-            finished |= torch.isin(token, end)
-            if bool(finished.all()):
-                break
-            step_ids = token[:, None]
-            attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
-            position_ids = position_ids[:, -1:] + 1
-        generated = torch.stack(new_tokens, dim=1).tolist()
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
+        generated = out[:, width:].tolist()
         results = []
         for prompt, seq in zip(prompts, generated, strict=True):
             seq = _cut_at_end(seq, set(end_ids))
@@ -296,31 +283,6 @@ class BatchItem(NamedTuple):
     messages: Sequence[Mapping[str, str]]
     seed: int | None = None
     """Seeds this row's sampler (``None``: drawn from the global RNG)."""
-
-
-def _sample_rows(
-    logits: torch.Tensor, generators: list[torch.Generator], *, temperature: float, top_p: float
-) -> torch.Tensor:
-    """Next token per row: greedy at temperature 0, else temperature + nucleus sampling, row i with generator i.
-
-    Args:
-        logits: ``(rows, vocab)`` float logits of the last position.
-
-    Returns:
-        ``(rows,)`` token ids.
-    """
-    if temperature <= 0.0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p
-        keep = (sorted_p.cumsum(dim=-1) - sorted_p) < top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.stack(
-        [torch.multinomial(probs[i], 1, generator=g).squeeze(0) for i, g in enumerate(generators)]
-    )
 
 
 def _cut_at_end(seq: list[int], end_ids: set[int]) -> list[int]:

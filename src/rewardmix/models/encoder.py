@@ -98,7 +98,7 @@ class SentenceEncoder:
         """
         source = package_model_dir() if path_or_id is None else path_or_id
         tokenizer = AutoTokenizer.from_pretrained(str(source))
-        model = AutoModel.from_pretrained(str(source))
+        model = AutoModel.from_pretrained(str(source), use_safetensors=True)  # no pickled .bin weights
         if device is not None:
             model = model.to(device)
         if max_length is None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import importlib.resources
 import json
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ import torch
 
 from rewardmix.algos.losses import pairwise_accuracy
 from rewardmix.data.pairs import PreferencePair, read_pairs
-from rewardmix.data.readers import DataError, read_records
+from rewardmix.data.readers import DataError, as_float, read_records
 from rewardmix.evaluation.rewards import distribution
 from rewardmix.rundir import atomic_write_text, prepare_run_dir, read_jsonl
 
@@ -357,27 +356,32 @@ def probe_metrics(probes: Sequence[Probe], scores: Sequence[Sequence[float]]) ->
 
 
 def read_ratings(cfg: Config) -> tuple[list[str], list[str], list[float]]:
-    """Prompts, responses and target ratings of ``cfg.ratings`` (first ``cfg.limit``)."""
-    rows, _ = read_records(cfg.ratings, on_bad_row="error")
+    """Prompts, responses and target ratings of ``cfg.ratings`` (first ``cfg.limit``).
+
+    Raises:
+        DataError: A bad record, naming file, line and field.
+    """
+    rows, _ = read_records(
+        cfg.ratings, fields={cfg.text_key: _rating_text, cfg.score_key: _rating}, on_bad_row="error"
+    )
     rows = rows[: cfg.limit]
-    prompts, texts, targets = [], [], []
-    for i, row in enumerate(rows):
-        where = f"{cfg.ratings}: record {i + 1}"
-        text = row.get(cfg.text_key)
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: field '{cfg.text_key}': expected a non-empty string")
-        try:
-            target = float(row.get(cfg.score_key))
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: field '{cfg.score_key}': expected a number") from None
-        if not (math.isfinite(target) and 0.0 <= target <= 1.0):
-            raise DataError(f"{where}: field '{cfg.score_key}': {target} is outside [0, 1]")
-        prompts.append(row.get(cfg.prompt_key) or "")
-        texts.append(text)
-        targets.append(target)
-    if not targets:
+    if not rows:
         raise DataError(f"{cfg.ratings}: no ratings")
-    return prompts, texts, targets
+    prompts = [row.get(cfg.prompt_key) or "" for row in rows]
+    return prompts, [row[cfg.text_key] for row in rows], [row[cfg.score_key] for row in rows]
+
+
+def _rating_text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _rating(value: Any) -> float:
+    target = as_float(value)  # finite numbers (or numeric strings) only
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"{target} is outside [0, 1]")
+    return target
 
 
 def read_probes(source: str) -> list[Probe]:
@@ -385,16 +389,17 @@ def read_probes(source: str) -> list[Probe]:
 
     ``responses`` are in their intended order, best first; ``positions`` names them (default
     ``["1", "2", ...]``). Every row needs at least two responses.
+
+    Raises:
+        DataError: A bad line, naming file, line and field.
     """
     if source == BUILTIN_PROBES:
         resource = importlib.resources.files("rewardmix.data") / "probes" / "crs_probes.jsonl"
         with importlib.resources.as_file(resource) as path:
             rows = read_jsonl(path)
     else:
-        rows = read_jsonl(source)
-    probes = []
-    for i, row in enumerate(rows):
-        probes.append(_probe(row, f"{source}: record {i + 1}"))
+        rows, _ = read_records(source, format="jsonl", check=lambda row: _probe(row, ""))
+    probes = [_probe(row, f"{source}: record {i + 1}") for i, row in enumerate(rows)]
     if not probes:
         raise DataError(f"{source}: no probes")
     return probes

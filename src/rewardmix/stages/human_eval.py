@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from rewardmix.config import ConfigError
 from rewardmix.human.aggregate import import_rankings
 from rewardmix.human.export import MANIFEST_FILE, check_groups, export_tasks
 from rewardmix.human.server import serve
@@ -125,7 +126,7 @@ def _check_manifest_groups(out: Path, groups: dict[str, list[str]]) -> None:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     exported = {} if manifest["open_annotators"] else manifest["groups"]
     if groups != exported:
-        raise ValueError(
+        raise ConfigError(
             f"groups {groups} differ from the exported ones in {manifest_path} ({exported}); re-run "
             "action=export with the same generations and seed (allowed while the key stays the same)"
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -28,9 +29,9 @@ from rewardmix.data.pairs import (
     rationale_sensitive_pairs,
     write_pairs,
 )
-from rewardmix.data.readers import as_str, read_records, save_report
+from rewardmix.data.readers import DataError, RowError, as_str, read_records, save_report
 from rewardmix.data.splits import split_records
-from rewardmix.data.tasks import get_task, parse_label
+from rewardmix.data.tasks import get_task, parse_label, task_names
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,12 @@ class Config:
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError("eval_fraction must be in [0, 1)")
+        if self.task is not None and self.task not in task_names():
+            raise ValueError(f"unknown task {self.task!r} (registered: {', '.join(task_names())})")
+        if self.source == "ratings" and not self.margin > 0:
+            raise ValueError(
+                "margin must be > 0 with source=ratings (the smallest rating gap that makes a pair)"
+            )
 
 
 class PairsStageResult(NamedTuple):
@@ -78,22 +85,29 @@ def run(cfg: Config) -> PairsStageResult:
     # step 1. read the records (one per prompt)
     out = prepare_run_dir(cfg.output_dir, cfg, stage="pairs")
     fields = {name: (as_str if name in ("question", "prompt") else _present) for name in REQUIRED[cfg.source]}
-    records, report = read_records(cfg.input, fields=fields, on_bad_row=cfg.on_bad_row)
+    # A record that cannot make pairs (wrong label = gold label, ranks that do not fit the answers, ...) is a
+    # bad row at its line, an error or a counted skip like any other.
+    records, report = read_records(
+        cfg.input, fields=fields, on_bad_row=cfg.on_bad_row, check=lambda row: _check_record(cfg, row)
+    )
     save_report(report, out / "read_report.json")
+    if not records:
+        raise DataError(
+            f"{cfg.input}: no usable record ({report.rows_in} read, {len(report.skipped)} skipped)"
+        )
 
     # step 2. split by prompt before building pairs, so no prompt lands in both files
-    splits = split_records(records, sizes={"eval": cfg.eval_fraction, "train": None}, seed=cfg.seed)
+    # eval_fraction 0 (a float 0.0 from YAML) means no eval prompts: a count of 0, as split_records wants it
+    eval_size = cfg.eval_fraction if cfg.eval_fraction > 0 else 0
+    splits = split_records(records, sizes={"eval": eval_size, "train": None}, seed=cfg.seed)
 
     # step 3. build the pairs of each split
     counts: dict[str, int] = {"skipped_ties": 0, "skipped_identical": 0}
     built: dict[str, list[PreferencePair]] = {}
     for name in ("train", "eval"):
         built[name] = []
-        for index, record in enumerate(splits[name]):
-            try:
-                built[name] += _pairs_of(cfg, record, counts)
-            except ValueError as e:
-                raise ValueError(f"{cfg.input}: {name} record {index}: {e}") from None
+        for record in splits[name]:
+            built[name] += _pairs_of(cfg, record, counts)
 
     # step 4. write files and statistics
     train_path, eval_path = out / "train.jsonl", out / "eval.jsonl"
@@ -113,7 +127,14 @@ def run(cfg: Config) -> PairsStageResult:
             built["train"] + built["eval"], lambda text: _label_or_none(spec, text)
         )
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
-    log.info("pairs: %s -> %s", stats["pairs"], out)
+    log.info(
+        "pairs: %s -> %s (records skipped %d; answer pairs skipped: %d ties, %d identical texts)",
+        stats["pairs"],
+        out,
+        len(report.skipped),
+        counts["skipped_ties"],
+        counts["skipped_identical"],
+    )
     return PairsStageResult(out, train_path, eval_path if cfg.eval_fraction > 0 else None, stats)
 
 
@@ -138,6 +159,40 @@ def _pairs_of(cfg: Config, record: dict[str, Any], counts: dict[str, int]) -> li
     counts["skipped_ties"] += result.skipped_ties
     counts["skipped_identical"] += result.skipped_identical
     return result.pairs
+
+
+_LIST_FIELDS = {"rankings": "answers", "ratings": "responses"}
+_RANKS_FIELDS = {"rankings": "ranks", "ratings": "ratings"}
+_FIELD_IN_MESSAGE = re.compile(r"(?:example \d+: )?field '([^']+)': (.*)", re.DOTALL)
+
+
+def _check_record(cfg: Config, record: dict[str, Any]) -> None:
+    """Reject a record that cannot make pairs, naming the field at fault (see ``run`` step 1)."""
+    task = record.get("task")
+    if task is not None and task not in task_names():
+        raise RowError("task", f"unknown task {task!r} (registered: {', '.join(task_names())})")
+    if cfg.source == "rationales":
+        for name in ("gold_label", "wrong_label"):
+            if isinstance(record[name], bool) or not isinstance(record[name], str | int | float):
+                raise RowError(name, f"expected a label (a string or a number), got {_kind(record[name])}")
+    texts = _LIST_FIELDS.get(cfg.source)
+    if texts is not None:
+        value = record[texts]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise RowError(texts, f"expected a list of strings, got {_kind(value)}")
+    try:
+        _pairs_of(cfg, record, {"skipped_ties": 0, "skipped_identical": 0})
+    except (ValueError, TypeError) as e:
+        match = _FIELD_IN_MESSAGE.fullmatch(str(e))
+        if match is not None:  # label_sensitive_pairs names the field after the example's index
+            raise RowError(match.group(1), match.group(2)) from None
+        raise RowError(_RANKS_FIELDS.get(cfg.source), str(e)) from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list with " + ", ".join(sorted({type(v).__name__ for v in value}))
+    return type(value).__name__
 
 
 def _present(value: Any) -> Any:

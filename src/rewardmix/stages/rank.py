@@ -3,9 +3,10 @@
 Input JSONL, one question per line: ``{"question": ..., "answers": [a1, ..., aK]}`` (extra keys such as
 ``id`` or ``task`` are kept). Every request carries a freshly shuffled ranking example (seeded per line), the
 judge may declare ties (``2>1=5>3=4``), and an answer whose ranking does not parse is asked again, then
-recorded as failed. Output ``rankings.jsonl`` adds ``ranks`` (aligned with ``answers``, 1 = best, ties
-share a rank) and ``judge_text``; ``rewardmix pairs source=rankings`` turns it into rationale-sensitive
-pairs. Calls are cached and the job resumes after a kill.
+recorded as failed (a refusal among them is also counted as ``refused`` in stats.json). Output
+``rankings.jsonl`` adds ``ranks`` (aligned with ``answers``, 1 = best, ties share a rank) and ``judge_text``;
+``rewardmix pairs source=rankings`` turns it into rationale-sensitive pairs. Calls are cached and the job
+resumes after a kill.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from rewardmix.data.readers import as_str, read_records, save_report
+from rewardmix.data.readers import DataError, as_str, read_records, save_report
 from rewardmix.llm.batch import read_batch_texts, run_batch
 from rewardmix.llm.config import LLMConfig, build_client
-from rewardmix.llm.prompts import parse_ranking, ranking_prompt
+from rewardmix.llm.filters import find_refusal
+from rewardmix.llm.prompts import ParseError, parse_ranking, ranking_prompt
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ def run(cfg: Config) -> RankResult:
         cfg.input, fields={"question": as_str, "answers": _answers}, on_bad_row=cfg.on_bad_row
     )
     save_report(report, out / "read_report.json")
+    if not records:
+        raise DataError(
+            f"{cfg.input}: no usable record ({report.rows_in} read, {len(report.skipped)} skipped)"
+        )
 
     # step 2. one ranking request per question, with its own shuffled example
     requests = [
@@ -75,7 +81,7 @@ def run(cfg: Config) -> RankResult:
         out_path=out / "judge_outputs.jsonl",
         concurrency=cfg.judge.concurrency,
         desc="rank",
-        validate=lambda item_id, response: parse_ranking(response.text, k_of[item_id]),
+        validate=lambda item_id, response: _judge_ranking(response.text, k_of[item_id]),
     )
 
     # step 4. write the rankings aligned with the answers
@@ -95,12 +101,24 @@ def run(cfg: Config) -> RankResult:
         "questions": len(records),
         "ranked": len(rows),
         "failed": len(records) - len(rows),
+        "refused": sum(f.reason.startswith("refusal") for f in batch.failed),
         "judge": batch.to_dict(),
         "cache": {"hits": client.hits, "misses": client.misses},
     }
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
     log.info("rank: %d questions -> %d ranked, %d failed", len(records), len(rows), stats["failed"])
     return RankResult(out, rankings_path, stats)
+
+
+def _judge_ranking(text: str, k: int) -> dict[int, int]:
+    """The judge's ranking; an answer without one that is a refusal says so (counted as ``refused``)."""
+    try:
+        return parse_ranking(text, k)
+    except ParseError:
+        refusal = find_refusal(text)
+        if refusal is None:
+            raise
+        raise ParseError(f"refusal ({refusal!r}), no ranking", text) from None
 
 
 def _answers(value: Any) -> list[str]:
