@@ -23,23 +23,26 @@ import json
 import logging
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
 
-from rewardmix.rundir import MetricsLogger, atomic_write_text
+from rewardmix.rundir import MetricsLogger, atomic_write_bytes
 
 __all__ = [
+    "NonFiniteError",
     "NonFiniteGuard",
     "SampleTable",
     "TrainLogger",
     "chunk",
     "clip_gradients",
+    "describe_nonfinite",
     "epoch_order",
     "global_sum",
     "load_trainable_state",
+    "nonfinite_gradients",
     "pad_sequences",
     "set_seed",
     "sync_gradients_if",
@@ -50,6 +53,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+NamedParameters = Iterable[tuple[str, torch.nn.Parameter]]
 ReportTo = Literal["tensorboard", "wandb"]
 
 
@@ -143,8 +147,9 @@ def clip_gradients(
 ) -> float | None:
     """Clip the global L2 norm of the gradients to ``max_norm`` (None or <= 0: measure only).
 
-    Through ``accelerator.clip_grad_norm_`` when given (it unscales fp16 gradients first and knows FSDP's
-    sharded norm).
+    With an ``accelerator``, fp16 gradients are unscaled first, and FSDP / DeepSpeed / XLA go through
+    ``accelerator.clip_grad_norm_`` (they know their sharded norm). A non-finite norm leaves the gradients as
+    they are, so that :class:`NonFiniteGuard` can name the parameters whose gradient is NaN or inf.
 
     Returns:
         The total gradient norm before clipping (``inf``/``nan`` when a gradient is not finite), or ``None``
@@ -152,41 +157,151 @@ def clip_gradients(
     """
     params = [p for p in parameters if p.grad is not None]
     limit = max_norm if max_norm is not None and max_norm > 0 else math.inf
+    if accelerator is not None and getattr(accelerator, "distributed_type", None) in _SHARDED_BACKENDS:
+        norm = accelerator.clip_grad_norm_(params, limit)  # only the backend knows a sharded norm
+        return None if norm is None else float(norm)
     if accelerator is not None:
-        norm = accelerator.clip_grad_norm_(params, limit)
-    else:
-        norm = torch.nn.utils.clip_grad_norm_(params, limit)
-    return None if norm is None else float(norm)
+        accelerator.unscale_gradients()  # fp16 loss scaling: measure and clip the true gradients
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # Scale only by a finite norm: max_norm / inf would turn the bad gradient into NaN and every other one into
+    # 0, hiding which one was bad (the guard skips the step anyway). Same ops as clip_grad_norm_ otherwise.
+    if limit < math.inf and bool(torch.isfinite(norm)):
+        torch.nn.utils.clip_grads_with_norm_(params, limit, norm)
+    return float(norm)
+
+
+_SHARDED_BACKENDS = ("FSDP", "DEEPSPEED", "XLA")  # accelerate's DistributedType values (a str enum)
+
+
+class NonFiniteError(FloatingPointError):
+    """Training stopped on NaN/inf; the message names the step, the loss and the parameters concerned."""
+
+
+def nonfinite_gradients(
+    parameters: Iterable[tuple[str, torch.nn.Parameter]],
+) -> tuple[list[str], int]:
+    """The parameters whose gradient holds a NaN or an inf, as ``"name (nan)"`` / ``"name (inf)"``.
+
+    Args:
+        parameters: ``(name, parameter)`` pairs, e.g. ``model.named_parameters()``.
+
+    Returns:
+        ``(culprits, checked)``: the culprits in the given order, and how many gradients were looked at.
+    """
+    culprits, checked = [], 0
+    for name, param in parameters:
+        grad = param.grad
+        if grad is None:
+            continue
+        checked += 1
+        if not bool(torch.isfinite(grad).all()):
+            culprits.append(f"{name} ({'nan' if bool(torch.isnan(grad).any()) else 'inf'})")
+    return culprits, checked
+
+
+def describe_nonfinite(
+    step: int,
+    grad_norm: float | None,
+    losses: Mapping[str, float] | None = None,
+    parameters: Iterable[tuple[str, torch.nn.Parameter]] | None = None,
+    *,
+    max_names: int = 5,
+) -> str:
+    """One line naming what is not finite at ``step``: the gradient norm, the losses, the parameters.
+
+    Example: ``step 7: gradient norm is nan; loss/train is nan; non-finite gradients in 2 of 16 tensors:
+    model.layers.0.q_proj.lora_A.weight (nan), ...``.
+    """
+    return f"step {step}: " + "; ".join(_nonfinite_parts(grad_norm, losses, parameters, max_names=max_names))
+
+
+def _nonfinite_parts(
+    grad_norm: float | None,
+    losses: Mapping[str, float] | None,
+    parameters: Iterable[tuple[str, torch.nn.Parameter]] | None,
+    *,
+    max_names: int = 5,
+) -> list[str]:
+    parts = []
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        parts.append(f"gradient norm is {grad_norm}")
+    parts += [f"{key} is {value}" for key, value in (losses or {}).items() if not math.isfinite(value)]
+    if parameters is not None:
+        culprits, checked = nonfinite_gradients(parameters)
+        if culprits:
+            more = f" (+{len(culprits) - max_names} more)" if len(culprits) > max_names else ""
+            names = ", ".join(culprits[:max_names])
+            parts.append(f"non-finite gradients in {len(culprits)} of {checked} tensors: {names}{more}")
+        elif grad_norm is not None and not math.isfinite(grad_norm):
+            parts.append("every single gradient is finite: their norm overflowed")
+    return parts or ["every value is finite"]
 
 
 class NonFiniteGuard:
-    """Skip optimizer steps whose gradient norm is NaN or inf; raise after ``max_consecutive`` in a row.
+    """Skip optimizer steps whose gradient norm or loss is NaN or inf; stop after ``max_consecutive`` in a row.
 
-    One bad batch (an overflow, a degenerate example) should not poison the weights; a run whose every step
-    is bad should stop rather than silently train nothing.
+    One bad batch (an overflow, a degenerate example) should not poison the weights: its optimizer step is not
+    taken, and a warning names the step, the non-finite losses and every parameter whose gradient is NaN/inf.
+    A run whose every step is bad stops with :class:`NonFiniteError` (the CLI prints it and exits non-zero)
+    rather than silently train nothing; no weight was changed by the skipped steps, so every checkpoint on disk
+    holds finite weights (one saved during the streak holds the last good ones).
+
+    Pass values that are the same on every process (the gradient norm after the all-reduce, globally summed
+    losses), so that all processes skip the same steps.
     """
 
     def __init__(self, max_consecutive: int = 10) -> None:
         self.max_consecutive = max_consecutive
         self.consecutive = 0
         self.skipped = 0
+        self.last_reason: str | None = None  # what the last skipped step had (as describe_nonfinite)
 
-    def step_ok(self, grad_norm: float | None, step: int) -> bool:
+    def step_ok(
+        self,
+        grad_norm: float | None,
+        step: int,
+        *,
+        losses: Mapping[str, float] | None = None,
+        parameters: NamedParameters | Callable[[], NamedParameters] | None = None,
+    ) -> bool:
         """True when the step may be taken; on False the caller zeroes the gradients and skips it.
 
+        Args:
+            grad_norm: The total gradient norm (``None``: not reported by the backend; then only the losses
+                are checked).
+            step: The optimizer step, for the messages.
+            losses: Metric key -> the step's loss value (e.g. ``{"loss/train": 2.3}``); a non-finite one also
+                skips the step.
+            parameters: ``(name, parameter)`` pairs to name the culprits with, or a function returning them
+                (called only on a bad step).
+
         Raises:
-            FloatingPointError: ``max_consecutive`` non-finite steps in a row.
+            NonFiniteError: ``max_consecutive`` bad steps in a row.
         """
-        if grad_norm is None or math.isfinite(grad_norm):
+        grad_ok = grad_norm is None or math.isfinite(grad_norm)
+        loss_ok = all(math.isfinite(v) for v in (losses or {}).values())
+        if grad_ok and loss_ok:
             self.consecutive = 0
             return True
         self.consecutive += 1
         self.skipped += 1
-        logger.warning("step %d: gradient norm is %s, skipping the optimizer step", step, grad_norm)
+        parts = _nonfinite_parts(grad_norm, losses, parameters() if callable(parameters) else parameters)
+        self.last_reason = f"step {step}: " + "; ".join(parts)
+        # "step 7: gradient norm is nan, skipping ...: loss/train is nan; non-finite gradients in ..."
+        detail = "; ".join(parts[1:])
+        logger.warning(
+            "step %d: %s, skipping the optimizer step (weights unchanged)%s",
+            step,
+            parts[0],
+            f": {detail}" if detail else "",
+        )
         if self.consecutive >= self.max_consecutive:
-            raise FloatingPointError(
-                f"{self.consecutive} optimizer steps in a row had a non-finite gradient (last at step {step}); "
-                "lower the learning rate, check the data, or use bf16 instead of fp16"
+            raise NonFiniteError(
+                f"{self.consecutive} optimizer steps in a row had a non-finite loss or gradient, none of them "
+                f"changed the weights; stopping. Last one: {self.last_reason}. Lower the learning rate, check the "
+                "data, or use bf16 instead of fp16; the checkpoints on disk hold finite weights"
             )
         return False
 
@@ -234,17 +349,37 @@ def truncate_jsonl_after(path: str | Path, step: int) -> int:
     """Drop rows whose ``step`` is greater than ``step`` (rewritten atomically); returns how many went.
 
     A run resumed from the checkpoint of step ``k`` redoes the steps after ``k``; without this their rows
-    would appear twice in ``metrics.jsonl``/``samples.jsonl``.
+    would appear twice in ``metrics.jsonl``/``samples.jsonl``. A torn last line (the process was killed while
+    appending it) is dropped too, with a warning, instead of being appended to.
+
+    Raises:
+        ValueError: ``path:line: invalid JSON`` for a malformed line before the last one.
     """
     path = Path(path)
     if not path.is_file():
         return 0
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", -1) <= step]
-    dropped = sum(1 for line in lines if line.strip()) - len(kept)
-    if dropped:
-        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-    return dropped
+    lines = path.read_bytes().split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline; otherwise a line cut short by a kill
+    kept, dropped, torn = [], 0, bool(tail.strip())
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if lineno == len(lines) and not torn:  # a last line that is whole but garbled: torn as well
+                torn = True
+                continue
+            raise ValueError(f"{path}:{lineno}: invalid JSON") from None
+        if isinstance(row, dict) and row.get("step", -1) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if torn:
+        logger.warning("%s: dropping a torn last line (the previous run was killed while writing it)", path)
+    if dropped or torn or tail:
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
+    return dropped + int(torn)
 
 
 class TrainLogger:

@@ -1,0 +1,1 @@
+"""Reliability tests: kill-and-resume of real CLI runs, numerical guards."""
