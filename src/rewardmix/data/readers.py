@@ -68,6 +68,7 @@ __all__ = [
     "load_hub_source",
     "one_of",
     "parse_hub_source",
+    "read_converted",
     "read_records",
     "save_report",
 ]
@@ -106,6 +107,41 @@ class RowError(ValueError):
     def __init__(self, field: str | None, reason: str) -> None:
         super().__init__(reason)
         self.field = field
+
+
+def read_converted(
+    path: str | Path,
+    fmt: str,
+    *,
+    detect: Callable[[dict[str, Any]], str],
+    convert: Callable[[dict[str, Any], str], Any],
+    detect_errors: tuple[type[Exception], ...],
+    on_bad_row: BadRowPolicy = "error",
+) -> tuple[list[dict[str, Any]], ReadReport, str]:
+    """Read rows that must convert to one row format: a row that does not is a bad row at its line.
+
+    The format is ``fmt``, or with ``fmt == "auto"`` the one ``detect`` tells from the first row. Each row is
+    converted as it is read (``convert(row, format)``; a missing key is the field at fault), so under
+    ``on_bad_row: skip`` an unconvertible row is a counted skip instead of a failure later.
+
+    Returns:
+        ``(rows, report, format)``.
+    """
+    kinds: list[str] = [] if fmt == "auto" else [fmt]
+
+    def check(row: dict[str, Any]) -> None:
+        if not kinds:
+            try:
+                kinds.append(detect(row))
+            except detect_errors as e:
+                raise RowError(None, str(e).removeprefix(f"{path}: ")) from None
+        try:
+            convert(row, kinds[0])
+        except KeyError as e:
+            raise RowError(str(e.args[0]), f"missing (not a {kinds[0]} row)") from None
+
+    rows, report = read_records(path, on_bad_row=on_bad_row, check=check)
+    return rows, report, (kinds[0] if kinds else fmt)
 
 
 @dataclass

@@ -83,7 +83,7 @@ from rewardmix.algos.masked import masked_mean
 from rewardmix.algos.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
 from rewardmix.config import to_dict
 from rewardmix.data.chat import ChatDataError, Message, as_messages, tokenize_prompt, truncate_prompt_ids
-from rewardmix.data.readers import DataError, RowError, read_records
+from rewardmix.data.readers import DataError, read_converted
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 from rewardmix.scoring import (
     BuildContext,
@@ -1423,22 +1423,15 @@ def load_prompts(cfg: Config, tokenizer: Any, *, out: Path | None = None) -> lis
         rows = [{"question": e.question, "task": e.task, "label": e.label} for e in examples]
         read_report, kind = report.to_dict(), "nlu"
     else:
-        # Each row is converted as it is read, so one that does not fit the format is a bad row at its line.
-        kinds: list[PromptFormat] = [] if data.format == "auto" else [data.format]
-
-        def check(row: dict[str, Any]) -> None:
-            if not kinds:
-                try:
-                    kinds.append(detect_prompt_format(row, data))
-                except DataError as e:
-                    raise RowError(None, str(e).removeprefix(f"{data.prompts}: ")) from None
-            try:
-                row_to_prompt(row, kinds[0], data)
-            except KeyError as e:
-                raise RowError(str(e.args[0]), f"missing (not a {kinds[0]} row)") from None
-
-        rows, report = read_records(data.prompts, on_bad_row=data.on_bad_row, check=check)
-        read_report, kind = report.to_dict(), (kinds[0] if kinds else data.format)
+        rows, report, kind = read_converted(
+            data.prompts,
+            data.format,
+            detect=lambda row: detect_prompt_format(row, data),
+            convert=lambda row, k: row_to_prompt(row, k, data),
+            detect_errors=(DataError,),
+            on_bad_row=data.on_bad_row,
+        )
+        read_report = report.to_dict()
     if data.limit is not None:
         rows = rows[: data.limit]
     prompts, truncated = [], 0

@@ -66,7 +66,7 @@ from rewardmix.data.chat import (
     from_gsm8k,
     tokenize_chat,
 )
-from rewardmix.data.readers import DataError, RowError, read_records
+from rewardmix.data.readers import DataError, read_converted
 from rewardmix.data.splits import split_records
 from rewardmix.data.tasks import format_answer
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
@@ -732,22 +732,15 @@ def read_conversations(
         rows, read = toy_rows(), None
         kind = detect_format(rows[0], source) if fmt == "auto" else fmt
     else:
-        # Each row is converted as it is read, so one that does not fit the format is a bad row at its line.
-        kinds: list[DataFormat] = [] if fmt == "auto" else [fmt]
-
-        def check(row: dict[str, Any]) -> None:
-            if not kinds:
-                try:
-                    kinds.append(detect_format(row, source))
-                except ChatDataError as e:
-                    raise RowError(None, str(e).removeprefix(f"{source}: ")) from None
-            try:
-                row_to_messages(row, kinds[0], examples)
-            except KeyError as e:
-                raise RowError(str(e.args[0]), f"missing (not a {kinds[0]} row)") from None
-
-        rows, report = read_records(source, on_bad_row=examples.on_bad_row, check=check)
-        read, kind = report.to_dict(), (kinds[0] if kinds else fmt)
+        rows, report, kind = read_converted(
+            source,
+            fmt,
+            detect=lambda row: detect_format(row, source),
+            convert=lambda row, k: row_to_messages(row, k, examples),
+            detect_errors=(ChatDataError,),
+            on_bad_row=examples.on_bad_row,
+        )
+        read = report.to_dict()
     convs = [row_to_messages(row, kind, examples) for row in rows]
     log.info("%s: %d conversations (%s format)", source, len(convs), kind)
     return convs, {"read": read, "format": kind}
