@@ -12,6 +12,11 @@ peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its ow
     roles + scalar heads, and a rule scorer. The reward models are UNTRAINED: their adapters are the identity
     (LoRA B = 0) and their heads random (different seeds), which costs exactly the memory and compute of
     trained ones (memory is what is measured here; their scores mean nothing).
+(c) ``ppo_separate`` (issue 8, item 1): the same run with every role a separate copy of the model, as
+    trainers without shared-base roles hold them: the policy (LoRA on copy 1), the reference (copy 2, frozen),
+    the value model (LoRA + head on copy 3) and the two reward models as standalone scalar-head models
+    (``reward_model.role: null``, copies 4 and 5; the same heads, no adapter). The stage code is the same;
+    only ``load_models`` and the reference context are swapped for the separate copies.
 
 The PPO run of (b) is also the issue's smoke run ("a short PPO run with two reward-model components plus a
 rule completes on the 2-core CPU"): its metrics (per-component reward curves) are copied to
@@ -20,6 +25,7 @@ rule completes on the 2-core CPU"): its metrics (per-component reward curves) ar
 Usage (from the repository root; needs the offline SmolLM2 package, see README):
 
     .venv/bin/python bench/ppo_memory.py                    # defaults: 4 steps, batch 4, 16 new tokens
+    .venv/bin/python bench/ppo_memory.py --no-separate      # only (a) and (b)
     .venv/bin/python bench/ppo_memory.py --steps 2 --batch 2 --threads 2
 
 Reference: SPEC §7 (roles as LoRA adapters on one shared base, reference = adapters disabled); RLLR §4.1
@@ -31,17 +37,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,13 +81,18 @@ def peak_rss_mb() -> float:
 def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Write the two untrained reward-model adapters (LoRA role on the causal-LM base + random head)."""
     from rewardmix.models.heads import ScalarHeadModel
-    from rewardmix.models.loading import load_causal_lm
+    from rewardmix.models.loading import load_causal_lm, load_tokenizer
     from rewardmix.models.lora import LoraSettings, add_adapters, save_adapter
 
     base = load_causal_lm(MODEL)
     peft = add_adapters(base, ["rm_a", "rm_b"], LoraSettings(r=args.lora_r, alpha=2 * args.lora_r))
     for seed, role in enumerate(("rm_a", "rm_b"), start=1):
         save_adapter(ScalarHeadModel(peft, role=role, seed=seed), role, Path(args.workdir) / role)
+    if args.separate:  # (c): the same reward models as standalone models (a full copy each, same heads)
+        tokenizer = load_tokenizer(MODEL)
+        for seed, role in enumerate(("rm_a", "rm_b"), start=1):
+            standalone = ScalarHeadModel(load_causal_lm(MODEL), seed=seed)
+            standalone.save_pretrained(Path(args.workdir) / f"{role}_standalone", tokenizer=tokenizer)
     return {}
 
 
@@ -139,10 +150,15 @@ def child_policy(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def child_ppo(args: argparse.Namespace) -> dict[str, Any]:
-    """(b) ``rewardmix ppo`` with policy, value, reference and two reward-model roles on one base + a rule."""
+def child_ppo(args: argparse.Namespace, *, separate: bool = False) -> dict[str, Any]:
+    """(b) ``rewardmix ppo`` with policy, value, reference and two reward-model roles on one base + a rule;
+    (c) with ``separate``: the same run with every role on its own copy of the model."""
     from rewardmix.config import from_dict
     from rewardmix.stages import ppo
+
+    if separate:
+        ppo.load_models = _load_models_separate
+        ppo.reference_context = lambda models: nullcontext()  # copy 2 is the reference itself
 
     loaded: dict[str, float] = {}
     original = ppo.build_reward
@@ -154,8 +170,10 @@ def child_ppo(args: argparse.Namespace) -> dict[str, Any]:
 
     ppo.build_reward = build_reward
     workdir = Path(args.workdir)
+    suffix, role = ("_standalone", None) if separate else ("", True)
+    run_dir = workdir / ("run_separate" if separate else "run")
     data = {
-        "output_dir": str(workdir / "run"),
+        "output_dir": str(run_dir),
         "cpu": True,
         "model": {"name": MODEL},
         "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r},
@@ -176,12 +194,12 @@ def child_ppo(args: argparse.Namespace) -> dict[str, Any]:
                 {
                     "name": "rm_a",
                     "type": "reward_model",
-                    "reward_model": {"path": str(workdir / "rm_a"), "role": "rm_a"},
+                    "reward_model": {"path": str(workdir / f"rm_a{suffix}"), "role": role and "rm_a"},
                 },
                 {
                     "name": "rm_b",
                     "type": "reward_model",
-                    "reward_model": {"path": str(workdir / "rm_b"), "role": "rm_b"},
+                    "reward_model": {"path": str(workdir / f"rm_b{suffix}"), "role": role and "rm_b"},
                 },
                 {"name": "says_number", "type": "format", "format": {"pattern": RULE, "ignore_case": True}},
             ],
@@ -193,19 +211,47 @@ def child_ppo(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     result = ppo.run(cfg)
     wall = time.perf_counter() - started
-    rows = [json.loads(line) for line in (workdir / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     return {
         "rss_after_load_mb": loaded["rss"],
         "peak_rss_mb": peak_rss_mb(),
         "wall_s": wall,
         "step_time_mean_s": sum(r["perf/step_time"] for r in rows) / len(rows),
         "global_step": result.global_step,
-        "metrics_path": str(workdir / "run" / "metrics.jsonl"),
-        "samples_path": str(workdir / "run" / "samples.jsonl"),
+        "metrics_path": str(run_dir / "metrics.jsonl"),
+        "samples_path": str(run_dir / "samples.jsonl"),
     }
 
 
-CHILDREN = {"prepare": child_prepare, "policy": child_policy, "ppo": child_ppo}
+def _load_models_separate(cfg: Any, device: torch.device) -> Any:
+    """(c) The stage's roles, each on its own copy: policy (LoRA, copy 1), reference (copy 2, frozen, no
+    adapter), value (LoRA + head, copy 3). Same LoRA settings and dropout handling as ``ppo.load_models``."""
+    from rewardmix.models import heads, lora
+    from rewardmix.models.loading import load_causal_lm, load_tokenizer
+    from rewardmix.stages import ppo
+
+    settings = lora.LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=0.0)
+    tokenizer = load_tokenizer(MODEL)
+    policy = lora.add_adapters(load_causal_lm(MODEL), [ppo.POLICY_ROLE], settings)
+    reference = load_causal_lm(MODEL)
+    reference.requires_grad_(False)
+    value_base = lora.add_adapters(load_causal_lm(MODEL), [ppo.VALUE_ROLE], settings)
+    value = heads.ScalarHeadModel(value_base, pooling="last", role=ppo.VALUE_ROLE, seed=cfg.seed + 1)
+    for module in (policy, reference, value):
+        module.to(device)
+        ppo.disable_dropout(module)
+    params = lora.trainable_parameters(policy, ppo.POLICY_ROLE) + lora.trainable_parameters(
+        value, ppo.VALUE_ROLE
+    )
+    return ppo.Models(tokenizer, policy, reference, value, ppo.POLICY_ROLE, params)
+
+
+CHILDREN = {
+    "prepare": child_prepare,
+    "policy": child_policy,
+    "ppo": child_ppo,
+    "ppo_separate": lambda args: child_ppo(args, separate=True),
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,7 +274,7 @@ def _forward(args: argparse.Namespace) -> list[str]:
     out = []
     for key in keys:
         out += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    return out
+    return out + ["--separate" if args.separate else "--no-separate"]
 
 
 def curves(metrics_path: Path) -> dict[str, list[float]]:
@@ -247,7 +293,11 @@ def curves(metrics_path: Path) -> dict[str, list[float]]:
 
 
 def write_results(
-    args: argparse.Namespace, policy: dict[str, Any], ppo_run: dict[str, Any]
+    args: argparse.Namespace,
+    policy: dict[str, Any],
+    ppo_run: dict[str, Any],
+    separate: dict[str, Any] | None,
+    machine: dict[str, Any],
 ) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     metrics_copy = RESULTS / "ppo_smollm2_metrics.jsonl"
@@ -263,10 +313,17 @@ def write_results(
             for k in ("steps", "batch", "micro_batch", "max_new_tokens", "ppo_epochs", "lora_r")
         }
         | {"torch_threads": args.threads, "prompts": "builtin:toy (66 short arithmetic questions)"},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": benchlib.finish_machine_info(machine),
         "policy_alone": policy,
         "ppo_all_roles_one_base": {k: v for k, v in ppo_run.items() if not k.endswith("_path")},
+        "ppo_separate_copies": {k: v for k, v in (separate or {}).items() if not k.endswith("_path")} or None,
         "peak_rss_ratio": ratio,
+        "peak_rss_ratio_separate_over_policy": separate["peak_rss_mb"] / policy["peak_rss_mb"]
+        if separate
+        else None,
+        "peak_rss_ratio_one_base_over_separate": ppo_run["peak_rss_mb"] / separate["peak_rss_mb"]
+        if separate
+        else None,
         "peak_minus_loaded_mb": {"policy_alone": extra_a, "ppo": extra_b},
         "weights_fp32_mb": 134.5e6 * 4 / 2**20,
         "curves": curves(metrics_copy),
@@ -279,8 +336,9 @@ def write_results(
         "",
         f"Command: `.venv/bin/python bench/ppo_memory.py --steps {args.steps} --batch {args.batch} "
         f"--micro-batch {args.micro_batch} --max-new-tokens {args.max_new_tokens} --ppo-epochs {args.ppo_epochs} "
-        f"--threads {args.threads}`",
-        f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs, torch {torch.__version__}.",
+        f"--threads {args.threads}{'' if args.separate else ' --no-separate'}`",
+        "",
+        *benchlib.machine_lines(result["machine"]),
         "",
         "| run | RSS after load (MiB) | peak RSS (MiB) | peak - loaded (MiB) | mean step (s) | process wall (s) |",
         "|---|---|---|---|---|---|",
@@ -289,9 +347,25 @@ def write_results(
         f"| (b) PPO, policy + value + reference + 2 RM roles + rule on one base | {ppo_run['rss_after_load_mb']:.0f} | "
         f"{ppo_run['peak_rss_mb']:.0f} | {extra_b:.0f} | {ppo_run['step_time_mean_s']:.2f} | "
         f"{ppo_run['process_wall_s']:.0f} |",
+        *(
+            [
+                f"| (c) the same PPO run, every role a separate model copy (5 copies) | "
+                f"{separate['rss_after_load_mb']:.0f} | {separate['peak_rss_mb']:.0f} | "
+                f"{separate['peak_rss_mb'] - separate['rss_after_load_mb']:.0f} | {separate['step_time_mean_s']:.2f} | "
+                f"{separate['process_wall_s']:.0f} |"
+            ]
+            if separate
+            else []
+        ),
         "",
-        f"Peak RSS ratio (b) / (a): **{ratio:.2f}**. One more float32 copy of the model (a separate reference, "
-        f"value or reward model) would add ~{result['weights_fp32_mb']:.0f} MiB of weights alone.",
+        f"Peak RSS ratio (b) / (a): **{ratio:.2f}** (target <= 1.3)"
+        + (
+            f"; (c) / (a): **{result['peak_rss_ratio_separate_over_policy']:.2f}**; (b) / (c): "
+            f"**{result['peak_rss_ratio_one_base_over_separate']:.2f}**."
+            if separate
+            else "."
+        )
+        + f" One float32 copy of the model weighs ~{result['weights_fp32_mb']:.0f} MiB.",
         f"Each LoRA role (r={args.lora_r}, every linear layer) holds {policy['trainable_parameters']:,} parameters "
         f"({policy['trainable_parameters'] * 4 / 2**20:.0f} MiB in float32): (b) carries four roles and trains two "
         "(gradients and AdamW moments for both), which with the rollout tensors is the difference to (a). RSS "
@@ -333,6 +407,12 @@ def main() -> None:
         help="torch intra-op threads (2 threads thrash when other jobs share 2 cores)",
     )
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
+    parser.add_argument(
+        "--separate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure (c): the same PPO run with every role a separate model copy",
+    )
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--out-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -345,13 +425,15 @@ def main() -> None:
     from rewardmix.models.loading import resolve_model_path
 
     resolve_model_path(MODEL)  # converts the GGUF once, outside the measured processes
+    machine = benchlib.machine_info(args.threads)
     temporary = args.workdir is None
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="ppo_memory_")
     try:
         run_child("prepare", args)
         policy = run_child("policy", args)
         ppo_run = run_child("ppo", args)
-        result = write_results(args, policy, ppo_run)
+        separate = run_child("ppo_separate", args) if args.separate else None
+        result = write_results(args, policy, ppo_run, separate, machine)
     finally:
         if temporary:
             shutil.rmtree(args.workdir, ignore_errors=True)

@@ -201,6 +201,10 @@ class RewardModelScorer:
         batch_size: Sequences per forward pass.
         max_length: Token budget, as in training (the stage's default is 1024).
         min_prompt_tokens: Prompt floor under truncation, as in training.
+        bucket_by_length: Form batches of sequences of similar length (sorted, longest first), so a batch
+            pads to the length of its own longest sequence rather than to that of a random one; scores come
+            back in the input order either way. ``False`` batches in input order (for comparison:
+            ``bench/rollout.py`` measures both).
     """
 
     def __init__(
@@ -215,6 +219,7 @@ class RewardModelScorer:
         batch_size: int = 16,
         max_length: int = 1024,
         min_prompt_tokens: int = 256,
+        bucket_by_length: bool = True,
     ) -> None:
         from rewardmix.stages.reward_model import InputEncoder  # the training definition of the input
 
@@ -236,6 +241,7 @@ class RewardModelScorer:
         self.output: ScoreOutput = output
         self.head_output: HeadOutput = head_output
         self.batch_size = batch_size
+        self.bucket_by_length = bucket_by_length
         self.max_length = max_length
         self.min_prompt_tokens = min_prompt_tokens
         self.kind: BackboneKind = model.kind
@@ -272,8 +278,11 @@ class RewardModelScorer:
         out = torch.empty(len(sequences), dtype=torch.float32, device=self.device)
         if not sequences:
             return out
-        # Longest first: similar lengths share a batch (less padding), and an out-of-memory error shows early.
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        # Bucketing: longest first, so similar lengths share a batch (less padding) and an out-of-memory error
+        # shows early; the scores are written back at each sequence's own index.
+        order = list(range(len(sequences)))
+        if self.bucket_by_length:
+            order.sort(key=lambda i: -len(sequences[i]))
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         # Dropout off (a score must not be random); each module's own flag is restored afterwards, since a
         # shared base may hold a policy in training mode.
