@@ -40,6 +40,11 @@ STAGES: tuple[Stage, ...] = (
         "OpenAssistant trees into CRS files: SFT threads, rankings, quality ratings, RL prompts, human pairs",
     ),
     Stage(
+        "ratings",
+        "rewardmix.stages.ratings",
+        "a rated text corpus as rated answers to an instruction: [0, 1] ratings, train/eval split, pair groups, prompts, judge examples (CRS)",
+    ),
+    Stage(
         "split",
         "rewardmix.stages.split",
         "cut an NLU task's examples into seeded, disjoint, label-balanced splits (SFT, PPO prompts, test)",
