@@ -130,3 +130,25 @@ def test_every_config_field_has_a_docstring():
 
     for stage in STAGES:
         walk(stage.load().Config)
+
+
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
+    """cli.main sets OMP_WAIT_POLICY=PASSIVE before torch loads, and keeps a value the user set."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os\nfrom rewardmix import cli\ntry:\n    cli.main(['show-config'])\nexcept SystemExit:\n    pass\n"
+        "import torch\nprint(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+
+    def policy(env: dict[str, str]) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        return out.stdout.split()[-1]
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert policy(env) == "PASSIVE"
+    assert policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
