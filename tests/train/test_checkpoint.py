@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +217,31 @@ def test_leftover_temporary_folders_are_removed_by_the_next_save(tmp_path):
     save_checkpoint(tmp_path, 6, trainable_state={"w": torch.ones(1)})
     assert not stale.exists()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000006"]
+
+
+def test_a_kill_between_the_renames_of_a_same_step_save_loses_nothing(tmp_path):
+    def killed_while_resaving_step_3() -> Path:
+        # What a kill right after `os.replace(final, old)` leaves: step-3 as .old-*, the new copy in .tmp-*
+        shutil.rmtree(tmp_path / "checkpoints", ignore_errors=True)
+        save_checkpoint(tmp_path, 2, trainable_state={"w": torch.zeros(1)})
+        save_checkpoint(tmp_path, 3, trainable_state={"w": torch.ones(1)}, extra={"v": 1})
+        root = tmp_path / "checkpoints"
+        (root / "step-00000003").rename(root / ".old-step-00000003-4242")
+        (root / ".tmp-step-00000003-xyz").mkdir()
+        return root
+
+    # the next save of another step puts the complete old step-3 back
+    root = killed_while_resaving_step_3()
+    save_checkpoint(tmp_path, 4, trainable_state={"w": torch.full((1,), 4.0)}, keep=3)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003", "step-00000004"]
+    step3 = [c for c in ckpt.list_checkpoints(tmp_path) if c.name == "step-00000003"]
+    assert step3 and not list(root.glob(".*"))
+    # saving step 3 again (what the resumed run does) replaces it, and nothing is left over
+    root = killed_while_resaving_step_3()
+    save_checkpoint(tmp_path, 3, trainable_state={"w": torch.full((1,), 3.0)}, extra={"v": 2})
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003"]
+    loaded = load_latest_checkpoint(tmp_path)
+    assert loaded.step == 3 and loaded.extra == {"v": 2}
 
 
 def test_saving_the_same_step_again_replaces_it(tmp_path):

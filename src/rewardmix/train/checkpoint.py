@@ -12,7 +12,8 @@ Layout of one checkpoint, ``<run_dir>/checkpoints/step-{N:08d}/``:
 
 A checkpoint is built in a temporary folder next to the final one (each file fsync'd, the folder fsync'd)
 and renamed into place, so ``step-N/`` is either complete or absent; a kill during a save leaves only a
-``.tmp-*`` folder that the next save removes. On load the checksums are verified: a checkpoint whose files
+``.tmp-*`` folder that the next save removes (or, when the same step was being saved again, the replaced
+checkpoint as ``.old-*``, which the next save puts back in place). On load the checksums are verified: a checkpoint whose files
 were damaged afterwards (disk, copy, a user's edit) is skipped with a warning naming it, and the one before
 it is used.
 """
@@ -273,6 +274,18 @@ def _remove_stale_temporaries(root: Path) -> None:
     for path in root.glob(".tmp-step-*"):
         logger.info("removing %s, left by an interrupted save", path)
         shutil.rmtree(path, ignore_errors=True)
+    # A kill between the two renames of a same-step save leaves the replaced checkpoint as .old-step-N-<pid>
+    # and no step-N: put it back (it was complete; loading verifies it). Beside a step-N, it is stale.
+    for path in root.glob(".old-step-*"):
+        final = root / path.name.removeprefix(".old-").rsplit("-", 1)[0]
+        if final.exists():
+            logger.info("removing %s, left by an interrupted save", path)
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            logger.warning(
+                "restoring %s from %s, left by a save interrupted between its renames", final, path
+            )
+            os.replace(path, final)
 
 
 def _sha256(path: Path) -> str:
