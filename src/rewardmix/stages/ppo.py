@@ -802,44 +802,13 @@ def load_named_state(models: Models, state: Mapping[str, torch.Tensor]) -> None:
 # Reward
 
 
-class _FiniteScores:
-    """A scorer wrapper that stops on a NaN/inf score with the component, the samples and their text."""
-
-    def __init__(self, scorer: Any) -> None:
-        self.scorer = scorer
-        self.name = scorer.name
-
-    def __getattr__(self, item: str) -> Any:  # everything else (``output``, ``model``, ...) is the scorer's
-        scorer = self.__dict__.get("scorer")
-        if scorer is None:
-            raise AttributeError(item)
-        return getattr(scorer, item)
-
-    def score(self, batch: ScoringBatch) -> torch.Tensor:
-        scores = self.scorer.score(batch)
-        if isinstance(scores, torch.Tensor) and scores.is_floating_point() and scores.ndim == 1:
-            bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
-            if bad:
-                i = bad[0]
-                raise NonFiniteScoreError(
-                    f"reward component {self.name!r} returned a non-finite score ({scores[i].item()}) for "
-                    f"sample(s) {bad} of the batch; sample {i}: prompt {_last_user_text(batch.prompts[i])!r}, "
-                    f"response {batch.responses[i][:200]!r}"
-                )
-        return scores
-
-
-def _last_user_text(prompt: Any) -> str:
-    text = prompt if isinstance(prompt, str) else as_messages(prompt)[-1].content
-    return text[:200]
-
-
 def build_reward(cfg: Config, models: Models, device: torch.device) -> CompositeReward:
     """The composite reward of ``cfg.reward``; reward models with a ``role`` are loaded onto the shared base."""
     context = BuildContext(device=device, shared_backbone=models.shared, tokenizer=models.tokenizer)
     if not cfg.lora.enabled and any(c.reward_model and c.reward_model.role for c in cfg.reward.components):
         log.info("full fine-tuning: reward-model roles are loaded onto the frozen reference copy")
-    scorers = {c.name: _FiniteScores(build_scorer(c, context)) for c in cfg.reward.components}
+    # the composite checks every raw score (NonFiniteScoreError names the component, the samples, the text)
+    scorers = {c.name: build_scorer(c, context) for c in cfg.reward.components}
     return CompositeReward(cfg.reward, scorers=scorers, context=context)
 
 
