@@ -91,6 +91,26 @@ def test_save_pretrained_atomic_writes_and_replaces_without_leftovers(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp or old folder left
 
 
+def test_save_pretrained_atomic_cleans_up_after_a_save_killed_midway(tmp_path):
+    # a kill while writing leaves a half-written .tmp-* copy; the next save removes it
+    half = tmp_path / ".model.tmp-dead1234"
+    half.mkdir()
+    (half / "adapter_model.safetensors").write_bytes(b"half")
+    save_pretrained_atomic(_Writer({"a.json": b"1"}), tmp_path / "model")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    # a kill between the two renames leaves the old complete copy as .old-* and no model/: it is put back first
+    (tmp_path / "model").rename(tmp_path / ".model.old-cafe0001")
+    (tmp_path / "other.old").mkdir()  # not ours: left alone
+    loading._clean_interrupted_saves(tmp_path / "model")
+    assert (tmp_path / "model" / "a.json").read_bytes() == b"1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "other.old"]
+    # beside a complete model/, an .old-* copy is stale
+    (tmp_path / ".model.old-beef0002").mkdir()
+    save_pretrained_atomic(_Writer({"b.json": b"2"}), tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "other.old"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["b.json"]
+
+
 def test_save_pretrained_atomic_failure_keeps_old_folder(tmp_path):
     save_pretrained_atomic(_Writer({"a.json": b"old"}), tmp_path / "model")
     with pytest.raises(OSError, match="disk full"):

@@ -240,7 +240,8 @@ def save_pretrained_atomic(
     deleted only after the new folder is in place; on any error the temporary folder is removed and the old
     ``out_dir`` is left as it was. (POSIX cannot rename a folder over a non-empty one, so between the two
     renames there is a moment without ``out_dir``; a crash exactly then leaves the old copy as
-    ``.<name>.old-*`` beside it.)
+    ``.<name>.old-*`` beside it, which the next save of ``out_dir`` puts back or removes, as it removes the
+    ``.<name>.tmp-*`` folder of a save killed while writing.)
 
     Args:
         model_or_obj_with_save_pretrained: Anything with ``save_pretrained(folder)``: a transformers model, a
@@ -259,6 +260,7 @@ def save_pretrained_atomic(
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} exists and is not a folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _clean_interrupted_saves(out_dir)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         # mkdtemp creates the folder 0700; a model folder should be readable like any other.
@@ -328,6 +330,25 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _clean_interrupted_saves(out_dir: Path) -> None:
+    """Remove what a save of ``out_dir`` killed midway left beside it (one writer per folder: the main process).
+
+    A ``.<name>.tmp-*`` folder is a half-written copy: removed. A ``.<name>.old-*`` folder is the previous
+    complete copy, moved aside by a kill between the two renames: put back when ``out_dir`` is missing,
+    removed otherwise.
+    """
+    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        logger.info("removing %s, left by an interrupted save", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        if out_dir.exists():
+            logger.info("removing %s, left by an interrupted save", old)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            logger.warning("restoring %s from %s, left by an interrupted save", out_dir, old)
+            os.rename(old, out_dir)
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
