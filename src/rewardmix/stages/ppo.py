@@ -1037,7 +1037,7 @@ def generate_responses(
     """Sample one response per prompt with the policy, response ``i`` from its own seed ``seeds[i]``.
 
     Prompts are left-padded to the batch's longest (so every response starts at column P); responses of all
-    ``generate`` calls are right-padded to the longest, R. Sampling is the Gumbel-max trick inside greedy
+    ``generate`` calls are right-padded to the longest, R. Sampling is an inverse-transform draw inside greedy
     decoding (:class:`rewardmix.models.sampling.SeededSampling`): a draw from the same temperature / top-k /
     top-p distribution as ``do_sample=True``, but each row from its own generator.
 
@@ -1075,7 +1075,7 @@ def generate_responses(
                 output = models.policy.generate(
                     input_ids=prompt_ids[rows],
                     attention_mask=prompt_mask[rows],
-                    # Greedy over Gumbel-perturbed logits = sampling, with one generator per row (see above).
+                    # Greedy over the seeded processor's scores = sampling, one generator per row (see above).
                     do_sample=False,
                     logits_processor=seeded_sampling(
                         [seeds[i] for i in rows],

@@ -8,7 +8,7 @@ then ranks (``rewardmix rank``) and ``rewardmix pairs source=rankings`` turns in
      "_key": "..."}
 
 (``_index`` and ``_key``, the row's position and a hash of its settings, are what a rerun checks.)
-Sampling is seeded per answer (the Gumbel-max trick of :mod:`rewardmix.models.sampling`), so an answer does
+Sampling is seeded per answer (inverse-transform draws of :mod:`rewardmix.models.sampling`), so an answer does
 not depend on the batch it was generated in. Rows are appended as their answers are done: rerun the same
 command after a kill and it goes on from the first question without answers; a stored row made with other
 settings (model, K, temperature, ...) is generated again.
@@ -254,7 +254,7 @@ def load_sampler(cfg: Config):
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=g.max_new_tokens,
-            do_sample=False,  # the seeded processor adds per-row Gumbel noise: argmax of it is a sample
+            do_sample=False,  # the seeded processor makes the drawn token the argmax: greedy = a sample
             temperature=None,
             top_p=None,
             top_k=None,
