@@ -28,7 +28,6 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from rewardmix.data.chat import IM_END, render_chat
 from rewardmix.rundir import atomic_write_text, read_jsonl_repair
 
 __all__ = [
@@ -69,10 +68,13 @@ class GenerationRequest(NamedTuple):
 class BatchedGenerator:
     """Greedy generation in left-padded batches (the same tokens as one conversation at a time).
 
+    A thin layer over :meth:`rewardmix.models.chat_model.ChatModel.generate_ids`: conversations are encoded
+    once, sorted by length so a batch pads little, and answered ``batch_size`` at a time.
+
     Args:
         model: A causal LM with ``generate`` (a ``transformers`` model or a ``PeftModel`` over one).
         tokenizer: Its tokenizer.
-        batch_size: Conversations per ``generate`` call; sorted by length first so a batch pads little.
+        batch_size: Conversations per ``generate`` call.
         device: Where to run; default: the model's device.
     """
 
@@ -81,23 +83,15 @@ class BatchedGenerator:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.eval()
-        if device is not None:
-            self.model.to(device)
-        self.tokenizer = tokenizer
+        from rewardmix.models.chat_model import ChatModel  # transformers loads only when a model does
+
+        self.chat = ChatModel(model, tokenizer, device=device)
         self.batch_size = batch_size
-        self.device = next(self.model.parameters()).device
-        self.end_ids = _end_token_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad) if pad is not None else (self.end_ids[0] if self.end_ids else 0)
 
     def encode(self, conversation: Conversation) -> list[int]:
         """Prompt token ids: the chat rendering, ending where the assistant's reply begins."""
-        text = render_chat(conversation, self.tokenizer, add_generation_prompt=True)
-        # The rendered text already holds every special token the template wants (BOS included).
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.chat.encode(conversation)
 
-    @torch.inference_mode()
     def __call__(self, conversations: Sequence[Conversation], max_new_tokens: int) -> list[str]:
         """Greedy replies, in the order of ``conversations``."""
         prompts = [self.encode(c) for c in conversations]
@@ -105,43 +99,10 @@ class BatchedGenerator:
         texts: list[str] = [""] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            # Left padding: every prompt ends at the same column, where generation starts.
-            ids = torch.tensor([[self.pad_id] * (width - len(prompts[i])) + prompts[i] for i in idx])
-            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx])
-            out = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=self.pad_id,
-                eos_token_id=self.end_ids or None,
-            )
-            for row, i in zip(out[:, width:].tolist(), idx, strict=True):
-                texts[i] = self.tokenizer.decode(_cut_at_end(row, self.end_ids), skip_special_tokens=True)
+            replies = self.chat.generate_ids([prompts[i] for i in idx], max_new_tokens=max_new_tokens)
+            for i, reply in zip(idx, replies, strict=True):
+                texts[i] = reply.texts[0]
         return texts
-
-
-def _end_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: set[int] = set()
-    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if source is not None:
-            ids.update(source if isinstance(source, list) else [source])
-    im_end = tokenizer.convert_tokens_to_ids(IM_END)  # ChatML turns end with <|im_end|>
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    return sorted(ids)
-
-
-def _cut_at_end(seq: list[int], end_ids: Sequence[int]) -> list[int]:
-    ends = set(end_ids)
-    for i, tok in enumerate(seq):
-        if tok in ends:
-            return seq[:i]
-    return seq
 
 
 def load_generator(

@@ -164,11 +164,8 @@ class ChatModel:
         Returns:
             A :class:`ChatGeneration`.
         """
-        prompt = self.render(messages)
-        # The rendered text already holds every special token the template wants (BOS included).
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        input_ids = enc["input_ids"].to(self.device)
-        attention_mask = enc["attention_mask"].to(self.device)
+        input_ids = torch.tensor([self.encode(messages)], device=self.device)
+        attention_mask = torch.ones_like(input_ids)
         prompt_len = input_ids.shape[1]
         end_ids = self._end_token_ids()
         pad_id = self.tokenizer.pad_token_id
@@ -194,20 +191,22 @@ class ChatModel:
         new = out[:, prompt_len:].tolist()
         if not sample:
             new = new * n
-        ids_list, texts, reasons = [], [], []
-        for seq in new:
-            seq = _cut_at_end(seq, set(end_ids))
-            stopped = bool(seq) and seq[-1] in end_ids
-            text = self.tokenizer.decode(seq, skip_special_tokens=True)
-            text, hit_stop = _cut_at_stop(text, stop)
-            ids_list.append(seq)
-            texts.append(text)
-            reasons.append("stop" if stopped or hit_stop or len(seq) < max_new_tokens else "length")
+        ids_list, texts, reasons = zip(
+            *(self._finish(seq, end_ids, stop=stop, max_new_tokens=max_new_tokens) for seq in new),
+            strict=True,
+        )
         return ChatGeneration(
-            texts=texts, new_token_ids=ids_list, prompt_tokens=prompt_len, finish_reasons=reasons
+            texts=list(texts),
+            new_token_ids=list(ids_list),
+            prompt_tokens=prompt_len,
+            finish_reasons=list(reasons),
         )
 
-    @torch.inference_mode()
+    def encode(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Prompt token ids of ``messages``, ending where the assistant's reply begins."""
+        # The rendered text already holds every special token the template wants (BOS included).
+        return list(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
+
     def generate_many(
         self,
         items: Sequence[BatchItem],
@@ -229,16 +228,54 @@ class ChatModel:
         Returns:
             One :class:`ChatGeneration` (with one text) per item, in order.
         """
-        if not items:
+        seeds = None
+        if temperature > 0.0:
+            seeds = [
+                it.seed if it.seed is not None else int(torch.randint(0, 2**62, ()).item()) for it in items
+            ]
+        return self.generate_ids(
+            [self.encode(it.messages) for it in items],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seeds=seeds,
+            stop=stop,
+        )
+
+    @torch.inference_mode()
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
+        stop: Sequence[str] = (),
+    ) -> list[ChatGeneration]:
+        """Replies to already encoded prompts (:meth:`encode`), in one left-padded ``generate`` call.
+
+        Args:
+            prompts: Prompt token ids per row.
+            max_new_tokens: Generation budget per reply.
+            temperature: 0 = greedy; otherwise sampling with one generator per row, seeded by ``seeds``.
+            top_k: Keep the k most likely tokens when sampling (0: off).
+            top_p: Nucleus mass when sampling.
+            seeds: One seed per row; required when ``temperature > 0``.
+            stop: Strings at which a decoded reply is cut.
+
+        Returns:
+            One :class:`ChatGeneration` (with one text) per prompt, in order.
+        """
+        if not prompts:
             return []
         end_ids = self._end_token_ids()
         pad_id = self.tokenizer.pad_token_id
         pad_id = pad_id if pad_id is not None else (end_ids[0] if end_ids else 0)
-        prompts = [
-            self.tokenizer(self.render(it.messages), add_special_tokens=False)["input_ids"] for it in items
-        ]
         width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        # Left padding: every prompt ends at the same column, where generation starts.
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=self.device)
         attention_mask = torch.tensor(
             [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
         )
@@ -252,29 +289,32 @@ class ChatModel:
             "top_k": None,
         }
         if temperature > 0.0:
-            seeds = [
-                it.seed if it.seed is not None else int(torch.randint(0, 2**62, ()).item()) for it in items
-            ]
+            if seeds is None or len(seeds) != len(prompts):
+                raise ValueError("sampling (temperature > 0) needs one seed per prompt")
             gen_kwargs["logits_processor"] = seeded_sampling(
-                seeds, temperature=temperature, top_k=0, top_p=top_p, device=self.device
+                seeds, temperature=temperature, top_k=top_k, top_p=top_p, device=self.device
             )
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
-        generated = out[:, width:].tolist()
         results = []
-        for prompt, seq in zip(prompts, generated, strict=True):
-            seq = _cut_at_end(seq, set(end_ids))
-            stopped = bool(seq) and seq[-1] in end_ids
-            text = self.tokenizer.decode(seq, skip_special_tokens=True)
-            text, hit_stop = _cut_at_stop(text, stop)
-            reason: Literal["stop", "length"] = (
-                "stop" if stopped or hit_stop or len(seq) < max_new_tokens else "length"
-            )
+        for prompt, seq in zip(prompts, out[:, width:].tolist(), strict=True):
+            ids, text, reason = self._finish(seq, end_ids, stop=stop, max_new_tokens=max_new_tokens)
             results.append(
                 ChatGeneration(
-                    texts=[text], new_token_ids=[seq], prompt_tokens=len(prompt), finish_reasons=[reason]
+                    texts=[text], new_token_ids=[ids], prompt_tokens=len(prompt), finish_reasons=[reason]
                 )
             )
         return results
+
+    def _finish(
+        self, seq: list[int], end_ids: Sequence[int], *, stop: Sequence[str], max_new_tokens: int
+    ) -> tuple[list[int], str, Literal["stop", "length"]]:
+        """One generated row: ids up to and including the end token, the decoded text cut at a stop string,
+        and why it ended."""
+        seq = _cut_at_end(seq, set(end_ids))
+        stopped = bool(seq) and seq[-1] in end_ids
+        text = self.tokenizer.decode(seq, skip_special_tokens=True)
+        text, hit_stop = _cut_at_stop(text, stop)
+        return seq, text, ("stop" if stopped or hit_stop or len(seq) < max_new_tokens else "length")
 
 
 class BatchItem(NamedTuple):

@@ -230,7 +230,6 @@ def load_sampler(cfg: Config):
     import torch
 
     from rewardmix.evaluation.generation import load_generator
-    from rewardmix.models.sampling import seeded_sampling
 
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     gen = load_generator(
@@ -241,33 +240,16 @@ def load_sampler(cfg: Config):
         trust_remote_code=cfg.model.trust_remote_code,
     )
     g = cfg.generation
-    ends = set(gen.end_ids)
 
-    @torch.inference_mode()
     def sampler(conversations: Sequence[Sequence[Mapping[str, str]]], seeds: Sequence[int]) -> list[str]:
-        prompts = [gen.encode(c) for c in conversations]
-        width = max(len(p) for p in prompts)
-        # Left padding: every prompt ends at the same column, where generation starts.
-        ids = torch.tensor([[gen.pad_id] * (width - len(p)) + p for p in prompts], device=gen.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=gen.device)
-        out = gen.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+        replies = gen.chat.generate_ids(
+            [gen.encode(c) for c in conversations],
             max_new_tokens=g.max_new_tokens,
-            do_sample=False,  # the seeded processor makes the drawn token the argmax: greedy = a sample
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            logits_processor=seeded_sampling(
-                seeds, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, device=gen.device
-            ),
-            pad_token_id=gen.pad_id,
-            eos_token_id=gen.end_ids or None,
+            temperature=g.temperature,
+            top_k=g.top_k,
+            top_p=g.top_p,
+            seeds=seeds,
         )
-        texts = []
-        for row in out[:, width:].tolist():
-            cut = next((j for j, tok in enumerate(row) if tok in ends), len(row))
-            texts.append(gen.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
-        return texts
+        return [r.texts[0].strip() for r in replies]
 
     return sampler
