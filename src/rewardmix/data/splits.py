@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeVar
 
-__all__ = ["CAP_KEYS", "Mixture", "TaskRows", "build_mixture", "split_records"]
+__all__ = ["CAP_KEYS", "Mixture", "TaskRows", "build_mixture", "shuffled", "split_counts", "split_records"]
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ def split_records(
         ValueError: a bad size, more than one ``None``, too many rows asked for, or rows left over.
     """
     n = len(records)
-    counts = _split_counts(n, sizes)
+    counts = split_counts(n, sizes)
     order = list(range(n))
     random.Random(seed).shuffle(order)
     out: dict[str, list[T]] = {}
@@ -56,7 +56,8 @@ def split_records(
     return out
 
 
-def _split_counts(n: int, sizes: Mapping[str, int | float | None]) -> dict[str, int]:
+def split_counts(n: int, sizes: Mapping[str, int | float | None]) -> dict[str, int]:
+    """How many of ``n`` rows each split of :func:`split_records` gets (same rules, no rows needed)."""
     if not sizes:
         raise ValueError("sizes is empty")
     rest = [name for name, size in sizes.items() if size is None]
@@ -190,10 +191,10 @@ def build_mixture(
         if task_caps["sft"] is None:
             raise ValueError(f"caps[{task!r}]: the sft cap must be an int")
 
-        train = _shuffled(rows.train, f"{seed}/{task}/train")
+        train = shuffled(rows.train, f"{seed}/{task}/train")
         n_sft = min(len(train), task_caps["sft"])
         pool_end = len(train) if task_caps["prompt_pool"] is None else n_sft + task_caps["prompt_pool"]
-        test = _shuffled(rows.test, f"{seed}/{task}/test")
+        test = shuffled(rows.test, f"{seed}/{task}/test")
         n_test = len(test) if task_caps["test"] is None else min(len(test), task_caps["test"])
 
         mixture.sft[task] = train[:n_sft]
@@ -217,7 +218,7 @@ def _check_caps(where: str, caps: Mapping[str, int | None]) -> None:
             raise ValueError(f"{where}: cap {key!r} must be a non-negative int or None, got {cap!r}")
 
 
-def _shuffled(rows: Sequence[T], seed: str) -> list[T]:
+def shuffled(rows: Sequence[T], seed: str) -> list[T]:
     out = list(rows)
     random.Random(seed).shuffle(out)
     return out

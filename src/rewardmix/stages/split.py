@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from rewardmix.data.readers import save_report
-from rewardmix.data.splits import split_records
+from rewardmix.data.splits import shuffled, split_counts, split_records
 from rewardmix.data.tasks import Example, example_row, get_task, load_task_examples
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 
@@ -141,7 +141,7 @@ def split_examples(
         by_label.setdefault(str(row[1].label), []).append(row)
     labels = sorted(by_label)
     # Exact per-label counts: split the counts of the whole first, then share each split among the labels.
-    totals = {name: len(rows) for name, rows in split_records(list(range(n)), sizes=sizes, seed=seed).items()}
+    totals = split_counts(n, sizes)
     per_label = {label: {} for label in labels}
     left = {label: len(by_label[label]) for label in labels}
     names = list(sizes)
@@ -167,5 +167,5 @@ def split_examples(
         for name in names:
             out[name].extend(parts[name])
     for j, name in enumerate(names):
-        out[name] = split_records(out[name], sizes={name: None}, seed=f"{seed}:{j}")[name]
+        out[name] = shuffled(out[name], f"{seed}:{j}")
     return out
