@@ -31,6 +31,17 @@ def test_line_plot():
     assert_not_blank(image)
 
 
+def test_line_panels_render_side_by_side():
+    score = {"objective/score": ([1, 2, 3], [0.1, 0.4, 0.6])}
+    raw = {"rm": ([1, 2, 3], [-3.0, -1.0, 2.0]), "length": ([1, 2, 3], [120.0, 80.0, 60.0])}
+    one = open_png(plots.line_panels({"score": score}, title="run"))
+    three = open_png(plots.line_panels({"score": score, "raw": raw, "normalized": raw}, title="run"))
+    assert one.size == (700, 420) and three.size == (1260, 420)  # 4.2 inches per panel, at least 7
+    assert_not_blank(three)
+    with pytest.raises(ValueError, match="at least one panel"):
+        plots.line_panels({"score": {}}, title="x")
+
+
 def test_heatmap_colours_follow_the_rates():
     models = ["sft", "rlhf", "rllr"]
     rates = [[None, 0.1, 0.9], [0.9, None, 0.5], [0.1, 0.5, None]]

@@ -176,6 +176,41 @@ def test_scripted_run_gives_hand_computed_numbers(tmp_path, inputs, chat_server,
     assert ev["eval/rlhf/avg"] == approx((0.75 + r_rlhf) / 2)
     assert ev["eval/rllr/avg"] == approx(1.0)
 
+    # Paired tests on the same SST-2 items (golds +, -, +, -). Correct: sft [1, 0, 1, 0], rlhf [1, 1, 1, 0]
+    # (the unparseable 4th answer is wrong), rllr [1, 1, 1, 1]. Pairs in list order; d = a - b per item.
+    # sft vs rlhf: d = [0, -1, 0, 0] -> b = 0, c = 1, diff = -1/4; var(d, ddof=1) = (1 - 4/16) / 3 = 1/4,
+    #   SE = sqrt(1/4 / 4) = 1/4; McNemar(0, 1) = min(1, 2 * 1/2) = 1.
+    # sft vs rllr: d = [0, -1, 0, -1] -> b = 0, c = 2, diff = -1/2; var = (2 - 4/4) / 3 = 1/3, SE = sqrt(1/12);
+    #   McNemar(0, 2) = 2 * C(2,0) / 2^2 = 1/2.
+    # rlhf vs rllr: d = [0, 0, 0, -1] -> as sft vs rlhf.
+    expected = {
+        ("sft", "rlhf"): (0.5, 0.75, -0.25, 0.25, 0, 1, 1.0),
+        ("sft", "rllr"): (0.5, 1.0, -0.5, math.sqrt(1 / 12), 0, 2, 0.5),
+        ("rlhf", "rllr"): (0.75, 1.0, -0.25, 0.25, 0, 1, 1.0),
+    }
+    for (a, b), (acc_a, acc_b, diff, se, n_b, n_c, p) in expected.items():
+        key = f"eval/paired/sst2/{a}/{b}"
+        assert ev[f"{key}/n"] == 4 and (ev[f"{key}/b"], ev[f"{key}/c"]) == (n_b, n_c)
+        assert (ev[f"{key}/acc_a"], ev[f"{key}/acc_b"], ev[f"{key}/diff"]) == (acc_a, acc_b, diff)
+        assert ev[f"{key}/diff_se"] == approx(se, abs=1e-15) and ev[f"{key}/mcnemar_p"] == p
+        assert (ev[f"{key}/ci_low"], ev[f"{key}/ci_high"]) == approx((diff - 1.96 * se, diff + 1.96 * se))
+    # Bootstrap, sft vs rllr: d* = -(number of -1 among 4 draws from [0, -1, 0, -1]) / 4, so d* >= 0 only when
+    # all four draws are 0 (probability 1/2^4): p ~ 2/16 = 0.125; d* = -1 has mass 1/16 > 2.5% and d* = 0 too,
+    # so the percentile interval is exactly [-1, 0]. sft vs rlhf: P(d* >= 0) = (3/4)^4 -> p ~ 0.633; the
+    # 2.5% point falls on d* = -3/4 (P(d* <= -3/4) = 13/256 = 5.1%, P(d* = -1) = 0.4%).
+    assert ev["eval/paired/sst2/sft/rllr/bootstrap_p"] == approx(0.125, abs=0.02)
+    assert (
+        ev["eval/paired/sst2/sft/rllr/bootstrap_ci_low"],
+        ev["eval/paired/sst2/sft/rllr/bootstrap_ci_high"],
+    ) == (-1.0, 0.0)
+    assert ev["eval/paired/sst2/sft/rlhf/bootstrap_p"] == approx(2 * 0.75**4, abs=0.03)
+    assert (
+        ev["eval/paired/sst2/sft/rlhf/bootstrap_ci_low"],
+        ev["eval/paired/sst2/sft/rlhf/bootstrap_ci_high"],
+    ) == (-0.75, 0.0)
+    assert not any(k.startswith("eval/paired/stsb/") for k in ev)  # Pearson: no per-item correctness
+    assert not any(k.startswith("eval/paired/sst2/rlhf/sft/") for k in ev)  # each pair once, in list order
+
     # Win rates. Pairs in list order: (sft, rlhf), (sft, rllr), (rlhf, rllr).
     # sft vs rlhf per prompt (1 = sft wins): p0 0, p1 .5, p2 1, p3 0 -> 1.5 / 4 = .375; mirrored .625
     assert ev["eval/win_rate/sft/rlhf"] == 0.375 and ev["eval/win_rate/rlhf/sft"] == 0.625
@@ -265,6 +300,9 @@ def test_scripted_run_gives_hand_computed_numbers(tmp_path, inputs, chat_server,
     tables = res.tables_path.read_text()
     assert "| sft | 50.00 | " + f"{100 * r_sft:.2f} | {100 * (0.5 + r_sft) / 2:.2f} |" in tables
     assert f"62.5% ± {100 * 1.96 * se:.1f} (n=4)" in tables
+    half = 100 * 1.96 * math.sqrt(1 / 12)  # sft vs rllr: -50.00 ± 28.87, 95% CI -50 ± 56.58
+    ci = f"[{-50 - half:+.2f}, {-50 + half:+.2f}]"
+    assert f"| SST-2 | sft | rllr | 4 | 50.00 | 100.00 | -50.00 ± 28.87 | {ci} | 0.500 |" in tables
 
     # A rerun loads no model and asks the judge nothing: same numbers.
     requests = chat_server.count
@@ -320,6 +358,10 @@ def test_config_validation():
         from_dict(evaluate.Config, {**base, "win_rate": {"baseline": "b"}})
     with pytest.raises(ConfigError, match="reserved"):
         from_dict(evaluate.Config, {"models": [{"name": "win_rate", "path": "tiny"}]})
+    with pytest.raises(ConfigError, match="reserved"):
+        from_dict(evaluate.Config, {"models": [{"name": "paired", "path": "tiny"}]})
+    with pytest.raises(ConfigError, match="bootstrap_resamples"):
+        from_dict(evaluate.Config, {**base, "paired": {"bootstrap_resamples": 0}})
     with pytest.raises(ConfigError, match="must be letters"):
         from_dict(evaluate.Config, {"models": [{"name": "a/b", "path": "tiny"}]})
     with pytest.raises(ConfigError, match="duplicate"):

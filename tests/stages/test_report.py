@@ -54,15 +54,19 @@ class Page(HTMLParser):
             self._open = None
 
 
-def write_training_run(folder: Path, *, kl: bool = True, steps: int = 6) -> Path:
+def write_training_run(folder: Path, *, kl: bool = True, steps: int = 6, stage: str = "ppo") -> Path:
     folder.mkdir(parents=True)
     (folder / "run_info.json").write_text(
-        json.dumps({"stage": "ppo", "git_commit": "abc123", "started_at": "t"})
+        json.dumps({"stage": stage, "git_commit": "abc123", "started_at": "t"})
     )
     rows = []
     for s in range(1, steps + 1):
-        row = {"step": s, "reward/rm_label/raw": 0.1 * s, "reward/length/raw": -0.05 * s, "response/length_mean": 40 + s,
-               "loss/policy": 1.0 / s}  # fmt: skip
+        if stage != "ppo":  # SFT and reward-model runs log a training loss only
+            rows.append({"step": s, "loss/train": 2.0 / s})
+            continue
+        row = {"step": s, "objective/score": 0.02 * s, "reward/rm_label/raw": 0.1 * s, "reward/length/raw": -0.05 * s,
+               "reward/rm_label/normalized": 0.5 * s, "reward/length/normalized": -0.5 * s,
+               "response/length_mean": 40 + s, "loss/policy": 1.0 / s}  # fmt: skip
         if kl:
             row["objective/kl"] = 0.01 * s * s
         rows.append(row)
@@ -104,13 +108,35 @@ def test_report_has_every_section_for_a_tiny_run(tmp_path, evaluated):
     res = report.run(cfg)
     page = Page(res.html_path.read_text())
     titles = [text for _, text in page.headings]
-    for needed in ("Training curves", "Reward per component", "KL", "Response length", "Loss: policy",
+    for needed in ("Results", "Accuracy ± SE", "Paired tests (McNemar)", "Paired accuracy differences (same items)",
+                   "Training curves", "Score and reward components", "KL", "Response length", "Loss: policy (ppo)",
                    "Evaluation: eval", "NLU tasks", "Win rates", "Reward models", "Reward histograms",
                    "Reward vs response length", "NLU results (RLLR Table 4)", "Win rates (row vs column)",
                    "Win / tie / lose against sft (RLLR Fig. 4)", "Win rates by dataset", "Win rates by category",
                    "Reward-model agreement", "Reward vs response length", "Reward distributions"):  # fmt: skip
         assert needed in titles, needed
     assert page.notes == []  # every section has its data
+    assert page.headings[:2] == [("h1", "rewardmix report"), ("h2", "Results")]  # the report opens with them
+    assert titles.index("Paired tests (McNemar)") < titles.index("Runs") < titles.index("Training curves")
+
+    # Results block, from the written eval.json. SST-2 accuracy ± sqrt(p (1 - p) / 4): sft 50 ± 25,
+    # rlhf 75 ± 21.65, rllr 100 ± 0; STS-B shows Pearson r. McNemar on the same items: sft vs rllr has
+    # b = 0, c = 2 -> p = 2 / 2^2 = 0.5; sft vs rlhf and rlhf vs rllr have c = 1 -> p = 1.
+    written = json.loads(evaluated.eval_path.read_text())
+    for m, se in (("sft", 25.0), ("rlhf", math.sqrt(0.75 * 0.25 / 4) * 100), ("rllr", 0.0)):
+        acc = 100 * written[f"eval/{m}/sst2/accuracy"]
+        r = 100 * written[f"eval/{m}/stsb/pearson"]
+        assert contains(page.cells, [m, f"{acc:.2f} ± {se:.2f}", f"r = {r:.2f}"])
+    assert "75.00 ± 21.65" in page.cells and "SST-2 (n=4)" in res.html_path.read_text()
+    for a, b, cell in (("sft", "rlhf", "-25.00, p = 1.000"), ("sft", "rllr", "-50.00, p = 0.500"),
+                       ("rlhf", "rllr", "-25.00, p = 1.000")):  # fmt: skip
+        key = f"eval/paired/sst2/{a}/{b}"
+        assert cell == f"{100 * written[key + '/diff']:+.2f}, p = {written[key + '/mcnemar_p']:.3f}"
+        assert contains(page.cells, [f"{a} vs {b}", cell])
+    # the full paired table in the evaluation section: SE, CI, McNemar and bootstrap p
+    boot = f"{written['eval/paired/sst2/sft/rllr/bootstrap_p']:.3f}"
+    assert contains(page.cells, ["SST-2", "sft", "rllr", "4", "50.00", "100.00", "-50.00 ± 28.87"])
+    assert contains(page.cells, ["-50.00 ± 28.87", "[-106.58, +6.58]", "0.500", boot])
 
     # 4 curves + heatmap + win/tie/lose bars + a histogram and a scatter per reward model (len, neg) = 10
     assert len(page.images) == 10 == len(res.figures)
@@ -149,6 +175,7 @@ def test_missing_data_gets_a_clear_note(tmp_path):
     assert any("objective/kl" in n for n in page.notes)
     assert any("No eval.json" in n for n in page.notes)
     assert len(page.images) == 3  # reward, response length, loss; no KL
+    assert any("No results" in n for n in page.notes)
     md = res.markdown_path.read_text()
     assert "> Not available: no objective/kl in any metrics.jsonl." in md
 
@@ -170,7 +197,53 @@ def test_comparison_overlays_runs(tmp_path):
     assert report._smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]  # trailing mean of 2
     res = report.run(from_dict(report.Config, {"runs": [{"path": str(a)}, {"path": str(b)}],
                                                "output_dir": str(tmp_path / "r")}))  # fmt: skip
-    assert len(Page(res.html_path.read_text()).images) == 4
+    # a score / reward figure per run, then KL, length and the shared PPO loss with both runs
+    assert len(Page(res.html_path.read_text()).images) == 5
+    assert sorted(p.name for p in res.figures if p.name.startswith("reward_")) == [
+        "reward_a.png",
+        "reward_b.png",
+    ]
+
+
+def test_reward_panels_per_run_and_losses_per_stage(tmp_path, monkeypatch):
+    from rewardmix.evaluation import plots
+
+    drawn: dict[str, list] = {}
+    real_plot, real_panels = plots.line_plot, plots.line_panels
+
+    def line_plot(series, *, title, ylabel, xlabel="step"):
+        drawn[title] = sorted(series)
+        return real_plot(series, title=title, ylabel=ylabel, xlabel=xlabel)
+
+    def line_panels(panels, *, title, xlabel="step"):
+        drawn[f"panels {title}"] = {name: sorted(series) for name, series in panels.items()}
+        return real_panels(panels, title=title, xlabel=xlabel)
+
+    monkeypatch.setattr(plots, "line_plot", line_plot)
+    monkeypatch.setattr(plots, "line_panels", line_panels)
+    runs = [write_training_run(tmp_path / "ppo"), write_training_run(tmp_path / "sft", stage="sft"),
+            write_training_run(tmp_path / "rm", stage="reward-model")]  # fmt: skip
+    cfg = {"runs": [{"path": str(r)} for r in runs], "output_dir": str(tmp_path / "r")}
+    res = report.run(from_dict(report.Config, cfg))
+    # One figure for the PPO run: its score, and each component raw and normalized, on three axes.
+    assert drawn["panels ppo"] == {
+        "objective/score": ["objective/score"],
+        "raw": ["length", "rm_label"],
+        "normalized": ["length", "rm_label"],
+    }
+    assert "panels sft" not in drawn and "panels rm" not in drawn  # no reward keys in those runs
+    # SFT and reward-model runs both log loss/train: one axis each, never shared.
+    assert drawn["Loss: train (sft)"] == ["sft"] and drawn["Loss: train (reward-model)"] == ["rm"]
+    assert drawn["Loss: policy (ppo)"] == ["ppo"]
+    names = {p.name for p in res.figures}
+    assert {
+        "reward_ppo.png",
+        "loss_sft_train.png",
+        "loss_reward-model_train.png",
+        "loss_ppo_policy.png",
+    } <= names
+    for path in res.figures:
+        assert_png_renders(path.read_bytes())
 
 
 def test_bad_runs_are_refused(tmp_path):
@@ -199,6 +272,9 @@ def test_evaluate_rm_output_contributes_distributions_and_metrics(tmp_path):
     ev = {
         "rm/accuracy": 0.9,
         "rm/pairs": 20,
+        "rm/accuracy/sst2": 0.75,
+        "rm/pairs/sst2": 4,
+        "rm/accuracy/kind/label": 0.5,  # no pair count per kind: not in the results
         "rm/score_distribution/pairs/chosen": distribution([1.0, 2.0, 2.5, 3.0], bins=4),
         "rm/score_distribution/pairs/rejected": distribution([-1.0, 0.0, 0.5], bins=4),
     }
@@ -208,9 +284,23 @@ def test_evaluate_rm_output_contributes_distributions_and_metrics(tmp_path):
     )
     page = Page(res.html_path.read_text())
     assert contains(page.cells, ["rm/accuracy", "0.9000"]) and contains(page.cells, ["rm/pairs", "20.0000"])
+    # Results: accuracy ± sqrt(p (1 - p) / n): 0.9 of 20 -> 90.00 ± 6.71; 0.75 of 4 -> 75.00 ± 21.65
+    assert page.headings[1:3] == [("h2", "Results"), ("h3", "Reward-model accuracy")]
+    name = run_dir.name
+    assert contains(page.cells, [name, "all", "20", "90.00 ± 6.71", name, "sst2", "4", "75.00 ± 21.65"])
+    assert not contains(page.cells, [name, "kind/label"])
     assert contains(page.cells, ["pairs/chosen", "4", "2.125"])  # count 4, mean (1 + 2 + 2.5 + 3) / 4
     assert len(page.images) == 1  # one histogram figure with both sources
     assert_png_renders(base64.b64decode(page.images[0].split(",", 1)[1]))
     assert any("no NLU tasks" in n for n in page.notes) and any(
         "no judged comparisons" in n for n in page.notes
     )
+
+
+def test_p_values_are_formatted_without_rounding_to_zero():
+    from rewardmix.evaluation.tables import fmt_p
+
+    # three decimals down to 0.001; smaller values in scientific notation, so a tiny p never shows as 0.000
+    assert [fmt_p(v) for v in (1.0, 0.5, 0.0312, 0.001, 2.1e-05, 0.0, None, float("nan"))] == [
+        "1.000", "0.500", "0.031", "0.001", "2.1e-05", "0.000", "n/a", "n/a",
+    ]  # fmt: skip

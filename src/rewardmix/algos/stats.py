@@ -1,4 +1,5 @@
-"""Evaluation statistics: win rates with standard error and confidence interval, correlations, accuracy.
+"""Evaluation statistics: win rates with standard error and confidence interval, correlations, accuracy, and
+paired tests between two models scored on the same items (exact McNemar, paired bootstrap).
 
 Win rates follow CRS §5.5.1 / §7.3: a judge compares model A with model B on n prompts; each outcome is
 1.0 (A wins), 0.0 (B wins) or 0.5 (tie). The standard error is CRS Eq. 7.1, ``SE = sqrt(p (1 - p) / n)``,
@@ -18,6 +19,7 @@ reproduce Table 23.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -27,6 +29,42 @@ Z_95 = 1.96
 """Two-sided 95% normal quantile as rounded in the thesis (exact: 1.959963984540054)."""
 
 _WIN, _LOSS, _TIE = 1.0, 0.0, 0.5
+
+
+class PairedBootstrap(NamedTuple):
+    """Paired bootstrap of ``mean(a) - mean(b)`` (see :func:`paired_bootstrap`)."""
+
+    p: float
+    """Two-sided p-value ``min(1, 2 min(P*(d* <= 0), P*(d* >= 0)))``."""
+    ci_low: float
+    """2.5% percentile of the resampled differences."""
+    ci_high: float
+    """97.5% percentile of the resampled differences."""
+
+
+class PairedAccuracy(NamedTuple):
+    """Accuracy of model A against model B on the same n items (see :func:`paired_accuracy_difference`)."""
+
+    n: int
+    """Items both models answered."""
+    acc_a: float
+    """Accuracy of A."""
+    acc_b: float
+    """Accuracy of B."""
+    diff: float
+    """``acc_a - acc_b = (b - c) / n``."""
+    diff_se: float
+    """Standard error of ``diff`` from the per-item differences: ``sqrt(var(d) / n)``, ``ddof=1`` (0 at n = 1)."""
+    ci_low: float
+    """``diff - 1.96 diff_se`` (normal approximation, not clipped)."""
+    ci_high: float
+    """``diff + 1.96 diff_se``."""
+    b: int
+    """Discordant items A got right and B wrong."""
+    c: int
+    """Discordant items A got wrong and B right."""
+    mcnemar_p: float
+    """Two-sided exact McNemar p-value of ``(b, c)``."""
 
 
 class WinRate(NamedTuple):
@@ -315,6 +353,154 @@ def accuracy(pred: Sequence[object] | torch.Tensor, target: Sequence[object] | t
     if not preds:
         raise ValueError("accuracy of zero predictions is undefined")
     return sum(p == t for p, t in zip(preds, targets, strict=True)) / len(preds)  # acc = #correct / N
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paired comparisons of two models on the same items
+# ---------------------------------------------------------------------------------------------------------
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar test: a binomial test on the discordant pairs.
+
+    Under "A and B are equally accurate" each of the ``b + c`` discordant items is A's win with probability
+    1/2, so with ``X ~ Bin(b + c, 1/2)`` the p-value is ``min(1, 2 P[X <= min(b, c)])``. The tail is summed in
+    exact integers (``C(n, k) / 2^n``), so it holds for any n (tiny p-values underflow to 0.0).
+
+    Args:
+        b: Items model A got right and model B wrong.
+        c: Items model A got wrong and model B right.
+
+    Returns:
+        p in (0, 1]; 1.0 when ``b + c == 0`` (no discordant item, no evidence either way).
+
+    Raises:
+        ValueError: If ``b`` or ``c`` is negative.
+
+    Reference:
+        McNemar 1947; the exact (binomial) form as in Agresti, *Categorical Data Analysis* (3rd ed.) §11.1.
+    """
+    b, c = operator.index(b), operator.index(c)
+    if b < 0 or c < 0:
+        raise ValueError(f"b and c must be >= 0, got b={b}, c={c}")
+    n, k = b + c, min(b, c)
+    term = tail = 1  # C(n, 0)
+    for i in range(k):
+        term = term * (n - i) // (i + 1)  # C(n, i + 1) = C(n, i) (n - i) / (i + 1), exact
+        tail += term
+    return min(1.0, 2 * tail / 2**n)  # p = min(1, 2 sum_{i <= k} C(n, i) / 2^n); int / int rounds correctly
+
+
+def paired_bootstrap(
+    a: Sequence[float] | torch.Tensor,
+    b: Sequence[float] | torch.Tensor,
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> PairedBootstrap:
+    """Paired bootstrap of the mean difference ``mean(a) - mean(b)`` over items scored for both models.
+
+    Items are resampled with replacement, the same items for ``a`` and ``b`` (so the pairing is kept), and
+    each resample gives ``d* = mean(a*) - mean(b*)``. The interval is the percentile interval (2.5% and 97.5%
+    quantiles of ``d*``, linear interpolation). The p-value is the two-sided percentile-bootstrap p-value
+    ``p = min(1, 2 min(#{d* <= 0}, #{d* >= 0}) / resamples)``: the smallest level at which the equal-tailed
+    percentile interval excludes 0. Its resolution is ``2 / resamples``; ``p = 0`` means no resample fell on
+    the other side of 0 (read it as ``p < 2 / resamples``). Identical inputs give ``d* = 0`` and ``p = 1``.
+
+    Args:
+        a: Per-item values of model A (e.g. 1.0 correct, 0.0 wrong), shape (n,).
+        b: Per-item values of model B on the same items, shape (n,).
+        resamples: Bootstrap resamples R.
+        seed: Seed of the ``torch.Generator`` drawing the resamples; same inputs and seed, same result.
+
+    Returns:
+        A :class:`PairedBootstrap` ``(p, ci_low, ci_high)``.
+
+    Raises:
+        ValueError: If the lengths differ, n == 0, a value is not finite, or ``resamples < 1``.
+
+    Reference:
+        Efron & Tibshirani, *An Introduction to the Bootstrap* (1993), §13.3 (percentile interval) and
+        §16.4 (bootstrap tests); Koehn 2004, "Statistical Significance Tests for Machine Translation Evaluation".
+    """
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    xs, ys = _as_1d_float64(a, "a"), _as_1d_float64(b, "b")
+    if xs.numel() != ys.numel():
+        raise ValueError(f"a and b lengths differ: {xs.numel()} vs {ys.numel()}")
+    if xs.numel() == 0:
+        raise ValueError("a and b are empty")
+    if not bool(torch.isfinite(xs).all() and torch.isfinite(ys).all()):
+        raise ValueError("paired_bootstrap needs finite values")
+    d = xs - ys  # per-item differences d_i = a_i - b_i
+    n = d.numel()
+    generator = torch.Generator().manual_seed(seed)
+    rows = max(1, 2**22 // n)  # resamples per chunk: at most ~4M indices in memory at once
+    means = torch.cat(
+        [
+            d[torch.randint(n, (min(rows, resamples - start), n), generator=generator)].mean(dim=1)
+            for start in range(0, resamples, rows)
+        ]
+    )  # d* = mean of n differences drawn with replacement
+    below, above = int((means <= 0).sum()), int((means >= 0).sum())
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return PairedBootstrap(p=min(1.0, 2 * min(below, above) / resamples), ci_low=low, ci_high=high)
+
+
+def paired_accuracy_difference(
+    correct_a: Sequence[bool | float] | torch.Tensor,
+    correct_b: Sequence[bool | float] | torch.Tensor,
+    *,
+    z: float = Z_95,
+) -> PairedAccuracy:
+    """Accuracy difference of two models on the same items, its paired standard error and McNemar test.
+
+    With per-item differences ``d_i = a_i - b_i`` in {-1, 0, 1}, ``diff = mean(d) = (b - c) / n`` and
+    ``SE = sqrt(var(d) / n)`` with the sample variance (``ddof=1``) ``(b + c - n diff^2) / (n - 1)``: items
+    both models get right (or wrong) add no variance, which is why a paired SE is smaller than one built from
+    the two accuracies' independent SEs.
+
+    Args:
+        correct_a: 1 (or True) where model A is right, 0 where it is wrong (an unparseable answer is wrong),
+            shape (n,).
+        correct_b: The same for model B on the same items, shape (n,).
+        z: Normal quantile of the interval ``diff ± z SE``.
+
+    Returns:
+        A :class:`PairedAccuracy`.
+
+    Raises:
+        ValueError: If the lengths differ, n == 0, or a value is not 0 or 1.
+
+    Reference:
+        McNemar 1947 (b, c and the test); the SE is the standard error of the mean of the paired
+        differences (the paired t statistic's denominator).
+    """
+    xs, ys = _as_1d_float64(correct_a, "correct_a"), _as_1d_float64(correct_b, "correct_b")
+    if xs.numel() != ys.numel():
+        raise ValueError(f"correct_a and correct_b lengths differ: {xs.numel()} vs {ys.numel()}")
+    n = xs.numel()
+    if n == 0:
+        raise ValueError("no items to compare")
+    for name, v in (("correct_a", xs), ("correct_b", ys)):
+        if not bool(((v == 0) | (v == 1)).all()):
+            raise ValueError(f"{name} must hold 0/1 (or booleans)")
+    b, c = int((xs > ys).sum()), int((xs < ys).sum())  # A right & B wrong, A wrong & B right
+    diff = (b - c) / n  # acc_a - acc_b = mean(d)
+    var = max(0.0, (b + c - n * diff * diff) / (n - 1)) if n > 1 else 0.0  # sum (d - mean)^2 / (n - 1)
+    se = math.sqrt(var / n)
+    return PairedAccuracy(
+        n=n,
+        acc_a=float(xs.mean()),
+        acc_b=float(ys.mean()),
+        diff=diff,
+        diff_se=se,
+        ci_low=diff - z * se,
+        ci_high=diff + z * se,
+        b=b,
+        c=c,
+        mcnemar_p=mcnemar_exact(b, c),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

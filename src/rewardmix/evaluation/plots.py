@@ -1,4 +1,5 @@
-"""PNG plots for reports: training curves, win-rate heatmap, win/tie/lose bars, reward histograms, scatter.
+"""PNG plots for reports: training curves (one axis or side-by-side panels), win-rate heatmap, win/tie/lose
+bars, reward histograms, scatter.
 
 Every function takes plain numbers and returns the PNG file's bytes. Figures are drawn with matplotlib's
 object API on the Agg canvas (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``): no ``pyplot``, no global
@@ -15,10 +16,11 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["heatmap", "histograms", "line_plot", "scatter", "win_tie_lose_bars"]
+__all__ = ["heatmap", "histograms", "line_panels", "line_plot", "scatter", "win_tie_lose_bars"]
 
 _DPI = 100
 _SIZE = (7.0, 4.2)  # inches -> 700 x 420 pixels
@@ -52,7 +54,40 @@ def line_plot(
     if not series:
         raise ValueError("line_plot needs at least one series")
     fig = _new_figure()
-    ax = fig.add_subplot()
+    _draw_lines(fig.add_subplot(), series, title=title, ylabel=ylabel, xlabel=xlabel)
+    return _png(fig)
+
+
+def line_panels(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+    *,
+    title: str,
+    xlabel: str = "step",
+) -> bytes:
+    """Side-by-side panels, each with its own y axis: ``{panel title: {label: (steps, values)}}``.
+
+    For quantities on different scales in one figure (a combined score, raw and normalized components).
+
+    Reference:
+        CRS Figs. 20 and 23 (reward per component over PPO steps).
+    """
+    if not panels or not all(panels.values()):
+        raise ValueError("line_panels needs at least one panel, each with at least one series")
+    fig = _new_figure((max(_SIZE[0], 4.2 * len(panels)), _SIZE[1]))
+    for i, (name, series) in enumerate(panels.items(), start=1):
+        _draw_lines(fig.add_subplot(1, len(panels), i), series, title=name, ylabel=name, xlabel=xlabel)
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def _draw_lines(
+    ax: Axes,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    ylabel: str,
+    xlabel: str,
+) -> None:
     for label, (steps, values) in series.items():
         ys = [float("nan") if v is None else float(v) for v in values]
         ax.plot(
@@ -63,7 +98,6 @@ def line_plot(
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return _png(fig)
 
 
 def heatmap(

@@ -6,6 +6,7 @@ data is absent from ``eval.json`` is simply not built; :func:`eval_tables` says 
 
 Keys read (written by :mod:`rewardmix.stages.evaluate`; see its module docstring for the full list):
 ``eval/models``, ``eval/tasks``, ``eval/task_info``, ``eval/<model>/<task>/<metric>``, ``eval/<model>/avg``,
+``eval/paired/<task>/<a>/<b>/<field>``,
 ``eval/win_rate/<a>/<b>[/<field>]``, ``eval/win_rate_by_dataset/...``, ``eval/win_rate_by_category/...``,
 ``eval/win_rate_by_dataset_category/...``, ``eval/vs_baseline/<model>/{win,tie,lose,n}``, ``eval/rm/<rm>/...``.
 
@@ -19,14 +20,20 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from rewardmix.algos.stats import standard_error
 from rewardmix.evaluation.winrate import model_pairs
 
 __all__ = [
     "Table",
+    "accuracy_table",
     "eval_tables",
+    "fmt_p",
     "fmt_pct",
+    "mcnemar_table",
     "nlu_table",
     "other_metrics_table",
+    "paired_table",
+    "rm_accuracy_table",
     "to_html",
     "to_markdown",
     "win_rate_table",
@@ -48,6 +55,13 @@ def fmt_pct(value: Any, digits: int = 1) -> str:
     if not _is_number(value):
         return "n/a"
     return f"{100.0 * float(value):.{digits}f}%"
+
+
+def fmt_p(value: Any) -> str:
+    """A p-value: ``0.0312 -> "0.031"``, ``2.1e-05 -> "2.1e-05"``; missing -> ``"n/a"``."""
+    if not _is_number(value):
+        return "n/a"
+    return f"{value:.3f}" if value >= 0.001 or value == 0 else f"{value:.1e}"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -101,6 +115,127 @@ def unparseable_table(ev: Mapping[str, Any]) -> Table | None:
         headers,
         rows,
         "Answers with no label after 'The answer is' (counted wrong; the scale midpoint under Pearson).",
+    )
+
+
+def _pm_se(p: float, n: float) -> str:
+    """``"75.00 ± 21.65"``: a proportion and its SE (CRS Eq. 7.1), both x 100."""
+    return f"{100.0 * p:.2f} ± {100.0 * standard_error(p, int(n)):.2f}"
+
+
+def accuracy_table(ev: Mapping[str, Any], title: str = "Accuracy ± SE") -> Table | None:
+    """Rows = models, columns = tasks: accuracy ± its standard error; Pearson r for STS-B."""
+    models, tasks = ev.get("eval/models") or [], ev.get("eval/tasks") or []
+    if not models or not tasks:
+        return None
+    info = ev.get("eval/task_info") or {}
+    headers = ["Model"]
+    for t in tasks:
+        n = ev.get(f"eval/{models[0]}/{t}/n")
+        headers.append(info.get(t, {}).get("display_name", t) + (f" (n={int(n)})" if _is_number(n) else ""))
+    rows = []
+    for m in models:
+        row = [m]
+        for t in tasks:
+            acc, n, r = (ev.get(f"eval/{m}/{t}/{k}") for k in ("accuracy", "n", "pearson"))
+            if _is_number(acc) and _is_number(n) and n >= 1:
+                row.append(_pm_se(acc, n))
+            else:
+                row.append(f"r = {100.0 * r:.2f}" if _is_number(r) else "n/a")
+        rows.append(row)
+    return Table(
+        title,
+        headers,
+        rows,
+        "Accuracy x 100 ± its standard error sqrt(p (1 - p) / n) (CRS Eq. 7.1) over the n items of each task "
+        "(unparseable = wrong); Pearson r x 100 for STS-B (no SE).",
+    )
+
+
+def mcnemar_table(ev: Mapping[str, Any], title: str = "Paired tests (McNemar)") -> Table | None:
+    """Rows = model pairs, columns = accuracy tasks: the accuracy difference and its exact McNemar p-value."""
+    models, info = ev.get("eval/models") or [], ev.get("eval/task_info") or {}
+    pairs = model_pairs(models)
+    tasks = [
+        t for t in ev.get("eval/tasks") or [] if any(f"eval/paired/{t}/{a}/{b}/n" in ev for a, b in pairs)
+    ]
+    if not tasks:
+        return None
+    rows = []
+    for a, b in pairs:
+        cells = []
+        for t in tasks:
+            key = f"eval/paired/{t}/{a}/{b}"
+            cells.append(
+                f"{100.0 * ev[key + '/diff']:+.2f}, p = {fmt_p(ev[key + '/mcnemar_p'])}"
+                if f"{key}/n" in ev
+                else "-"
+            )
+        rows.append([f"{a} vs {b}", *cells])
+    return Table(
+        title,
+        ["Pair (A vs B)", *[info.get(t, {}).get("display_name", t) for t in tasks]],
+        rows,
+        "Accuracy of A minus accuracy of B in points, on the same items, with the exact two-sided McNemar "
+        "p-value; every pair of models, A listed before B.",
+    )
+
+
+def rm_accuracy_table(evs: Mapping[str, Mapping[str, Any]]) -> Table | None:
+    """Pairwise accuracy ± SE of ``rewardmix evaluate-rm`` runs (``rm/accuracy``), overall and per task.
+
+    Args:
+        evs: ``run name -> eval.json``; runs without ``rm/accuracy`` are skipped.
+    """
+    rows = []
+    for run, ev in evs.items():
+        for key in (
+            "rm/accuracy",
+            *sorted(k for k in ev if k.startswith("rm/accuracy/") and "/kind/" not in k),
+        ):
+            part = key.removeprefix("rm/accuracy").strip("/") or "all"
+            acc, n = ev.get(key), ev.get(key.replace("rm/accuracy", "rm/pairs", 1))
+            if _is_number(acc) and _is_number(n) and n >= 1:
+                rows.append([run, part, str(int(n)), _pm_se(acc, n)])
+    if not rows:
+        return None
+    return Table(
+        "Reward-model accuracy",
+        ["Run", "Pairs", "n", "Accuracy ± SE"],
+        rows,
+        "Share of held-out pairs whose chosen answer the reward model scores higher (a tie counts 1/2), x 100, "
+        "± sqrt(p (1 - p) / n) (RLLR Tables 5, 9).",
+    )
+
+
+def paired_table(ev: Mapping[str, Any]) -> Table | None:
+    """Every pair of models on the same items of each accuracy task: difference ± paired SE, CI, p-values."""
+    models, tasks = ev.get("eval/models") or [], ev.get("eval/tasks") or []
+    info = ev.get("eval/task_info") or {}
+    rows = []
+    for t in tasks:
+        for a, b in model_pairs(models):
+            key = f"eval/paired/{t}/{a}/{b}"
+            if f"{key}/n" not in ev:
+                continue
+            rows.append(
+                [
+                    info.get(t, {}).get("display_name", t), a, b, str(int(ev[f"{key}/n"])),
+                    f"{100.0 * ev[f'{key}/acc_a']:.2f}", f"{100.0 * ev[f'{key}/acc_b']:.2f}",
+                    f"{100.0 * ev[f'{key}/diff']:+.2f} ± {100.0 * ev[f'{key}/diff_se']:.2f}",
+                    f"[{100.0 * ev[f'{key}/ci_low']:+.2f}, {100.0 * ev[f'{key}/ci_high']:+.2f}]",
+                    fmt_p(ev[f"{key}/mcnemar_p"]), fmt_p(ev.get(f"{key}/bootstrap_p")),
+                ]
+            )  # fmt: skip
+    if not rows:
+        return None
+    return Table(
+        "Paired accuracy differences (same items)",
+        ["Task", "A", "B", "n", "Acc A", "Acc B", "Diff ± SE", "95% CI", "McNemar p", "Bootstrap p"],
+        rows,
+        "Accuracy x 100 of A and B on the same items (unparseable = wrong); Diff = A - B in points ± its paired "
+        "SE, 95% CI = Diff ± 1.96 SE; exact two-sided McNemar p on the items only one model got right; paired "
+        "bootstrap p (0.000: no resample crossed 0).",
     )
 
 
@@ -349,6 +484,7 @@ def eval_tables(ev: Mapping[str, Any]) -> list[Table]:
     tables: list[Table | None] = [
         nlu_table(ev),
         unparseable_table(ev),
+        paired_table(ev),
         win_rate_table(ev),
         vs_baseline_table(ev),
         breakdown_table(ev, "dataset"),

@@ -9,7 +9,10 @@ What a run does, in order (the numbered steps of :func:`run`):
    ``win_rate.prompts``. Every answer goes to ``generations/<model>.jsonl`` as soon as its batch is done; a
    rerun reuses them (a complete rerun loads no model at all).
 3. NLU: parse each answer's label, score each task (accuracy; Pearson for STS-B), count unparseable answers,
-   average like RLLR Table 4. Every parsed answer is in ``nlu_predictions.jsonl``.
+   average like RLLR Table 4. Every parsed answer is in ``nlu_predictions.jsonl``. Every pair of models is
+   compared on the same items of each accuracy task (an unparseable answer is wrong): accuracy difference
+   with its paired SE, exact McNemar test and a paired bootstrap. STS-B (Pearson) has no per-item
+   correctness and gets no paired test.
 4. Win rates: the judge compares every pair of models on every prompt, the two answers in a random order
    (seeded per pair and prompt, recorded), with the RLLR Appendix G prompt or the AlpacaEval one. The judge's
    raw answers go to ``judge_outputs.jsonl`` (resumable, cached), the parsed verdicts to ``judgments.jsonl``.
@@ -26,6 +29,11 @@ Keys of ``eval.json`` (parts without data are absent; rates are fractions in [0,
   ``eval/reward_models``, ``eval/datasets``, ``eval/categories``, ``eval/judge_prompt``: what was evaluated.
 - ``eval/<model>/<task>/accuracy`` (or ``/pearson``, ``null`` when undefined), ``eval/<model>/<task>/
   unparseable_rate``, ``eval/<model>/<task>/n``; ``eval/<model>/avg``: the AVG. column of RLLR Table 4.
+- ``eval/paired/<task>/<a>/<b>/<field>`` for every pair of models (a listed before b) on every accuracy task,
+  from the per-item correctness of both on the same items: ``n``, ``acc_a``, ``acc_b``, ``diff``
+  (``acc_a - acc_b``), ``diff_se`` (paired SE), ``ci_low`` / ``ci_high`` (``diff ± 1.96 diff_se``), ``b``
+  (a right, b wrong), ``c`` (a wrong, b right), ``mcnemar_p`` (exact, two-sided), ``bootstrap_p``,
+  ``bootstrap_ci_low`` / ``bootstrap_ci_high`` (paired percentile bootstrap of ``diff``).
 - ``eval/<model>/response_length/mean``: mean answer length to the prompts, in characters.
 - ``eval/win_rate/<a>/<b>``: win rate of a against b (ties count ``tie_value``), with ``/se``, ``/ci_low``,
   ``/ci_high``, ``/n``, ``/wins``, ``/losses``, ``/ties``, ``/tie_rate``; the same under
@@ -56,6 +64,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from rewardmix.algos.stats import paired_accuracy_difference, paired_bootstrap
 from rewardmix.data.readers import as_str, read_records, save_report
 from rewardmix.data.tasks import Example, get_task, load_task_examples
 from rewardmix.evaluation.generation import (
@@ -91,7 +100,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RESERVED_NAMES = frozenset(
     {
         "models", "tasks", "task_info", "baseline", "reward_models", "datasets", "categories", "judge_prompt",
-        "judge", "rm", "vs_baseline", "win_rate", "win_rate_by_dataset", "win_rate_by_category",
+        "judge", "rm", "vs_baseline", "paired", "win_rate", "win_rate_by_dataset", "win_rate_by_category",
         "win_rate_by_dataset_category",
     }
 )  # fmt: skip
@@ -183,6 +192,14 @@ class WinRateConfig:
 
 
 @dataclass
+class PairedConfig:
+    bootstrap_resamples: int = 10_000
+    """Resamples of the paired bootstrap of each accuracy difference (its p-value resolves ``2 / resamples``)."""
+    seed: int = 0
+    """Seed of the bootstrap resamples (the same for every pair and task)."""
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/evaluate"
     """Run directory: eval.json, tables.md, generations/, nlu_predictions.jsonl, judgments.jsonl, rm_scores.jsonl."""
@@ -207,6 +224,8 @@ class Config:
     """How the models answer (greedy; budgets, batch size)."""
     win_rate: WinRateConfig = field(default_factory=WinRateConfig)
     """Generation quality: prompts, judge, baseline."""
+    paired: PairedConfig = field(default_factory=PairedConfig)
+    """Paired tests between models on the same NLU items (McNemar, bootstrap)."""
 
     def __post_init__(self) -> None:
         for kind, names in (
@@ -232,6 +251,8 @@ class Config:
             raise ValueError("win_rate.tie_value must be in [0, 1]")
         if self.generation.batch_size < 1 or self.histogram_bins < 1:
             raise ValueError("generation.batch_size and histogram_bins must be >= 1")
+        if self.paired.bootstrap_resamples < 1:
+            raise ValueError("paired.bootstrap_resamples must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,7 +326,7 @@ def run(
     factory = generator_factory or (lambda m: _default_generator(m, cfg, device))
     answers = {m.name: generate_model(cfg, m, examples, prompts, out, factory) for m in cfg.models}
 
-    # step 3. NLU: parse, score, Table 4 averages
+    # step 3. NLU: parse, score, Table 4 averages, paired tests between models on the same items
     if cfg.tasks:
         metrics.update(nlu_metrics(cfg, examples, answers, out))
 
@@ -484,9 +505,11 @@ def generate_model(
 def nlu_metrics(
     cfg: Config, examples: Mapping[str, Sequence[Example]], answers: Mapping[str, Any], out: Path
 ) -> dict[str, Any]:
-    """Per model and task: the metric, unparseable rate, n; the Table 4 average; ``nlu_predictions.jsonl``."""
+    """Per model and task: the metric, unparseable rate, n; the Table 4 average; paired tests between models;
+    ``nlu_predictions.jsonl``."""
     metrics: dict[str, Any] = {}
     rows = []
+    correct: dict[str, dict[str, list[bool]]] = {}  # task -> model -> per-item correctness (accuracy tasks)
     for m in cfg.models:
         scores: dict[str, float | None] = {}
         for entry in cfg.tasks:
@@ -496,6 +519,8 @@ def nlu_metrics(
             scores[task] = values[metric]
             for key, value in values.items():
                 metrics[f"eval/{m.name}/{task}/{key}"] = value
+            if metric == "accuracy":
+                correct.setdefault(task, {})[m.name] = [bool(p["correct"]) for p in predictions]
             rows += [
                 {"model": m.name, "task": task, "id": f"nlu/{task}/{p['index']}", **p} for p in predictions
             ]
@@ -508,9 +533,45 @@ def nlu_metrics(
                 100 * values["unparseable_rate"],
             )
         metrics[f"eval/{m.name}/avg"] = table4_average(scores)
+    for task, by_model in correct.items():
+        metrics.update(paired_metrics(cfg, task, by_model))
     atomic_write_text(
         out / "nlu_predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     )
+    return metrics
+
+
+def paired_metrics(cfg: Config, task: str, correct: Mapping[str, Sequence[bool]]) -> dict[str, Any]:
+    """Every pair of models (list order) on the same items of one accuracy task: ``eval/paired/<task>/<a>/<b>/*``.
+
+    Args:
+        cfg: The stage config (models, ``paired``).
+        task: The task name.
+        correct: ``model -> per-item correctness``, shape (n,) each, the items in the same order.
+    """
+    metrics: dict[str, Any] = {}
+    for a, b in model_pairs([m.name for m in cfg.models]):
+        stats = paired_accuracy_difference(correct[a], correct[b])
+        boot = paired_bootstrap(
+            correct[a], correct[b], resamples=cfg.paired.bootstrap_resamples, seed=cfg.paired.seed
+        )
+        prefix = f"eval/paired/{task}/{a}/{b}"
+        fields = {
+            **stats._asdict(),
+            "bootstrap_p": boot.p,
+            "bootstrap_ci_low": boot.ci_low,
+            "bootstrap_ci_high": boot.ci_high,
+        }
+        metrics.update({f"{prefix}/{key}": value for key, value in fields.items()})
+        log.info(
+            "%s %s vs %s: diff %+.4f ± %.4f, McNemar p %.3g",
+            task,
+            a,
+            b,
+            stats.diff,
+            stats.diff_se,
+            stats.mcnemar_p,
+        )
     return metrics
 
 

@@ -4,10 +4,14 @@ What a run does, in order (the numbered steps of :func:`run`):
 
 1. Read each run directory: ``config.yaml`` / ``run_info.json`` (what ran, from which commit),
    ``metrics.jsonl`` (training curves), ``eval.json`` and ``rm_scores.jsonl`` (written by ``rewardmix
-   evaluate``; an ``eval.json`` of ``rewardmix evaluate-rm`` contributes its score distributions).
-2. Training curves, every run on the same axes: reward per component (``reward/<name>/raw``), KL
-   (``objective/kl``), response length (``response/length_mean``, else ``response/length``) and losses
-   (``loss/*``), over ``step`` (CRS Figs. 20-23, 26).
+   evaluate``; an ``eval.json`` of ``rewardmix evaluate-rm`` contributes its accuracy and score distributions).
+   The report opens with the results: per task, each model's accuracy ± SE and the paired McNemar tests
+   between every two models (``eval/paired/...``), and each evaluate-rm run's pair accuracy ± SE.
+2. Training curves over ``step`` (CRS Figs. 20-23, 26): one figure per run with the score it optimizes
+   (``objective/score``) and each reward component, raw and normalized (``reward/<name>/raw``,
+   ``/normalized``), in side-by-side panels; KL (``objective/kl``) and response length
+   (``response/length_mean``, else ``response/length``) with every run on the same axes; each stage's losses
+   (``loss/*``) on their own axes, one plot per stage and key (runs of the same stage overlaid).
 3. Per evaluated run: the NLU table (RLLR Table 4), win-rate matrix with its heatmap (CI half-widths in the
    cells; CRS Tables 10, 16, 23), win / tie / lose against the baseline (RLLR Fig. 4), breakdowns by dataset
    and category (CRS Tables 15, 20-22), reward-model agreement (CRS Tables 12-14, 18-19), reward histograms
@@ -41,6 +45,7 @@ from rewardmix.rundir import atomic_write_bytes, atomic_write_text, prepare_run_
 log = logging.getLogger(__name__)
 
 _REWARD_KEY = re.compile(r"^reward/(.+)/raw$")
+_NORMALIZED_KEY = re.compile(r"^reward/(.+)/normalized$")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,8 +149,8 @@ def run(cfg: Config) -> ReportResult:
         raise ValueError(f"runs: two runs have the same name {names}; set 'name' for each")
     out = prepare_run_dir(cfg.output_dir, cfg, stage="report")
 
-    # step 2. training curves
-    blocks: list[Block] = [Heading(1, cfg.title), *overview_blocks(runs)]
+    # step 2. the results first, then the runs and their training curves
+    blocks: list[Block] = [Heading(1, cfg.title), *results_blocks(runs), *overview_blocks(runs)]
     blocks += curve_blocks(runs, cfg.smoothing)
 
     # step 3. evaluation tables and plots, per evaluated run
@@ -194,6 +199,30 @@ def read_run(entry: RunEntry) -> RunData:
         raise ValueError(f"{path / 'eval.json'}: expected a JSON object of metric keys")
     rm_scores = read_jsonl(path / "rm_scores.jsonl") if (path / "rm_scores.jsonl").is_file() else []
     return RunData(entry.name or path.resolve().name, path, info, metrics, ev, rm_scores)
+
+
+def results_blocks(runs: Sequence[RunData]) -> list[Block]:
+    """The opening "Results" section: accuracy ± SE and McNemar tests per evaluated run, reward-model accuracy."""
+    blocks: list[Block] = [Heading(2, "Results")]
+    evaluated = [r for r in runs if r.eval is not None]
+    for r in evaluated:
+        suffix = f": {r.name}" if len(evaluated) > 1 else ""
+        ev = r.eval or {}
+        blocks += [
+            TableBlock(t, level=3)
+            for t in (
+                tb.accuracy_table(ev, f"Accuracy ± SE{suffix}"),
+                tb.mcnemar_table(ev, f"Paired tests (McNemar){suffix}"),
+            )
+            if t is not None
+        ]
+    rm = tb.rm_accuracy_table({r.name: r.eval for r in evaluated if r.eval is not None})
+    blocks += [TableBlock(rm, level=3)] if rm is not None else []
+    if len(blocks) == 1:
+        blocks.append(
+            Text("No results: no eval.json with NLU accuracy or reward-model accuracy in any run.", True)
+        )
+    return blocks
 
 
 def overview_blocks(runs: Sequence[RunData]) -> list[Block]:
@@ -276,40 +305,75 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 
 def curve_blocks(runs: Sequence[RunData], smoothing: int) -> list[Block]:
-    """The training-curve section: one plot per quantity, or a note naming the missing key."""
-    from rewardmix.evaluation.plots import line_plot
+    """The training-curve section: score and reward components per run, then one plot per quantity (losses:
+    per stage), or a note naming the missing key."""
+    from rewardmix.evaluation.plots import line_panels, line_plot
 
     blocks: list[Block] = [Heading(2, "Training curves")]
     if not any(r.metrics for r in runs):
         return blocks + [Text("No metrics.jsonl in any run: no training curves.", True)]
+    averaged = f" (moving average of {smoothing})" if smoothing > 1 else ""
+
+    blocks.append(Heading(3, "Score and reward components"))
+    for r in runs:
+        score = series_of([r], "objective/score", smoothing)
+        panels = {
+            "objective/score": {"objective/score": score[r.name]} if score else {},
+            "raw": series_of([r], _REWARD_KEY, smoothing),
+            "normalized": series_of([r], _NORMALIZED_KEY, smoothing),
+        }
+        panels = {name: series for name, series in panels.items() if series}
+        if panels:
+            png = line_panels(panels, title=r.name)
+            caption = (
+                f"{r.name}: objective/score and reward/<component>/raw, /normalized over steps{averaged}"
+            )
+            blocks.append(Image(f"reward_{_slug(r.name)}.png", png, caption))
+    if not isinstance(blocks[-1], Image):
+        blocks.append(
+            Text(
+                "Not available: no objective/score or reward/<name>/raw, /normalized in any metrics.jsonl.",
+                True,
+            )
+        )
+
     length_key = (
         "response/length_mean"
         if any("response/length_mean" in row for r in runs for row in r.metrics)
         else "response/length"
     )
-    loss_keys = sorted({k for r in runs for row in r.metrics for k in row if k.startswith("loss/")})
-    specs: list[tuple[str, str, Any, str]] = [
-        ("Reward per component", "reward", _REWARD_KEY, "no reward/<name>/raw keys"),
-        ("KL", "objective_kl", "objective/kl", "no objective/kl"),
-        ("Response length", "response_length", length_key, "no response/length_mean or response/length"),
+    specs: list[tuple[str, str, str, Sequence[RunData], str]] = [
+        ("KL", "objective_kl", "objective/kl", runs, "no objective/kl"),
+        (
+            "Response length",
+            "response_length",
+            length_key,
+            runs,
+            "no response/length_mean or response/length",
+        ),
     ]
-    specs += [
-        (f"Loss: {k.removeprefix('loss/')}", f"loss_{_slug(k.removeprefix('loss/'))}", k, "")
-        for k in loss_keys
-    ]
-    for title, slug, key, missing in specs:
+    by_stage: dict[str, list[RunData]] = defaultdict(list)
+    for r in runs:
+        by_stage[_stage(r)].append(r)
+    for stage, group in by_stage.items():  # a stage's losses never share an axis with another stage's
+        keys = sorted({k for r in group for row in r.metrics for k in row if k.startswith("loss/")})
+        for k in keys:
+            name = k.removeprefix("loss/")
+            specs.append((f"Loss: {name} ({stage})", f"loss_{_slug(stage)}_{_slug(name)}", k, group, ""))
+    for title, slug, key, group, missing in specs:
         blocks.append(Heading(3, title))
-        series = series_of(runs, key, smoothing)
+        series = series_of(group, key, smoothing)
         if not series:
             blocks.append(Text(f"Not available: {missing} in any metrics.jsonl.", True))
             continue
-        ylabel = "reward" if slug == "reward" else (key if isinstance(key, str) else title)
-        png = line_plot(series, title=title, ylabel=ylabel)
-        caption = f"{title} over optimizer steps" + (
-            f" (moving average of {smoothing})" if smoothing > 1 else ""
-        )
-        blocks.append(Image(f"{slug}.png", png, caption))
+        png = line_plot(series, title=title, ylabel=key)
+        blocks.append(Image(f"{slug}.png", png, f"{title} over optimizer steps{averaged}"))
     return blocks
+
+
+def _stage(r: RunData) -> str:
+    """The stage that wrote a run (``run_info.json``); the run's name when unknown, so it stands alone."""
+    return str(r.info.get("stage") or r.name)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -326,7 +390,7 @@ def evaluation_blocks(r: RunData, several: bool, max_points: int) -> list[Block]
 
     # NLU
     blocks.append(Heading(3, "NLU tasks"))
-    nlu = [t for t in (tb.nlu_table(ev), tb.unparseable_table(ev)) if t is not None]
+    nlu = [t for t in (tb.nlu_table(ev), tb.unparseable_table(ev), tb.paired_table(ev)) if t is not None]
     blocks += [TableBlock(t) for t in nlu] or [Text("Not available: no NLU tasks were evaluated.", True)]
 
     # win rates
