@@ -475,6 +475,80 @@ def test_prompts_from_files_keep_meta_and_are_cut_from_the_start(tmp_path, tiny_
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Critic-free estimators and the label monitor
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "grpo"])
+def test_critic_free_estimators_train_the_policy_only_and_answer_each_prompt_k_times(
+    tmp_path, spy, advantage
+):
+    cfg = tiny_config(tmp_path / "run", steps=2)
+    cfg.ppo.advantage, cfg.ppo.samples_per_prompt = advantage, 2
+    cfg.logging.num_samples, cfg.logging.sample_every = 4, 1
+    ppo.run(cfg)
+    models, before = spy["models"], spy["before"]
+    after = all_weights(models, spy["reward"])
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".policy." in k for k in changed)
+    # no value loss: the value role and its head keep their initial weights
+    assert not any(".value." in k or k.startswith("value_head.") for k in changed), sorted(changed)[:5]
+    row = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert "value/explained_variance" not in row and "loss/value" not in row
+    assert math.isfinite(row["loss/policy"]) and row["policy/approx_kl"] != 0.0
+    # consecutive pairs of rows answer the same prompt, each with its own sample
+    prompts = [r["prompt"] for r in read_jsonl(tmp_path / "run" / "samples.jsonl") if r["step"] == 1]
+    assert prompts[0] == prompts[1] and prompts[2] == prompts[3] and prompts[0] != prompts[2]
+
+
+def test_critic_free_advantages_rank_answers_within_their_group():
+    p = ppo.PPOConfig(advantage="rloo", samples_per_prompt=2, whiten_advantages=False)
+    mask = torch.tensor([[True, True, False], [True, False, False], [True, True, True], [True, True, True]])
+    rewards = torch.zeros(4, 3)
+    rewards[0, 1], rewards[1, 0], rewards[2, 2], rewards[3, 2] = (
+        1.0,
+        0.0,
+        -0.5,
+        0.5,
+    )  # score on the last token
+    rewards[2, 0] = -0.1  # a KL penalty counts in the sequence reward: r_2 = -0.6
+    advantages, returns = ppo.estimate_advantages(p, rewards, torch.full((4, 3), 9.0), mask)
+    # RLOO, K = 2: A = r_i - r_other: [1 - 0, 0 - 1, -0.6 - 0.5, 0.5 + 0.6] on every valid token, 0 elsewhere
+    expected = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [-1.1, -1.1, -1.1], [1.1, 1.1, 1.1]])
+    assert torch.allclose(advantages, expected) and torch.equal(returns, torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"advantage": "rloo"}, "samples_per_prompt >= 2"),
+        ({"samples_per_prompt": 3}, "divide ppo.batch_size"),
+    ],
+)
+def test_group_settings_are_checked(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ppo.Config(ppo=ppo.PPOConfig(batch_size=4, **changes))
+
+
+def test_label_metrics_on_the_policys_own_samples(tiny_tokenizer):
+    cfg = ppo.Config()
+    cfg.data.task = "sst2"
+    rows = [("good", "positive"), ("bad", "negative")]
+    prompts = [
+        ppo.PromptExample([ppo.Message("user", q)], [1], {"label": y}) for q, y in rows for _ in range(2)
+    ]
+    monitor = ppo.make_label_monitor(cfg, prompts)
+    texts = ["The answer is: positive", "The answer is: negative", "no idea", "The answer is: negative"]
+    # prompt 1: right (0) vs wrong (1), the RM prefers the right one; prompt 2: unparseable (2) vs right (3),
+    # the RM prefers the unparseable one. The final score ranks both pairs right.
+    composite = type("C", (), {"raw": {"rm": torch.tensor([2.0, 1.0, 5.0, 0.0])}})()
+    row = ppo.label_metrics(monitor, prompts, texts, composite, torch.tensor([1.0, 0.0, 0.0, 1.0]), 2)
+    assert row["policy/label_accuracy"] == 0.5 and row["policy/label_unparseable"] == 0.25
+    assert row["reward/rm/label_pair_accuracy"] == 0.5 and row["objective/label_pair_accuracy"] == 1.0
+    prompts_without_labels = [p._replace(meta={}) for p in prompts]
+    assert ppo.make_label_monitor(cfg, prompts_without_labels) is None
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Configs and docs
 
 

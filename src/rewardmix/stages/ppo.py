@@ -76,6 +76,12 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from rewardmix.algos.advantages import (
+    broadcast_to_tokens,
+    group_advantages,
+    group_pair_accuracy,
+    rloo_advantages,
+)
 from rewardmix.algos.combine import clip_scores_symmetric
 from rewardmix.algos.gae import compute_gae, whiten
 from rewardmix.algos.kl import AdaptiveKLController, FixedKLController, KLController, kl_shaped_rewards
@@ -275,6 +281,17 @@ class PPOConfig:
     """GAE lambda."""
     whiten_advantages: bool = True
     """Normalize advantages to mean 0, std 1 over the batch's response tokens."""
+    advantage: Literal["gae", "rloo", "grpo"] = "gae"
+    """How advantages are estimated. ``gae``: per-token GAE with the value role (PPO as in RLLR / CRS).
+    ``rloo``: critic-free, each response's sequence reward (score - beta * its KL) minus the mean of the other
+    answers to the same prompt (Ahmadian et al. 2024). ``grpo``: the same reward minus its group's mean, divided
+    by the group's std when ``scale_by_std`` (Shao et al. 2024). Critic-free estimators need
+    ``samples_per_prompt >= 2``; they train no value role and skip its forward passes."""
+    samples_per_prompt: int = 1
+    """K responses sampled per prompt (each with its own seed): an iteration answers ``batch_size / K`` prompts
+    K times. The group of a critic-free baseline; with ``gae`` it only changes which prompts a batch holds."""
+    scale_by_std: bool = True
+    """``advantage: grpo``: divide by the group's std (GRPO); false keeps the mean-centred reward (Dr. GRPO)."""
     score_clip: float | None = None
     """Clip the final score to [-score_clip, score_clip] (CRS Table 8: 4); null: no clip. Per-component clips are
     set on the reward's components."""
@@ -346,6 +363,15 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if p.steps is not None and p.steps < 1:
             raise ValueError("ppo.steps must be >= 1 or null")
+        if p.samples_per_prompt < 1 or p.batch_size % p.samples_per_prompt:
+            raise ValueError(
+                f"ppo.samples_per_prompt must be >= 1 and divide ppo.batch_size ({p.batch_size}), "
+                f"got {p.samples_per_prompt}"
+            )
+        if p.advantage != "gae" and p.samples_per_prompt < 2:
+            raise ValueError(
+                f"ppo.advantage: {p.advantage} needs ppo.samples_per_prompt >= 2 (its group baseline)"
+            )
         if p.minibatch_size > p.batch_size:
             raise ValueError("ppo.minibatch_size must be <= ppo.batch_size")
         if not g.temperature > 0:
@@ -497,7 +523,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     prompts = load_prompts(cfg, models.tokenizer, out=out if is_main else None)
     # Batch sizes are per process: an iteration takes batch_size responses from each process.
     global_batch = cfg.ppo.batch_size * accelerator.num_processes
-    total_steps = cfg.ppo.steps or math.ceil(len(prompts) * cfg.data.epochs / global_batch)
+    group = cfg.ppo.samples_per_prompt  # K answers per prompt, in consecutive rows of the batch
+    total_steps = cfg.ppo.steps or math.ceil(len(prompts) * cfg.data.epochs / (global_batch // group))
     minibatches = math.ceil(cfg.ppo.batch_size / cfg.ppo.minibatch_size)
     optimizer, scheduler = make_optimizer(cfg, models.params, total_steps * cfg.ppo.ppo_epochs * minibatches)
     kl_ctl = make_kl_controller(cfg.ppo.kl)
@@ -509,6 +536,10 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         "steps": total_steps,
         "components": reward.names,
     }
+    if group > 1 or cfg.ppo.advantage != "gae":  # absent from plans written before these keys existed
+        plan |= {"samples_per_prompt": group, "advantage": cfg.ppo.advantage}
+
+    label_monitor = make_label_monitor(cfg, prompts)
 
     # step 5. resume from the latest valid checkpoint, or calibrate reference-normalized components afresh
     checkpoint = load_latest_checkpoint(out)
@@ -549,7 +580,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     bar = tqdm(range(step, total_steps), desc="ppo", unit="step", disable=not is_main)
     for s in bar:
         started = time.perf_counter()
-        batch = [prompts[i] for i in batch_indices(len(prompts), s, global_batch, seed=cfg.seed)]
+        picked = batch_indices(len(prompts), s, global_batch // group, seed=cfg.seed)
+        batch = [prompts[i] for i in picked for _ in range(group)]
         mine = batch[share]  # a contiguous slice: gathering in process order restores the batch order
         models.policy.eval()  # rollouts: no dropout (it is zeroed anyway), no autograd
         # 6.1 generate: left-padded prompts, sampled responses, tokens after EOS masked; each response from
@@ -582,12 +614,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         rewards, kl = kl_shaped_rewards(
             scores, logprobs, ref_logprobs, response_mask, kl_coef=kl_coef, estimator=cfg.ppo.kl.estimator
         )
-        # 6.5 advantages and returns by GAE; whitened advantages
-        advantages, returns = compute_gae(
-            rewards, values, response_mask, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam
-        )
-        if cfg.ppo.whiten_advantages:
-            advantages = whiten(advantages, response_mask)
+        # 6.5 advantages (GAE with the value role, or a critic-free group baseline) and returns
+        advantages, returns = estimate_advantages(cfg.ppo, rewards, values, response_mask)
         trajectory = Trajectory(
             query_responses, attention_mask, response_mask, has_eos, logprobs, ref_logprobs, values,
             scores, rewards, kl, advantages, returns, entropy,
@@ -601,8 +629,12 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         kl_ctl.update(float(kl_per_response.mean()), global_batch)
         # 6.8 log, sample table, checkpoint
         elapsed = time.perf_counter() - started
-        row = step_metrics(trajectory, stats, reward, kl_coef=kl_coef, lr=lr)
+        row = step_metrics(
+            trajectory, stats, reward, kl_coef=kl_coef, lr=lr, with_value=cfg.ppo.advantage == "gae"
+        )
         row["objective/score_clipfrac"] = score_clipfrac
+        if label_monitor is not None:  # gold labels known: how right the policy is, how the reward sees it
+            row |= label_metrics(label_monitor, batch, texts, composite, scores, group)
         row["perf/step_time"] = elapsed
         row["perf/generate_time"] = generate_time
         row["perf/tokens_per_sec"] = float(attention_mask.sum()) / max(elapsed, 1e-9)
@@ -1178,13 +1210,51 @@ def rollout_forward(
             _, ref_lp = policy_logits_logprobs(models.shared, ids, mask, R, temperature)
         logprobs.append(lp)
         ref_logprobs.append(ref_lp)
-        values.append(value_estimates(models, ids, mask, R).float())
+        if cfg.ppo.advantage == "gae":  # critic-free estimators use no values
+            values.append(value_estimates(models, ids, mask, R).float())
+        else:
+            values.append(torch.zeros_like(lp))
     entropy = masked_mean(torch.cat(entropies), response_mask)
     return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values), entropy
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Optimization
+
+
+def estimate_advantages(
+    p: PPOConfig, rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token advantages and value targets of one rollout batch, as ``p.advantage`` says.
+
+    ``gae``: GAE(gamma, lambda) over the per-token rewards with the value role's estimates. ``rloo`` / ``grpo``:
+    each response's sequence reward, the sum of its per-token rewards (score - beta * its KL), against the
+    other answers to its prompt (groups of ``samples_per_prompt`` consecutive rows), given to every token;
+    the returns are then 0 (no value role trains). Advantages are whitened over the batch when configured.
+
+    Args:
+        p: The ``ppo`` config section.
+        rewards: (B, R) per-token rewards (:func:`~rewardmix.algos.kl.kl_shaped_rewards`).
+        values: (B, R) value estimates (unused by the critic-free estimators).
+        response_mask: (B, R) True on valid response tokens.
+
+    Returns:
+        ``(advantages (B, R), returns (B, R))``.
+    """
+    if p.advantage == "gae":
+        advantages, returns = compute_gae(rewards, values, response_mask, gamma=p.gamma, lam=p.lam)
+    else:
+        sequence_rewards = (rewards * response_mask).sum(dim=1)  # r_i = score_i - beta * sum_t KL_t
+        if p.advantage == "rloo":
+            per_response = rloo_advantages(sequence_rewards, p.samples_per_prompt)
+        else:
+            per_response = group_advantages(
+                sequence_rewards, p.samples_per_prompt, scale_by_std=p.scale_by_std
+            )
+        advantages, returns = broadcast_to_tokens(per_response, response_mask), torch.zeros_like(rewards)
+    if p.whiten_advantages:
+        advantages = whiten(advantages, response_mask)
+    return advantages, returns
 
 
 def make_optimizer(
@@ -1269,20 +1339,19 @@ def ppo_update(
                 )
                 accelerator.backward(pg_loss * weight)
                 del logprobs
+                totals["loss_policy"] += float(pg_loss.detach()) * weight
+                totals["clipfrac"] += float(clipfrac) * weight
+                totals["approx_kl"] += float(approx_kl) * weight
+                if p.advantage != "gae":  # critic-free: no value role to train
+                    continue
                 with accelerator.autocast():
                     values = value_estimates(models, t.query_responses[rows], t.attention_mask[rows], R)
                 vf_loss, vf_clipfrac = value_loss(
                     values.float(), t.values[rows], t.returns[rows], mask, clip_range_value=p.clip_range_value
                 )
                 accelerator.backward(p.vf_coef * vf_loss * weight)
-                for key, value in (
-                    ("loss_policy", pg_loss),
-                    ("loss_value", vf_loss),
-                    ("clipfrac", clipfrac),
-                    ("approx_kl", approx_kl),
-                    ("value_clipfrac", vf_clipfrac),
-                ):
-                    totals[key] += float(value.detach()) * weight
+                totals["loss_value"] += float(vf_loss.detach()) * weight
+                totals["value_clipfrac"] += float(vf_clipfrac) * weight
             all_reduce_gradients(accelerator, models.params)  # sum of every process's share of the minibatch
             grad_norm = clip_gradients(models.params, p.max_grad_norm, accelerator=accelerator)
             if guard.step_ok(grad_norm, step, parameters=lambda: named_trainable(models).items()):
@@ -1303,7 +1372,13 @@ def ppo_update(
 
 
 def step_metrics(
-    t: Trajectory, stats: PPOStats, reward: CompositeReward, *, kl_coef: float, lr: float
+    t: Trajectory,
+    stats: PPOStats,
+    reward: CompositeReward,
+    *,
+    kl_coef: float,
+    lr: float,
+    with_value: bool = True,
 ) -> dict[str, float]:
     """The metrics row of one iteration (every key is explained in docs/metrics.md)."""
     mask = t.response_mask
@@ -1318,15 +1393,64 @@ def step_metrics(
         "policy/clipfrac": stats.clipfrac,
         "policy/approx_kl": stats.approx_kl,
         "loss/policy": stats.loss_policy,
-        "loss/value": stats.loss_value,
-        "value/clipfrac": stats.value_clipfrac,
-        "value/explained_variance": float(explained_variance(t.values, t.returns, mask)),
-        "value/mean": float(masked_mean(t.values, mask)),
         "response/length_mean": float(mask.sum(dim=1).float().mean()),
         "response/eos_rate": float(t.has_eos.float().mean()),
         "grad_norm": stats.grad_norm,
         "lr": lr,
     }
+    if with_value:  # critic-free estimators train no value role
+        row |= {
+            "loss/value": stats.loss_value,
+            "value/clipfrac": stats.value_clipfrac,
+            "value/explained_variance": float(explained_variance(t.values, t.returns, mask)),
+            "value/mean": float(masked_mean(t.values, mask)),
+        }
+    return row
+
+
+def make_label_monitor(cfg: Config, prompts: Sequence[PromptExample]) -> Any:
+    """A ``label_correct`` rule (1 right, 0 wrong, -1 unparseable) when every prompt has a categorical gold label.
+
+    It scores nothing the policy optimizes: it tells how often the policy is right, and whether each reward
+    component ranks the right answers to a prompt above the wrong ones (:func:`label_metrics`). None when the
+    pool has no gold labels (chat prompts) or a scale task.
+    """
+    from rewardmix.data.tasks import get_task
+    from rewardmix.scoring.rules import LabelCorrectConfig, LabelCorrectScorer
+
+    tasks = {p.meta.get("task", cfg.data.task) for p in prompts}
+    if not prompts or None in tasks or any("label" not in p.meta for p in prompts):
+        return None
+    try:
+        if any(get_task(str(t)).scale is not None for t in tasks):
+            return None
+    except KeyError:
+        return None
+    return LabelCorrectScorer(
+        LabelCorrectConfig(task=cfg.data.task, correct=1.0, wrong=0.0, unparseable=-1.0)
+    )
+
+
+def label_metrics(
+    monitor: Any, prompts: Sequence[PromptExample], texts: Sequence[str], composite: Any, scores: torch.Tensor,
+    group_size: int,
+) -> dict[str, float]:  # fmt: skip
+    """``policy/label_accuracy`` and ``policy/label_unparseable`` of the batch; with K >= 2 answers per prompt,
+    each component's (and the final score's) pair accuracy on the policy's own samples:
+    ``reward/<name>/label_pair_accuracy`` and ``objective/label_pair_accuracy`` (right ranked above wrong)."""
+    verdict = monitor.score(
+        ScoringBatch(prompts=[[m.to_dict() for m in p.messages] for p in prompts], responses=list(texts),
+                     meta=[p.meta for p in prompts])
+    )  # fmt: skip
+    correct = verdict > 0
+    row = {
+        "policy/label_accuracy": float(correct.float().mean()),
+        "policy/label_unparseable": float((verdict < 0).float().mean()),
+    }
+    if group_size >= 2:
+        for name, raw in composite.raw.items():
+            row[f"reward/{name}/label_pair_accuracy"] = group_pair_accuracy(raw, correct, group_size)[0]
+        row["objective/label_pair_accuracy"] = group_pair_accuracy(scores, correct, group_size)[0]
     return row
 
 
