@@ -13,6 +13,7 @@ from rewardmix.config import (
     apply_overrides,
     from_dict,
     load_config,
+    load_yaml,
     parse_override,
     to_dict,
     to_yaml,
@@ -157,3 +158,22 @@ def test_from_dict_and_to_dict_are_inverse():
 def test_non_scalar_key_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cfg.yaml:1: a key must be a plain name"):
         load_config(Outer, write(tmp_path, "? [a, b]\n: 1\n"))
+
+
+def test_yaml_merge_keys_override_and_aliases_are_not_shared(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "base: &b {ppo: {steps: 8, lr: 1.0}, seed: 0}\n"
+        "other: {<<: *b, seed: 1}\n"  # a written key overrides a merged one
+        "alias: *b\n"
+    )
+    data = load_yaml(path)
+    assert data["other"] == {"ppo": {"steps": 8, "lr": 1.0}, "seed": 1}
+    data["other"]["ppo"]["steps"] = 2  # a stage mutating one step's config leaves the others alone
+    assert data["base"]["ppo"]["steps"] == 8 and data["alias"]["ppo"]["steps"] == 8
+    path.write_text("a: 1\na: 2\n")
+    with pytest.raises(ConfigError, match=r"merge.yaml:2: duplicate key 'a'"):
+        load_yaml(path)
+    path.write_text("b: &b {x: 1}\nc: {<<: *b, y: 2, y: 3}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'y'"):
+        load_yaml(path)

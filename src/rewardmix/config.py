@@ -11,6 +11,8 @@ Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, 
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import difflib
 import math
@@ -53,19 +55,29 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> _Map:
+    # Keys written in this mapping, as opposed to those a YAML merge (``<<: *anchor``) brings in: a written key
+    # overrides a merged one (YAML 1.1 merge), two written keys of one name are an error.
+    written = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
     loader.flatten_mapping(node)
     out = _Map()
+    seen_written: set[Any] = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str | int | float | bool):
             raise ConfigError(
                 f"{key_node.start_mark.name}:{key_node.start_mark.line + 1}: a key must be a plain name"
             )
-        if key in out:
+        is_written = id(key_node) in written
+        if key in out and (key in seen_written or not is_written):
+            if not is_written:  # merged twice (``<<: [*a, *b]``): the first merge wins
+                continue
             raise ConfigError(
                 f"{key_node.start_mark.name}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
             )
-        out[key] = loader.construct_object(value_node, deep=True)
+        if is_written:
+            seen_written.add(key)
+        # a copy: an alias or a merge would otherwise share one object between steps that stages mutate
+        out[key] = copy.deepcopy(loader.construct_object(value_node, deep=True))
         out.lines[str(key)] = key_node.start_mark.line + 1
     return out
 
