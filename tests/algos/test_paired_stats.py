@@ -10,7 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rewardmix.algos.stats import Z_95, mcnemar_exact, paired_accuracy_difference, paired_bootstrap
+from rewardmix.algos.stats import (
+    Z_95,
+    clustered_standard_error,
+    mcnemar_exact,
+    paired_accuracy_difference,
+    paired_bootstrap,
+    trend,
+)
 
 FAST = settings(max_examples=50, deadline=None)
 
@@ -209,3 +216,34 @@ def test_paired_accuracy_matches_the_sample_of_differences(a, data):
 def test_paired_accuracy_invalid_inputs_raise(a, b, match):
     with pytest.raises(ValueError, match=match):
         paired_accuracy_difference(a, b)
+
+
+def test_trend_hand_computed():
+    # first two [0, 0], last two [1, 1]; se = sqrt(4 * 0.1^2) / 2 = 0.1; z = 1 / 0.1 = 10
+    got = trend([0.0, 0.0, 5.0, 1.0, 1.0], [0.1] * 5, 2)
+    assert got.first == 0.0 and got.last == 1.0 and got.diff == 1.0
+    assert got.se == pytest.approx(0.1) and got.z == pytest.approx(10.0)
+    flat = trend([1.0, 1.0], [0.0, 0.0], 1)
+    assert flat.diff == 0.0 and math.isnan(flat.z)
+    with pytest.raises(ValueError, match="at least 2 k"):
+        trend([1.0, 2.0, 3.0], [0.1] * 3, 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=4, max_size=12), st.floats(0.01, 2), st.floats(-3, 3))
+def test_trend_is_shift_invariant_and_flips_sign(values, s, c):
+    k = len(values) // 2
+    ses = [s] * len(values)
+    base = trend(values, ses, k)
+    assert trend([v + c for v in values], ses, k).z == pytest.approx(base.z, abs=1e-6)
+    assert trend(values[::-1], ses, k).z == pytest.approx(-base.z, abs=1e-9)
+
+
+def test_clustered_standard_error_uses_group_means():
+    # groups [0, 2] and [4, 6]: means 1 and 5, std (ddof 1) = 2 sqrt(2), SE = 2 sqrt(2) / sqrt(2) = 2
+    assert clustered_standard_error([0.0, 2.0, 4.0, 6.0], 2) == pytest.approx(2.0)
+    # K = 1: the usual s / sqrt(n): [0, 2, 4, 6] has s = sqrt(20/3), SE = sqrt(20/3) / 2
+    assert clustered_standard_error([0.0, 2.0, 4.0, 6.0]) == pytest.approx(math.sqrt(20 / 3) / 2)
+    assert math.isnan(clustered_standard_error([1.0, 2.0], 2))
+    with pytest.raises(ValueError):
+        clustered_standard_error([1.0, 2.0, 3.0], 2)

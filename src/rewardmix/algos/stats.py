@@ -534,3 +534,67 @@ def _as_list(x: Sequence[object] | torch.Tensor, name: str) -> list[object]:
             raise ValueError(f"{name} must be 1-D, got shape {tuple(x.shape)}")
         return x.tolist()
     return list(x)
+
+
+class Trend(NamedTuple):
+    """Mean of the last k values of a curve against the mean of its first k (see :func:`trend`)."""
+
+    first: float
+    """Mean of the first k step means."""
+    last: float
+    """Mean of the last k step means."""
+    diff: float
+    """``last - first``."""
+    se: float
+    """Standard error of ``diff``: ``sqrt(sum_first se_i^2 + sum_last se_i^2) / k`` (independent steps)."""
+    z: float
+    """``diff / se`` (inf when se is 0 and diff is not, NaN when both are 0)."""
+
+
+def clustered_standard_error(x: Sequence[float] | torch.Tensor, group_size: int = 1) -> float:
+    """Standard error of ``mean(x)`` when x comes in groups of ``group_size`` correlated values.
+
+    The K answers to one prompt share its difficulty, so they are not K independent draws: the SE is taken over
+    the G = n / K group means, ``std(group means, ddof=1) / sqrt(G)`` (with K = 1 the usual ``s / sqrt(n)``).
+
+    Args:
+        x: (n,) values, groups in consecutive positions.
+        group_size: K (n must be a multiple of it).
+
+    Returns:
+        The SE; NaN with fewer than two groups.
+    """
+    t = _as_1d_float64(x, "x")
+    if group_size < 1 or t.numel() % group_size:
+        raise ValueError(f"{t.numel()} values do not split into groups of {group_size}")
+    means = t.reshape(-1, group_size).mean(dim=1)
+    if means.numel() < 2:
+        return math.nan
+    return float(means.std(unbiased=True) / math.sqrt(means.numel()))
+
+
+def trend(means: Sequence[float], ses: Sequence[float], k: int) -> Trend:
+    """Did a curve rise? The mean of its last ``k`` points against the mean of its first ``k``, in SEs.
+
+    Each point is a batch mean with its own standard error (e.g. ``objective/score`` and
+    ``objective/score_se`` of a PPO run); batches are independent draws, so the variances add.
+
+    Args:
+        means: Step means, in order (at least ``2 k``, so first and last do not overlap).
+        ses: Their standard errors.
+        k: Points at each end.
+
+    Returns:
+        A :class:`Trend`; ``z > 2`` is the usual "rose by more than noise" (two-sided p ~ 0.05).
+
+    Example: means [0, 0, 1, 1] with every se 0.1, k = 2: diff = 1, se = sqrt(4 * 0.01) / 2 = 0.1, z = 10.
+    """
+    if len(means) != len(ses):
+        raise ValueError(f"{len(means)} means and {len(ses)} standard errors")
+    if k < 1 or len(means) < 2 * k:
+        raise ValueError(f"need at least 2 k = {2 * k} points, got {len(means)}")
+    first, last = sum(means[:k]) / k, sum(means[-k:]) / k
+    se = math.sqrt(sum(s * s for s in ses[:k]) + sum(s * s for s in ses[-k:])) / k
+    diff = last - first
+    z = diff / se if se > 0 else (math.nan if diff == 0 else math.copysign(math.inf, diff))
+    return Trend(first, last, diff, se, z)

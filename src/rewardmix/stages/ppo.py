@@ -87,6 +87,7 @@ from rewardmix.algos.gae import compute_gae, whiten
 from rewardmix.algos.kl import AdaptiveKLController, FixedKLController, KLController, kl_shaped_rewards
 from rewardmix.algos.masked import masked_mean
 from rewardmix.algos.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
+from rewardmix.algos.stats import clustered_standard_error
 from rewardmix.config import to_dict
 from rewardmix.data.chat import ChatDataError, Message, as_messages, tokenize_prompt, truncate_prompt_ids
 from rewardmix.data.readers import DataError, read_converted
@@ -633,6 +634,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
             trajectory, stats, reward, kl_coef=kl_coef, lr=lr, with_value=cfg.ppo.advantage == "gae"
         )
         row["objective/score_clipfrac"] = score_clipfrac
+        row["objective/score_se"] = clustered_standard_error(scores, group)  # over prompts: K answers correlate
         if label_monitor is not None:  # gold labels known: how right the policy is, how the reward sees it
             row |= label_metrics(label_monitor, batch, texts, composite, scores, group)
         row["perf/step_time"] = elapsed
