@@ -12,7 +12,6 @@ Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, 
 from __future__ import annotations
 
 import copy
-
 import dataclasses
 import difflib
 import math

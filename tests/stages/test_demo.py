@@ -37,7 +37,7 @@ def tiny_profile(server_url: str, output_dir: str) -> dict:
             "rationales": {"teacher": {"backend": "openai", "base_url": server_url, "model": "fake", "max_retries": 1}},
             "sft": {**cpu, "model": {"name": "tiny"}, "phases": [{"name": "sft_rat", "data": "${steps.rationales.output_dir}/sft.jsonl", "format": "nlu", "max_steps": 2}]},
             "rm_label": {**cpu, "model": {"max_length": 128}, "optim": {"max_steps": 2, "epochs": 1}},
-            "ppo_rllr": {**cpu, "generation": {"max_new_tokens": 8}, "ppo": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "micro_batch_size": 2}},
+            "ppo_rllr": {**cpu, "generation": {"max_new_tokens": 8}, "ppo": {"steps": 6, "batch_size": 8, "minibatch_size": 4, "micro_batch_size": 4}},
             "evaluate": {**cpu, "models": [{"name": "base", "path": "tiny:1"}, {"name": "sft_rat", "path": "${steps.sft.output_dir}/model"}, {"name": "rllr", "path": "${steps.ppo_rllr.output_dir}/model"}], "generation": {"nlu_max_new_tokens": 8}},
         },
     }  # fmt: skip
@@ -103,6 +103,23 @@ def test_demo_profile_runs_the_recipe_and_reports_the_numbers_its_steps_wrote(tm
         "last": rows[-1]["reward/label_rm/raw"],
     }
     assert ppo["steps"] == rows[-1]["step"]
+    # did the score rise: last 3 steps vs first 3, with the per-step SEs the run logged
+    t = ppo["score_trend"]
+    scores, ses = [r["objective/score"] for r in rows], [r["objective/score_se"] for r in rows]
+    assert t["first"] == pytest.approx(sum(scores[:3]) / 3) and t["last"] == pytest.approx(
+        sum(scores[-3:]) / 3
+    )
+    assert t["se"] == pytest.approx((sum(x * x for x in ses[:3] + ses[-3:])) ** 0.5 / 3)
+    assert t["rose"] == (t["z"] > 2)
+    assert ("rose beyond noise" if t["rose"] else "did NOT rise by more than 2 SE") in printed
+
+    # the accuracy change between the models on the same sentences, with its paired CI and McNemar p
+    change = summary["paired"]["mr"]["sft_rat/rllr"]
+    acc = {m: ev[f"eval/{m}/mr/accuracy"] for m in ("sft_rat", "rllr")}
+    assert change["change"] == pytest.approx(acc["rllr"] - acc["sft_rat"]) and change["n"] == 6
+    assert change["ci95"][0] <= change["change"] <= change["ci95"][1]
+    assert change["mcnemar_p"] == ev["eval/paired/mr/sft_rat/rllr/mcnemar_p"]
+    assert f"Accuracy change sft_rat -> rllr (mr, same 6 sentences): {change['change']:+.3f}" in printed
 
     assert summary["report"] == str(run_dir / "report" / "report.html")
     assert (run_dir / "report" / "report.html").stat().st_size > 1000 and summary["report"] in printed

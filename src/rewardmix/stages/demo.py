@@ -7,7 +7,9 @@ reads what the steps wrote and prints one summary:
 - held-out accuracy of the base model, the SFT-with-rationales model and the RLLR PPO policy on sentences that
   no step trained on (``evaluate`` step, RLLR Table 4 layout), each with its standard error;
 - the label-sensitive reward model's accuracy on held-out label-sensitive pairs (``eval_rm``, RLLR Table 5);
-- the PPO reward at the first and the last step, and the KL to the reference;
+- the PPO reward at the first and the last step, the KL to the reference, and whether the score rose: the mean
+  of the last 3 steps against the first 3, in standard errors (it "rose" above 2 SE; otherwise it says so);
+- the accuracy change between the models on the same sentences, with its paired 95% CI and McNemar p-value;
 - where the HTML report is, and the time each step took.
 
 Every number comes from files of this run; ``demo_summary.json`` and ``demo_summary.md`` keep them. Nothing
@@ -26,11 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from rewardmix.algos.stats import trend
 from rewardmix.config import ConfigError, load_config
 from rewardmix.rundir import atomic_write_text, read_jsonl
 from rewardmix.stages import run as recipe
 
 log = logging.getLogger(__name__)
+
+TREND_STEPS = 3
+"""The demo compares the mean score of the last 3 PPO steps with that of the first 3 ..."""
+TREND_Z = 2.0
+"""... and calls it a rise when the difference exceeds 2 standard errors."""
 
 BUILTIN = "builtin:"
 
@@ -147,7 +155,29 @@ def summarize(result: recipe.RecipeResult, *, wall_seconds: float) -> dict[str, 
             "pairs": int(metrics["rm/pairs"]) if "rm/pairs" in metrics else None,
         }
 
-    # PPO: reward and KL at the first and last step
+    # accuracy change between every two models on the same sentences (paired: CI of the difference, McNemar)
+    paired: dict[str, dict[str, Any]] = {}
+    for step in by_stage.get("evaluate", []):
+        metrics = _read_json(step.output_dir / "eval.json")
+        for key, value in metrics.items():
+            parts = key.split("/")
+            if len(parts) == 6 and parts[:2] == ["eval", "paired"]:
+                _, _, task, a, b, field = parts
+                paired.setdefault(task, {}).setdefault(f"{a}/{b}", {"from": a, "to": b})[field] = value
+    summary["paired"] = {
+        task: {
+            # stored as acc_a - acc_b; shown as the change from a (listed first) to b
+            name: {
+                "from": p["from"], "to": p["to"], "n": p.get("n"), "change": -p["diff"],
+                "ci95": [-p["ci_high"], -p["ci_low"]], "mcnemar_p": p.get("mcnemar_p"),
+            }
+            for name, p in pairs.items()
+            if {"diff", "ci_low", "ci_high"} <= set(p)
+        }
+        for task, pairs in paired.items()
+    }  # fmt: skip
+
+    # PPO: reward and KL at the first and last step; did the score rise beyond noise (last 3 vs first 3 steps)
     summary["ppo"] = {}
     for step in by_stage.get("ppo", []):
         rows = [r for r in read_jsonl(step.output_dir / "metrics.jsonl") if "objective/kl" in r]
@@ -157,15 +187,26 @@ def summarize(result: recipe.RecipeResult, *, wall_seconds: float) -> dict[str, 
         keys = [k for k in last if k.startswith("reward/") and k.endswith("/raw")] + [
             "objective/score",
             "objective/kl",
+            "policy/label_accuracy",
         ]
         summary["ppo"][step.name] = {
             "steps": last.get("step"),
             **{k: {"first": first.get(k), "last": last.get(k)} for k in keys if k in last},
+            "score_trend": score_trend(rows),
         }
 
     reports = by_stage.get("report", [])
     summary["report"] = str(reports[-1].output_dir / "report.html") if reports else None
     return summary
+
+
+def score_trend(rows: list[dict[str, Any]], k: int = TREND_STEPS) -> dict[str, Any] | None:
+    """``objective/score``: mean of the last k steps against the first k, in standard errors; None when the run
+    has fewer than 2 k steps or logged no ``objective/score_se``."""
+    if len(rows) < 2 * k or any(not isinstance(r.get("objective/score_se"), int | float) for r in rows):
+        return None
+    t = trend([r["objective/score"] for r in rows], [r["objective/score_se"] for r in rows], k)
+    return {"k": k, **t._asdict(), "rose": bool(t.z > TREND_Z)}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -190,13 +231,28 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"Reward model `{name}`: accuracy {shown} on {rm['pairs']} held-out label-sensitive pairs."
         )
+    for task, pairs in summary.get("paired", {}).items():
+        for p in pairs.values():
+            lo, hi = p["ci95"]
+            helped = "better" if lo > 0 else "worse" if hi < 0 else "no measurable difference"
+            lines.append(
+                f"Accuracy change {p['from']} -> {p['to']} ({task}, same {p['n']} sentences): {p['change']:+.3f} "
+                f"(95% CI [{lo:+.3f}, {hi:+.3f}], McNemar p = {p['mcnemar_p']:.3g}): {helped}."
+            )
     for name, ppo in summary["ppo"].items():
         parts = [
             f"{k} {v['first']:.3f} -> {v['last']:.3f}"
             for k, v in ppo.items()
-            if isinstance(v, dict) and v["first"] is not None and v["last"] is not None
+            if isinstance(v, dict) and k != "score_trend" and v["first"] is not None and v["last"] is not None
         ]
         lines.append(f"PPO `{name}` ({ppo['steps']} steps): " + "; ".join(parts) + ".")
+        t = ppo.get("score_trend")
+        if t is not None:
+            verdict = "rose beyond noise" if t["rose"] else f"did NOT rise by more than {TREND_Z:g} SE"
+            lines.append(
+                f"PPO `{name}` score, mean of the last {t['k']} steps vs the first {t['k']}: {t['first']:.3f} -> "
+                f"{t['last']:.3f} ({t['diff']:+.3f} ± {t['se']:.3f} SE, z = {t['z']:.1f}): {verdict}."
+            )
     lines.append("")
     times = ", ".join(
         f"{name} {s['seconds']:.0f} s" if s["seconds"] is not None else f"{name} -"
