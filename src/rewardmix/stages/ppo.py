@@ -634,7 +634,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
             trajectory, stats, reward, kl_coef=kl_coef, lr=lr, with_value=cfg.ppo.advantage == "gae"
         )
         row["objective/score_clipfrac"] = score_clipfrac
-        row["objective/score_se"] = clustered_standard_error(scores, group)  # over prompts: K answers correlate
+        # SE over prompts: the K answers to one prompt are correlated
+        row["objective/score_se"] = clustered_standard_error(scores, group)
         if label_monitor is not None:  # gold labels known: how right the policy is, how the reward sees it
             row |= label_metrics(label_monitor, batch, texts, composite, scores, group)
         row["perf/step_time"] = elapsed
