@@ -23,6 +23,7 @@ import importlib.resources
 import json
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,12 @@ def summarize(result: recipe.RecipeResult, *, wall_seconds: float) -> dict[str, 
             "steps": last.get("step"),
             **{k: {"first": first.get(k), "last": last.get(k)} for k in keys if k in last},
             "score_trend": score_trend(rows),
+            # each reward's accuracy on the policy's own samples (right answer above wrong), mean over steps
+            **{
+                k: statistics.fmean(v for r in rows if isinstance(v := r.get(k), float) and math.isfinite(v))
+                for k in sorted({k for r in rows for k in r if k.endswith("/label_pair_accuracy")})
+                if any(isinstance(v := r.get(k), float) and math.isfinite(v) for r in rows)
+            },
         }
 
     reports = by_stage.get("report", [])
@@ -246,6 +253,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             if isinstance(v, dict) and k != "score_trend" and v["first"] is not None and v["last"] is not None
         ]
         lines.append(f"PPO `{name}` ({ppo['steps']} steps): " + "; ".join(parts) + ".")
+        for key, value in ppo.items():
+            if key.startswith("reward/") and key.endswith("/label_pair_accuracy"):
+                lines.append(
+                    f"PPO `{name}`: `{key.split('/')[1]}` ranks a right answer above a wrong one to the same "
+                    f"sentence in {value:.2f} of the policy's own sample pairs (mean over steps; 0.5 = chance)."
+                )
         t = ppo.get("score_trend")
         if t is not None:
             verdict = "rose beyond noise" if t["rose"] else f"did NOT rise by more than {TREND_Z:g} SE"
