@@ -34,7 +34,9 @@ What a run does, in order (the numbered steps of :func:`run`):
    3. log-probabilities of the responses under the policy and the reference, and the values;
    4. per-token rewards: ``-beta * KL_t`` on every token plus the score on the last one (RLLR Eq. 5), with a
       fixed or adaptive KL controller;
-   5. advantages and returns by GAE, advantages whitened;
+   5. advantages: GAE with the value role, or critic-free (``ppo.advantage: rloo | grpo``: each answer's
+      sequence reward against the other answers to its prompt, K = ``ppo.samples_per_prompt``; no value role
+      runs); advantages whitened;
    6. ``ppo_epochs`` passes over the batch in minibatches: clipped policy loss + ``vf_coef`` * clipped value
       loss, gradient accumulation over micro-batches (token-level mean over the whole minibatch, so the update
       does not depend on the split), gradient clipping, a step with a non-finite gradient skipped;
