@@ -37,7 +37,8 @@ from typing import Any
 
 from benchlib import REPO, finish_machine_info, machine_info, machine_lines, write_results
 
-from rewardmix.algos.stats import trend
+from rewardmix.rundir import read_jsonl
+from rewardmix.stages.demo import finite_step_means, score_trend
 
 RUN_DIR = REPO / "runs" / "repro"
 SEED_GROUPS = {"rllr": ["rllr", "rllr_s1", "rllr_s2"], "oracle": ["oracle", "oracle_s1", "oracle_s2"]}
@@ -61,20 +62,14 @@ def paired(ev: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
 
 
 def ppo_signals(run: Path) -> dict[str, Any]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    t = trend([r["objective/score"] for r in rows], [r["objective/score_se"] for r in rows], 3)
-    pair_keys = sorted({k for r in rows for k in r if k.endswith("/label_pair_accuracy")})
+    rows = read_jsonl(run / "metrics.jsonl")
     return {
         "steps": len(rows),
-        "score_trend": t._asdict(),
+        "score_trend": score_trend(rows),
         "label_accuracy_first3": statistics.fmean(r["policy/label_accuracy"] for r in rows[:3]),
         "label_accuracy_last3": statistics.fmean(r["policy/label_accuracy"] for r in rows[-3:]),
         "kl_last": rows[-1]["objective/kl"],
-        **{
-            k: statistics.fmean(v for r in rows if math.isfinite(v := r.get(k, math.nan)))
-            for k in pair_keys
-            if any(math.isfinite(r.get(k, math.nan)) for r in rows)
-        },
+        **finite_step_means(rows, "/label_pair_accuracy"),
     }
 
 
@@ -141,7 +136,7 @@ def summarize(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
         f"{shown} on the RLLR policy's own samples (right answer above wrong, mean over PPO steps)"
     )
     for name, s in ppo.items():
-        t = s["score_trend"]
+        t = s["score_trend"] or {"first": math.nan, "last": math.nan, "z": math.nan}  # None: < 6 steps
         lines.append(
             f"- {name}: score {t['first']:.3f} -> {t['last']:.3f} (last 3 vs first 3 steps, z = {t['z']:.1f}); "
             f"sample label accuracy {s['label_accuracy_first3']:.3f} -> {s['label_accuracy_last3']:.3f}; "

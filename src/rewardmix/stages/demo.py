@@ -195,16 +195,20 @@ def summarize(result: recipe.RecipeResult, *, wall_seconds: float) -> dict[str, 
             **{k: {"first": first.get(k), "last": last.get(k)} for k in keys if k in last},
             "score_trend": score_trend(rows),
             # each reward's accuracy on the policy's own samples (right answer above wrong), mean over steps
-            **{
-                k: statistics.fmean(v for r in rows if isinstance(v := r.get(k), float) and math.isfinite(v))
-                for k in sorted({k for r in rows for k in r if k.endswith("/label_pair_accuracy")})
-                if any(isinstance(v := r.get(k), float) and math.isfinite(v) for r in rows)
-            },
+            **finite_step_means(rows, "/label_pair_accuracy"),
         }
 
     reports = by_stage.get("report", [])
     summary["report"] = str(reports[-1].output_dir / "report.html") if reports else None
     return summary
+
+
+def finite_step_means(rows: list[dict[str, Any]], suffix: str) -> dict[str, float]:
+    """Every metric whose key ends with ``suffix``: its mean over the steps where it is finite (NaN = undefined
+    that step); metrics never finite are left out."""
+    keys = sorted({k for r in rows for k in r if k.endswith(suffix)})
+    values = {k: [v for r in rows if isinstance(v := r.get(k), float) and math.isfinite(v)] for k in keys}
+    return {k: statistics.fmean(v) for k, v in values.items() if v}
 
 
 def score_trend(rows: list[dict[str, Any]], k: int = TREND_STEPS) -> dict[str, Any] | None:
