@@ -31,6 +31,9 @@ running normalization, every piece of state a resume must restore), it
 
 The input data are the built-in toy rows (``builtin:toy``) and the tiny model is built from the seed, so the
 fixtures need no other file. Everything together is about 1.1 MB.
+
+The reward models a finished run saves (``reward_model_final/``, read by ``evaluate-rm`` and reward components)
+come from the sibling script ``make_rm_fixtures.py``, on the same commit.
 """
 
 from __future__ import annotations
