@@ -4,9 +4,10 @@ Issue 14 folds the two loaders of a trained reward model (``stages.reward_model.
 ``evaluate-rm``, and ``scoring.reward_model.RewardModelScorer``, used by ``evaluate`` and PPO) into one and moves
 the reward model's metadata file (``rewardmix_rm.json``) under ``scoring/``. One of its checks is that a reward
 model the old code saved is still read, and scored, as the old code read and scored it. This script froze what
-the old code saved and the scores it gave. It was run once, on commit ``fbb9141`` (the last commit before the
-restructuring: "recipe repro profile: oracle with 1 seed ..."; the fixtures were committed on top of it, with
-``src/`` unchanged), with torch 2.13.0+cpu, transformers 5.25.0 and peft 0.21.2, from the repository root:
+the old code saved and the scores it gave. It was run once, with torch 2.13.0+cpu, transformers 5.25.0 and peft
+0.21.2, from the repository root, on the commit that added it (recorded as ``commit`` in ``scores.json``), whose
+``src/`` is that of ``fbb9141``, the last commit before the restructuring ("recipe repro profile: oracle with 1
+seed ..."; ``src_tree`` in ``scores.json`` is the git tree of that ``src/``):
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python -m tests.reliability.old_checkpoints.make_rm_fixtures
 
@@ -262,6 +263,9 @@ def main() -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()
+    src_tree = subprocess.run(
+        ["git", "rev-parse", "HEAD:src"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--", "src"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -271,6 +275,7 @@ def main() -> int:
     HERE.mkdir()
     record: dict[str, Any] = {
         "commit": commit,
+        "src_tree": src_tree,
         "torch": torch.__version__,
         "inputs": INPUTS,
         "evaluate_rm_inputs": [i for i, x in enumerate(INPUTS) if isinstance(x["prompt"], str)],
