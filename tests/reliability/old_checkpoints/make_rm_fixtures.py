@@ -5,8 +5,8 @@ Issue 14 folds the two loaders of a trained reward model (``stages.reward_model.
 the reward model's metadata file (``rewardmix_rm.json``) under ``scoring/``. One of its checks is that a reward
 model the old code saved is still read, and scored, as the old code read and scored it. This script froze what
 the old code saved and the scores it gave. It was run once, with torch 2.13.0+cpu, transformers 5.25.0 and peft
-0.21.2, from the repository root, on the commit that added it (recorded as ``commit`` in ``scores.json``), whose
-``src/`` is that of ``fbb9141``, the last commit before the restructuring ("recipe repro profile: oracle with 1
+0.21.2, from the repository root, on the commit recorded as ``commit`` in ``scores.json`` (one of the commits
+that added this script), whose ``src/`` is that of ``fbb9141``, the last commit before the restructuring ("recipe repro profile: oracle with 1
 seed ..."; ``src_tree`` in ``scores.json`` is the git tree of that ``src/``):
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python -m tests.reliability.old_checkpoints.make_rm_fixtures
@@ -42,7 +42,7 @@ built-in toy data, inputs cut to ``max_length`` 32 tokens so that truncation and
    checks that the loaders agree with each other (to float rounding: they batch differently) and with the
    public ways, and writes everything, with the inputs, to ``reward_model_final/scores.json``.
 
-Everything together is about 0.5 MB.
+Everything together is about 0.55 MB.
 """
 
 from __future__ import annotations
