@@ -307,11 +307,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
                 )
             metrics.log(step, row)
             bar.set_postfix(loss=f"{row['loss/train']:.4f}", lr=f"{lr:.2e}")
-            if (
-                is_main
-                and cfg.logging.num_samples > 0
-                and (phase_end or every(cfg.logging.sample_every, step))
-            ):
+            if samples.enabled and (phase_end or every(cfg.logging.sample_every, step)):  # main process only
                 rows = generate_samples(
                     unwrapped, tokenizer, phase.samples, max_new_tokens=cfg.logging.max_new_tokens
                 )
