@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from rewardmix.config import load_config
+from rewardmix.data import conversations
 from rewardmix.data.chat import Message
+from rewardmix.data.toy import BUILTIN_TOY, toy_rows
 from rewardmix.models.loading import load_causal_lm
 from rewardmix.models.tiny import build_tiny_tokenizer
 from rewardmix.rundir import read_jsonl
@@ -27,18 +29,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from intra-op threads and lose ~10x when other processes share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def toy_file(tmp_path_factory) -> str:
-    return write_jsonl(tmp_path_factory.mktemp("data") / "toy.jsonl", sft.toy_rows()[:16])
+    return write_jsonl(tmp_path_factory.mktemp("data") / "toy.jsonl", toy_rows()[:16])
 
 
 def tiny_config(out: Path, data: str, *, lora: bool = False, **optim) -> sft.Config:
@@ -231,7 +224,7 @@ def test_rerunning_a_finished_run_trains_no_further(tmp_path, toy_file):
 def test_resuming_on_other_data_is_refused(tmp_path, toy_file):
     cfg = tiny_config(tmp_path / "run", toy_file)
     sft.run(cfg)
-    cfg.phases[0].data = write_jsonl(tmp_path / "other.jsonl", sft.toy_rows()[20:36])
+    cfg.phases[0].data = write_jsonl(tmp_path / "other.jsonl", toy_rows()[20:36])
     with pytest.raises(ValueError, match="another data/batch plan"):
         sft.run(cfg)
 
@@ -239,9 +232,9 @@ def test_resuming_on_other_data_is_refused(tmp_path, toy_file):
 def test_loss_ignores_prompt_token_labels():
     tokenizer = build_tiny_tokenizer()
     cfg = sft.Config()
-    model = sft.load_model(tiny_config(Path("unused"), sft.BUILTIN_TOY))[1]
-    convs = [sft.row_to_messages(r, "prompt_response", cfg.examples) for r in sft.toy_rows()[:3]]
-    examples, counts = sft.tokenize_examples(convs, tokenizer, cfg.examples)
+    model = sft.load_model(tiny_config(Path("unused"), BUILTIN_TOY))[1]
+    convs = [conversations.row_to_messages(r, "prompt_response", cfg.examples) for r in toy_rows()[:3]]
+    examples, counts = conversations.tokenize_examples(convs, tokenizer, cfg.examples)
     assert counts == {"truncated": 0, "dropped_no_answer_tokens": 0}
     for e in examples:
         assert not any(e.loss_mask[: e.prompt_length]) and all(e.loss_mask[e.prompt_length : -1])
@@ -259,12 +252,12 @@ def test_loss_ignores_prompt_token_labels():
         )
         moved = sft.token_loss(model, answer_changed)
     assert torch.equal(base.loss, other.loss)
-    assert int(base.num_tokens) == sum(sft.answer_tokens(e) for e in examples)
+    assert int(base.num_tokens) == sum(conversations.answer_tokens(e) for e in examples)
     assert not torch.allclose(base.loss, moved.loss)  # the answer's labels do count
 
 
 def test_training_loss_decreases_on_a_memorization_task(tmp_path):
-    data = write_jsonl(tmp_path / "eight.jsonl", sft.toy_rows()[:8])
+    data = write_jsonl(tmp_path / "eight.jsonl", toy_rows()[:8])
     cfg = tiny_config(tmp_path / "run", data, learning_rate=1e-2)
     cfg.phases[0].epochs = 40
     cfg.phases[0].eval_data = data  # memorization: evaluate on the training rows
@@ -283,8 +276,8 @@ def test_training_loss_decreases_on_a_memorization_task(tmp_path):
 
 def test_two_phases_equal_phase_one_then_phase_two_from_its_model(tmp_path):
     """Phase 2 starts from phase 1's weights: the two-phase run equals two runs chained through model/."""
-    a = write_jsonl(tmp_path / "a.jsonl", sft.toy_rows()[:8])
-    b = write_jsonl(tmp_path / "b.jsonl", sft.toy_rows()[30:42])
+    a = write_jsonl(tmp_path / "a.jsonl", toy_rows()[:8])
+    b = write_jsonl(tmp_path / "b.jsonl", toy_rows()[30:42])
 
     two = tiny_config(tmp_path / "two", a)
     two.phases = [
@@ -379,7 +372,7 @@ def test_missing_tensorboard_is_a_warning_and_metrics_jsonl_is_still_written(tmp
 
 
 def test_row_formats_become_the_expected_conversations():
-    ex = sft.ExamplesConfig()
+    ex = conversations.ExamplesConfig()
     cases = {
         "messages": {
             "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -390,8 +383,8 @@ def test_row_formats_become_the_expected_conversations():
         "gsm8k": {"question": "hi", "answer": "hello"},
     }
     for kind, row in cases.items():
-        assert sft.detect_format(row, "t") == kind
-        assert sft.row_to_messages(row, kind, ex) == [
+        assert conversations.detect_format(row, "t") == kind
+        assert conversations.row_to_messages(row, kind, ex) == [
             Message("user", "hi"),
             Message("assistant", "hello"),
         ]
@@ -403,9 +396,9 @@ def test_row_formats_become_the_expected_conversations():
 )
 def test_nlu_rows_with_and_without_rationale(with_rationale, answer):
     row = {"question": "Review: great acting. Sentiment?", "rationale": "Great acting.", "label": "positive"}
-    ex = sft.ExamplesConfig(with_rationale=with_rationale, system_prompt="Be brief.")
-    assert sft.detect_format(row, "t") == "nlu"
-    assert sft.row_to_messages(row, "nlu", ex) == [
+    ex = conversations.ExamplesConfig(with_rationale=with_rationale, system_prompt="Be brief.")
+    assert conversations.detect_format(row, "t") == "nlu"
+    assert conversations.row_to_messages(row, "nlu", ex) == [
         Message("system", "Be brief."),
         Message("user", "Review: great acting. Sentiment?"),
         Message("assistant", answer),
@@ -416,10 +409,14 @@ def test_nlu_csv_file_and_bad_rows(tmp_path):
     path = tmp_path / "nlu.csv"
     path.write_text("question,rationale,label\nIs it good?,It is.,1\nIs it bad?,,0\n")
     with pytest.raises(ValueError, match="nlu.csv:3: field 'rationale'"):
-        sft.read_conversations(str(path), "auto", sft.ExamplesConfig())
-    convs, report = sft.read_conversations(str(path), "auto", sft.ExamplesConfig(on_bad_row="skip"))
+        conversations.read_conversations(str(path), "auto", conversations.ExamplesConfig())
+    convs, report = conversations.read_conversations(
+        str(path), "auto", conversations.ExamplesConfig(on_bad_row="skip")
+    )
     assert len(convs) == 1 and convs[0][-1].content == "It is.\n\nThe answer is: 1"
-    convs, _ = sft.read_conversations(str(path), "nlu", sft.ExamplesConfig(with_rationale=False))
+    convs, _ = conversations.read_conversations(
+        str(path), "nlu", conversations.ExamplesConfig(with_rationale=False)
+    )
     assert [c[-1].content for c in convs] == ["The answer is: 1", "The answer is: 0"]
 
 
@@ -431,8 +428,12 @@ def test_multi_turn_masks_last_or_every_assistant_turn():
         Message("user", "What is two plus two?"),
         Message("assistant", "four"),
     ]
-    last, _ = sft.tokenize_examples([conv], tokenizer, sft.ExamplesConfig(train_on="last"))
-    every, _ = sft.tokenize_examples([conv], tokenizer, sft.ExamplesConfig(train_on="all_assistant"))
+    last, _ = conversations.tokenize_examples(
+        [conv], tokenizer, conversations.ExamplesConfig(train_on="last")
+    )
+    every, _ = conversations.tokenize_examples(
+        [conv], tokenizer, conversations.ExamplesConfig(train_on="all_assistant")
+    )
     assert last[0].input_ids == every[0].input_ids
     decode = lambda e: tokenizer.decode([t for t, m in zip(e.input_ids, e.loss_mask, strict=True) if m])  # noqa: E731
     assert decode(last[0]) == "four<|im_end|>"
@@ -442,13 +443,17 @@ def test_multi_turn_masks_last_or_every_assistant_turn():
 def test_truncation_is_counted_and_answerless_examples_are_dropped():
     tokenizer = build_tiny_tokenizer()
     conv = [Message("user", "What is two plus three?"), Message("assistant", "two plus three is five.")]
-    full, _ = sft.tokenize_examples([conv], tokenizer, sft.ExamplesConfig())
+    full, _ = conversations.tokenize_examples([conv], tokenizer, conversations.ExamplesConfig())
     prompt, total = full[0].prompt_length, len(full[0].input_ids)
-    cut, counts = sft.tokenize_examples([conv], tokenizer, sft.ExamplesConfig(max_length=total - 3))
+    cut, counts = conversations.tokenize_examples(
+        [conv], tokenizer, conversations.ExamplesConfig(max_length=total - 3)
+    )
     assert counts == {"truncated": 1, "dropped_no_answer_tokens": 0}
     assert cut[0].input_ids == full[0].input_ids[: total - 3]  # the answer is cut from its end
     # no room left for the answer once the prompt keeps its floor: the example is dropped, and counted
-    none, counts = sft.tokenize_examples([conv], tokenizer, sft.ExamplesConfig(max_length=prompt))
+    none, counts = conversations.tokenize_examples(
+        [conv], tokenizer, conversations.ExamplesConfig(max_length=prompt)
+    )
     assert none == [] and counts == {"truncated": 1, "dropped_no_answer_tokens": 1}
 
 

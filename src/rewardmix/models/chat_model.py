@@ -29,8 +29,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from rewardmix.data.chat import IM_END, render_chat
+from rewardmix.data.chat import render_chat
 from rewardmix.models.sampling import seeded_sampling
+from rewardmix.models.tokens import stop_token_ids
 
 __all__ = ["BatchItem", "ChatGeneration", "ChatModel"]
 
@@ -125,18 +126,8 @@ class ChatModel:
         return render_chat(messages, self.tokenizer, add_generation_prompt=True)
 
     def _end_token_ids(self) -> list[int]:
-        ids = []
-        eos = self.tokenizer.eos_token_id
-        if eos is not None:
-            ids.extend(eos if isinstance(eos, list) else [eos])
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        if gen_eos is not None:
-            ids.extend(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        # ChatML turns end with <|im_end|>; stop there when the vocabulary has it as one token.
-        im_end = self.tokenizer.convert_tokens_to_ids(IM_END)
-        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
-            ids.append(im_end)
-        return sorted(set(ids))
+        # EOS, the checkpoint's generation EOS ids, and ChatML's <|im_end|> when it is one token.
+        return stop_token_ids(self.tokenizer, generation_config=self.model.generation_config)
 
     @torch.inference_mode()
     def generate(

