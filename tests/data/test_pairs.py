@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from rewardmix.data.pairs import (
     PreferencePair,
+    answer_only_pairs,
     label_sensitive_pairs,
+    label_swap_pairs,
     pair_type_stats,
     pairs_from_ranking,
     pairs_from_ratings,
@@ -246,6 +248,32 @@ def test_label_sensitive_pairs_use_the_answer_format():
     assert pair.prompt.startswith("yet another weepy")
     assert (pair.kind, pair.task) == ("label_sensitive", "mr")
     assert pair.meta == {"chosen_label": "negative", "rejected_label": "positive"}
+
+
+def test_label_swap_keeps_the_gold_rationale_and_changes_only_the_label():
+    [pair] = label_sensitive_pairs([_example()])
+    [swapped] = label_swap_pairs([pair])
+    assert swapped.chosen == pair.chosen
+    assert swapped.rejected == "The writer calls it a bore-athon.\n\nThe answer is: positive"
+    assert (swapped.prompt, swapped.kind, swapped.task) == (pair.prompt, "label_sensitive", "mr")
+    assert swapped.meta == {"chosen_label": "negative", "rejected_label": "positive", "augment": "label_swap"}
+    # a pair that does not say which labels it carries (e.g. read from a rankings file) gives none
+    assert label_swap_pairs([PreferencePair("q", "a\n\nThe answer is: x", "b", kind="label_sensitive")]) == []
+
+
+def test_answer_only_pairs_put_the_gold_label_first_and_never_repeat_it():
+    rows = [{"question": f"q{i}", "label": label} for i, label in enumerate(["negative", "positive"] * 20)]
+    labels = get_task("mr").labels
+    pairs = answer_only_pairs(rows, labels=labels, rng=random.Random(0), task="mr")
+    assert [p.prompt for p in pairs] == [r["question"] for r in rows]
+    for pair, row in zip(pairs, rows, strict=True):
+        assert pair.chosen == f"The answer is: {row['label']}"
+        assert pair.rejected != pair.chosen and pair.rejected.startswith("The answer is: ")
+        assert pair.meta["augment"] == "answer_only" and pair.task == "mr"
+    three = answer_only_pairs(
+        [{"question": "q", "label": "a"}] * 40, labels=["a", "b", "c"], rng=random.Random(1)
+    )
+    assert {p.meta["rejected_label"] for p in three} == {"b", "c"}  # any other label, at random
 
 
 def test_label_sensitive_pairs_with_numeric_labels():

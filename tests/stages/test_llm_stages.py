@@ -155,6 +155,40 @@ def test_pairs_from_ratings_and_bad_rows(tmp_path):
     assert out.stats["records"] == {"in": 2, "used": 1, "skipped": 1}
 
 
+def test_pairs_add_label_swap_and_answer_only_pairs_to_the_train_file_only(tmp_path):
+    records = [
+        {"task": "mr", "question": f"q{i}", "gold_label": "positive", "gold_rationale": f"good {i}",
+         "wrong_label": "negative", "wrong_rationale": f"also good {i}"}
+        for i in range(8)
+    ]  # fmt: skip
+    rationales = tmp_path / "rationales.jsonl"
+    rationales.write_text("".join(json.dumps(r) + "\n" for r in records))
+    labeled = tmp_path / "rest.jsonl"
+    labeled.write_text(
+        "".join(json.dumps({"question": f"r{i}", "label": "negative"}) + "\n" for i in range(5))
+    )
+    plain = pairs.run(pairs.Config(input=str(rationales), output_dir=str(tmp_path / "a"), eval_fraction=0.25))
+    more = pairs.run(
+        pairs.Config(
+            input=str(rationales), output_dir=str(tmp_path / "b"), eval_fraction=0.25,
+            label_swap=True, labeled=str(labeled), labeled_limit=3,
+        )
+    )  # fmt: skip
+    assert more.eval_path.read_text() == plain.eval_path.read_text()  # the held-out pairs stay the teacher's
+    got = read_pairs(more.train_path)
+    assert got[:6] == read_pairs(plain.train_path)
+    swapped = [p for p in got if p.meta.get("augment") == "label_swap"]
+    assert sorted(p.rejected for p in swapped) == sorted(
+        p.chosen.replace("positive", "negative") for p in got[:6]
+    )
+    answer_only = [(p.prompt, p.chosen, p.rejected) for p in got if p.meta.get("augment") == "answer_only"]
+    assert answer_only == [(f"r{i}", "The answer is: negative", "The answer is: positive") for i in range(3)]
+    assert more.stats["pairs_added"] == {"label_swap": 6, "answer_only": 3}
+    assert more.stats["pairs"] == {"train": 15, "eval": 2}
+    with pytest.raises(ConfigError, match="source=rationales"):
+        from_dict(pairs.Config, {"source": "rankings", "label_swap": True})
+
+
 def test_stage_configs_validate():
     with pytest.raises(ConfigError, match="eval_fraction"):
         from_dict(pairs.Config, {"eval_fraction": 1.5})

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
 from rewardmix.data.readers import BadRowPolicy, ReadReport, RowError, read_records
-from rewardmix.data.tasks import Scale, format_answer
+from rewardmix.data.tasks import ANSWER_PREFIX, Scale, format_answer
 from rewardmix.rundir import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ __all__ = [
     "PairKind",
     "PairsResult",
     "PreferencePair",
+    "answer_only_pairs",
     "label_sensitive_pairs",
+    "label_swap_pairs",
     "pair_type_stats",
     "pairs_from_ranking",
     "pairs_from_ratings",
@@ -398,6 +400,67 @@ def label_sensitive_pairs(examples: Iterable[Mapping[str, Any]]) -> list[Prefere
                 kind="label_sensitive",
                 task=example.get("task"),
                 meta={"chosen_label": gold, "rejected_label": wrong},
+            )
+        )
+    return pairs
+
+
+def label_swap_pairs(pairs: Iterable[PreferencePair]) -> list[PreferencePair]:
+    """For each label-sensitive pair, the same gold rationale under both labels: gold ≻ wrong.
+
+    A teacher that writes the wrong label's rationale often argues the gold label anyway (a small model
+    cannot argue against the text), so in the original pair rationale wording and label change together.
+    Here only the label changes, so a reward model can only fit the pair by reading the label against the
+    question. Pairs whose ``meta`` lacks ``chosen_label``/``rejected_label`` (not built by
+    :func:`label_sensitive_pairs`) are skipped.
+
+    Returns:
+        One pair per input pair, ``kind="label_sensitive"``, ``meta`` with ``augment: "label_swap"``.
+    """
+    swapped = []
+    for pair in pairs:
+        gold, wrong = pair.meta.get("chosen_label"), pair.meta.get("rejected_label")
+        head, marker, _ = pair.chosen.rpartition(ANSWER_PREFIX)
+        if gold is None or wrong is None or not marker:
+            continue
+        swapped.append(
+            PreferencePair(
+                prompt=pair.prompt,
+                chosen=pair.chosen,
+                rejected=format_answer(head.rstrip("\n"), wrong),
+                kind="label_sensitive",
+                task=pair.task,
+                meta={"chosen_label": gold, "rejected_label": wrong, "augment": "label_swap"},
+            )
+        )
+    return swapped
+
+
+def answer_only_pairs(
+    rows: Iterable[Mapping[str, Any]], *, labels: Sequence[Any], rng: random.Random, task: str | None = None
+) -> list[PreferencePair]:
+    """Label-sensitive pairs with no rationale from labeled rows: ``The answer is: gold`` ≻ ``… wrong``.
+
+    They need no teacher call, so every labeled sentence a task has can teach the reward model what the
+    label should be; the rationale pairs teach it the answer format with a rationale in front.
+
+    Args:
+        rows: Mappings with ``question`` (the task prompt) and ``label`` (the gold label).
+        labels: The task's label set (the wrong label is a uniformly random other one).
+        rng: Source of the wrong labels.
+        task: Recorded in each pair.
+    """
+    pairs = []
+    for row in rows:
+        wrong = wrong_label(row["label"], labels=labels, rng=rng)
+        pairs.append(
+            PreferencePair(
+                prompt=row["question"],
+                chosen=format_answer("", row["label"]),
+                rejected=format_answer("", wrong),
+                kind="label_sensitive",
+                task=task,
+                meta={"chosen_label": row["label"], "rejected_label": wrong, "augment": "answer_only"},
             )
         )
     return pairs

@@ -7,7 +7,9 @@ Sources, chosen by ``source``:
   -> rationale-sensitive pairs, all C(K,2) with different ranks, ties skipped (RLLR Appendix C);
 - ``ratings``: rated responses per prompt -> the higher rating wins when the gap is at least ``margin``.
 
-The held-out split is by prompt (record), so no prompt appears in both files. ``stats.json`` counts pairs
+With ``source: rationales``, ``label_swap`` and ``labeled`` add label-sensitive pairs to the train file only
+(same rationale under both labels; answer-only pairs from labeled rows), counted in ``stats.json``
+``pairs_added``. The held-out split is by prompt (record), so no prompt appears in both files. ``stats.json`` counts pairs
 per kind, skipped ties and, when ``task`` is set, the share of label- vs rationale-sensitive pairs
 (RLLR Fig. 2).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,9 @@ from typing import Any, Literal, NamedTuple
 
 from rewardmix.data.pairs import (
     PreferencePair,
+    answer_only_pairs,
     label_sensitive_pairs,
+    label_swap_pairs,
     pair_type_stats,
     pairs_from_ratings,
     rationale_sensitive_pairs,
@@ -55,10 +60,24 @@ class Config:
     """Seed of the train/eval split."""
     on_bad_row: Literal["error", "skip"] = "error"
     """Bad input rows: stop with an error naming file, line and field, or skip them and count them."""
+    label_swap: bool = False
+    """Rationales only: also train on each gold rationale under both labels (gold ≻ wrong), so that only
+    the label differs (docs/tuning.md, section 8: the small teacher's wrong-label rationales often argue the
+    gold label). Train file only; the held-out pairs stay the teacher's."""
+    labeled: str | None = None
+    """Rationales only: JSONL of labeled task rows (``question``, ``label``; e.g. the split stage's
+    ``rest.jsonl``) that add answer-only pairs ``The answer is: gold`` ≻ ``The answer is: wrong`` to the
+    train file: the label signal of sentences the teacher never saw. Null = none."""
+    labeled_limit: int | None = None
+    """At most this many rows of ``labeled`` (the first ones; null = all)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError("eval_fraction must be in [0, 1)")
+        if (self.label_swap or self.labeled is not None) and self.source != "rationales":
+            raise ValueError("label_swap and labeled need source=rationales (they add label-sensitive pairs)")
+        if self.labeled_limit is not None and self.labeled_limit < 1:
+            raise ValueError("labeled_limit must be >= 1 (or null for all rows)")
         if self.task is not None and self.task not in task_names():
             raise ValueError(f"unknown task {self.task!r} (registered: {', '.join(task_names())})")
         if self.source == "ratings" and not self.margin > 0:
@@ -108,6 +127,8 @@ def run(cfg: Config) -> PairsStageResult:
         built[name] = []
         for record in splits[name]:
             built[name] += _pairs_of(cfg, record, counts)
+    added = _added_train_pairs(cfg, built["train"], records)
+    built["train"] += added
 
     # step 4. write files and statistics
     train_path, eval_path = out / "train.jsonl", out / "eval.jsonl"
@@ -118,6 +139,7 @@ def run(cfg: Config) -> PairsStageResult:
         "records": {"in": report.rows_in, "used": len(records), "skipped": len(report.skipped)},
         "prompts": {name: len(rows) for name, rows in splits.items()},
         "pairs": {name: len(pairs) for name, pairs in built.items()},
+        "pairs_added": {kind: sum(p.meta.get("augment") == kind for p in added) for kind in _AUGMENTS},
         **counts,
     }
     task = cfg.task or next((r.get("task") for r in records if r.get("task")), None)
@@ -136,6 +158,33 @@ def run(cfg: Config) -> PairsStageResult:
         counts["skipped_identical"],
     )
     return PairsStageResult(out, train_path, eval_path if cfg.eval_fraction > 0 else None, stats)
+
+
+_AUGMENTS = ("label_swap", "answer_only")
+
+
+def _added_train_pairs(
+    cfg: Config, train: list[PreferencePair], records: list[dict[str, Any]]
+) -> list[PreferencePair]:
+    """The train-only pairs of ``label_swap`` and ``labeled`` (see their fields)."""
+    added = label_swap_pairs(train) if cfg.label_swap else []
+    if cfg.labeled is not None:
+        task = cfg.task or next((r.get("task") for r in records if r.get("task")), None)
+        if task is None:
+            raise DataError(f"{cfg.labeled}: labeled rows need the task (set `task`)")
+        spec = get_task(task)
+        if spec.labels is None:
+            raise DataError(
+                f"labeled: task {task!r} has no label set (a scale task); answer-only pairs need one"
+            )
+        rows, report = read_records(
+            cfg.labeled, fields={"question": as_str, "label": _present}, on_bad_row=cfg.on_bad_row
+        )
+        if report.skipped:
+            log.warning("labeled: %d of %d rows skipped (bad rows)", len(report.skipped), report.rows_in)
+        rows = rows[: cfg.labeled_limit]
+        added += answer_only_pairs(rows, labels=spec.labels, rng=random.Random(cfg.seed), task=task)
+    return added
 
 
 def _pairs_of(cfg: Config, record: dict[str, Any], counts: dict[str, int]) -> list[PreferencePair]:
