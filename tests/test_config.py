@@ -177,3 +177,23 @@ def test_yaml_merge_keys_override_and_aliases_are_not_shared(tmp_path):
     path.write_text("b: &b {x: 1}\nc: {<<: *b, y: 2, y: 3}\n")
     with pytest.raises(ConfigError, match="duplicate key 'y'"):
         load_yaml(path)
+
+
+def test_yaml_merge_of_a_mapping_that_merges_keeps_its_overrides(tmp_path):
+    # PyYAML's own flattening gives `c` the reward of `a` here: the recipe's seed copies of an RL step
+    # (`{<<: *ppo_rllr, seed: 1}`, where ppo_rllr = `{<<: *ppo, reward: ...}`) trained on the wrong reward.
+    path = tmp_path / "nested.yaml"
+    path.write_text(
+        "a: &a {x: 1, reward: A}\n"
+        "b: &b\n  <<: *a\n  reward: B\n"
+        "c: {<<: *b, seed: 1}\n"
+        "d: {<<: [*b, *a]}\n"  # among merged mappings the first wins
+        "e: {<<: [*a, *b]}\n"
+    )
+    data = load_yaml(path)
+    assert data["c"] == {"x": 1, "reward": "B", "seed": 1}
+    assert data["d"]["reward"] == "B" and data["e"]["reward"] == "A"
+    assert data["b"].lines == {"x": 1, "reward": 4} and data["c"].lines["reward"] == 4
+    path.write_text("a: &a [1, 2]\nb: {<<: *a}\n")
+    with pytest.raises(ConfigError, match=r"nested.yaml:2: `<<` merges mappings only"):
+        load_yaml(path)

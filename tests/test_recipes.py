@@ -324,3 +324,20 @@ def test_crs_judge_and_the_weight_profile(crs: dict[str, Any]) -> None:
     other = resolved(CRS, "weight_0625")["ppo_crs"].config
     assert [c.weight for c in other.reward.components] == [0.625, 0.375]
     assert other.ppo == crs["ppo_crs"].ppo
+
+
+@pytest.mark.parametrize("profile", [None, "repro"])
+def test_rllr_sentiment_seed_copies_differ_from_their_step_only_in_seed(profile: str | None) -> None:
+    steps = resolved(REPO / "recipes" / "rllr-sentiment.yaml", profile)
+
+    def plain(name: str) -> dict[str, Any]:
+        return {k: v for k, v in to_dict(steps[name].config).items() if k not in ("seed", "output_dir")}
+
+    copies = [n for n in steps if n.startswith(("ppo_rllr_s", "ppo_oracle_s"))]
+    assert copies  # both profiles keep the RLLR seeds
+    for name in copies:
+        base = name.rsplit("_s", 1)[0]
+        assert plain(name) == plain(base), name
+        assert steps[name].config.seed != steps[base].config.seed
+    label_rm = steps["ppo_rllr_s1"].config.reward.components[0]
+    assert label_rm.reward_model.path == steps["rm_label"].config.output_dir + "/model"

@@ -54,30 +54,41 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> _Map:
-    # Keys written in this mapping, as opposed to those a YAML merge (``<<: *anchor``) brings in: a written key
-    # overrides a merged one (YAML 1.1 merge), two written keys of one name are an error.
-    written = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
-    loader.flatten_mapping(node)
-    out = _Map()
-    seen_written: set[Any] = set()
+    # YAML 1.1 merge (``<<: *anchor`` or ``<<: [*a, *b]``): the keys written in this mapping override the
+    # merged ones, the first merged mapping wins among merged ones, two written keys of one name are an error.
+    # Merged mappings are taken as constructed (their own merges already applied), not from PyYAML's in-place
+    # flattening, which lets a merge of a mapping that itself merges bring back the keys it overrode.
+    merged, written = _Map(), _Map()
     for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                mapping = loader.construct_object(source, deep=True)
+                if not isinstance(mapping, _Map):
+                    mark = key_node.start_mark
+                    raise ConfigError(f"{mark.name}:{mark.line + 1}: `<<` merges mappings only")
+                for key, value in mapping.items():
+                    if key not in merged:
+                        merged[key] = value
+                        merged.lines[str(key)] = mapping.lines.get(str(key), source.start_mark.line + 1)
+            continue
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str | int | float | bool):
             raise ConfigError(
                 f"{key_node.start_mark.name}:{key_node.start_mark.line + 1}: a key must be a plain name"
             )
-        is_written = id(key_node) in written
-        if key in out and (key in seen_written or not is_written):
-            if not is_written:  # merged twice (``<<: [*a, *b]``): the first merge wins
-                continue
+        if key in written:
             raise ConfigError(
                 f"{key_node.start_mark.name}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
             )
-        if is_written:
-            seen_written.add(key)
-        # a copy: an alias or a merge would otherwise share one object between steps that stages mutate
-        out[key] = copy.deepcopy(loader.construct_object(value_node, deep=True))
-        out.lines[str(key)] = key_node.start_mark.line + 1
+        written[key] = loader.construct_object(value_node, deep=True)
+        written.lines[str(key)] = key_node.start_mark.line + 1
+    out = _Map()
+    for part in (merged, written):
+        for key, value in part.items():
+            # a copy: an alias or a merge would otherwise share one object between steps that stages mutate
+            out[key] = copy.deepcopy(value)
+            out.lines[str(key)] = part.lines[str(key)]
     return out
 
 
