@@ -1,5 +1,6 @@
 """RewardModelScorer on tiny models: same input and score as the model, padding/batch invariance, logit vs
-bounded, LoRA roles on one shared base (= the merged model), and building from a composite config."""
+bounded, a trained run scored as in its training, LoRA roles on one shared base (= the merged model), and
+building from a composite config."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 
 from rewardmix.config import from_dict
 from rewardmix.data.chat import Message, TemplateNotPrefixStableError, tokenize_chat
+from rewardmix.data.pairs import write_pairs
+from rewardmix.data.toy import toy_pairs
 from rewardmix.models.heads import ScalarHeadModel
 from rewardmix.models.lora import (
     LoraSettings,
@@ -20,6 +23,7 @@ from rewardmix.models.lora import (
     save_adapter,
 )
 from rewardmix.models.tiny import build_tiny_causal_lm, build_tiny_encoder, build_tiny_tokenizer
+from rewardmix.rundir import read_jsonl
 from rewardmix.scoring import (
     BuildContext,
     CompositeConfig,
@@ -28,7 +32,8 @@ from rewardmix.scoring import (
     ScoringBatch,
     rm_output,
 )
-from rewardmix.stages.reward_model import InputEncoder, RewardScorer
+from rewardmix.scoring.rm_inputs import InputEncoder
+from rewardmix.stages import reward_model
 
 # peft 0.21 reads a transformers attribute deprecated in 5.x; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -186,9 +191,7 @@ def _write_rm_meta(folder, **fields):
     (folder / "rewardmix_rm.json").write_text(json.dumps(meta))
 
 
-def test_saved_run_scores_like_the_stage_scorer_with_its_recorded_settings(
-    causal_rm, tiny_chat_tokenizer, tmp_path
-):
+def test_saved_run_reads_its_recorded_settings(causal_rm, tiny_chat_tokenizer, tmp_path):
     folder = tmp_path / "model"
     causal_rm.save_pretrained(folder, tokenizer=tiny_chat_tokenizer)
     _write_rm_meta(
@@ -196,14 +199,45 @@ def test_saved_run_scores_like_the_stage_scorer_with_its_recorded_settings(
     )
     scorer = RewardModelScorer.from_pretrained(folder, output="bounded")
     assert (scorer.head_output, scorer.max_length, scorer.min_prompt_tokens) == ("probability", 12, 4)
-    stage = RewardScorer.from_pretrained(folder)  # reads the same record
-    head = torch.tensor(stage(PROMPTS, RESPONSES))
-    torch.testing.assert_close(scorer.head_values(BATCH), head, rtol=0, atol=1e-5)
+    head = scorer.head_values(BATCH)
     torch.testing.assert_close(scorer.score(BATCH), head.clamp(0, 1), rtol=0, atol=1e-5)
     # Explicit settings win over the record; a pairwise model's head is a logit.
     _write_rm_meta(folder, objective="pairwise", max_length=64, min_prompt_tokens=8)
     other = RewardModelScorer.from_pretrained(folder, max_length=20)
     assert (other.head_output, other.max_length, other.min_prompt_tokens) == ("logit", 20, 8)
+
+
+def test_a_trained_run_is_scored_as_during_its_training(tmp_path):
+    """The one loader (PPO, evaluate, evaluate-rm) against the training run's own scores of its eval pairs.
+
+    A short ``max_length`` truncates the inputs, so a loader that did not read the run's settings, or built
+    its inputs another way, would score other token sequences.
+    """
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, toy_pairs(24, seed=5))
+    cfg = reward_model.Config(output_dir=str(tmp_path / "rm"), cpu=True)
+    cfg.lora.enabled = False
+    cfg.model.max_length, cfg.model.min_prompt_tokens = 20, 4
+    cfg.data.train = cfg.data.eval = str(pairs)
+    cfg.optim.max_steps = 2
+    cfg.logging.num_samples = 6
+    result = reward_model.run(cfg)
+    report = json.loads((tmp_path / "rm" / "data_report.json").read_text())
+    assert report["eval"]["truncated_to_max_length"] > 0
+
+    scorer = RewardModelScorer.from_pretrained(result.model_dir)
+    assert (scorer.max_length, scorer.min_prompt_tokens, scorer.score_transform) == (20, 4, "identity")
+    # samples.jsonl: the trained model's scores of the first eval items at the last step, as training read them
+    shown = [
+        row for row in read_jsonl(tmp_path / "rm" / "samples.jsonl") if row["step"] == result.global_step
+    ]
+    assert len(shown) == 6
+    prompts = [row["prompt"] for row in shown for _ in row["answers"]]
+    answers = [answer for row in shown for answer in row["answers"]]
+    during_training = torch.tensor([score for row in shown for score in row["scores"]])
+    loaded = scorer.head_values(ScoringBatch(prompts, answers))
+    torch.testing.assert_close(loaded, during_training, rtol=0, atol=1e-6)
+    assert len(set(loaded.tolist())) == len(answers)  # distinct scores: a permutation would be caught
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 
 from rewardmix.config import ConfigError, load_config
 from rewardmix.data.pairs import PreferencePair, write_pairs
+from rewardmix.data.toy import toy_pairs
 from rewardmix.rundir import read_jsonl
 from rewardmix.stages import evaluate_rm as ev
 from rewardmix.stages import reward_model as rm
@@ -154,7 +155,7 @@ def test_bad_probe_and_rating_rows_name_the_record(tmp_path):
 def test_a_trained_model_is_scored_as_during_training(tmp_path):
     """End to end on a tiny reward model: evaluate-rm loads model/ and reproduces the stage's own scores."""
     train = tmp_path / "train.jsonl"
-    write_pairs(train, rm.toy_pairs(16, seed=3))
+    write_pairs(train, toy_pairs(16, seed=3))
     cfg = rm.Config(output_dir=str(tmp_path / "rm"), cpu=True)
     cfg.lora.enabled = False
     cfg.data.train = str(train)

@@ -11,10 +11,15 @@ import torch
 from rewardmix.config import ConfigError, load_config
 from rewardmix.data.pairs import PreferencePair, write_pairs
 from rewardmix.data.readers import DataError
+from rewardmix.data.rm_items import Item, balance_ratings, build_items, read_data
+from rewardmix.data.toy import toy_pairs, toy_rankings, toy_ratings
 from rewardmix.models.heads import ScalarHeadModel
 from rewardmix.models.tiny import build_tiny_tokenizer
 from rewardmix.rundir import read_jsonl
+from rewardmix.scoring import RewardModelScorer, ScoringBatch, rm_inputs
+from rewardmix.scoring.rm_inputs import RM_META_NAME, InputEncoder, collate, read_rm_meta, score_sequences
 from rewardmix.stages import reward_model as rm
+from rewardmix.stages.reward_model import loop as rm_loop
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_KEYS = {"loss/train", "lr", "grad_norm", "epoch", "rm/train/accuracy"}
@@ -47,12 +52,12 @@ def tiny_config(out: Path, train: str, *, name: str = "tiny", lora: bool = False
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("data")
-    write_pairs(folder / "train_pairs.jsonl", rm.toy_pairs(128, seed=1))
-    write_pairs(folder / "eval_pairs.jsonl", rm.toy_pairs(48, seed=2))
-    write_jsonl(folder / "train_rankings.jsonl", rm.toy_rankings(48, seed=1))
-    write_jsonl(folder / "eval_rankings.jsonl", rm.toy_rankings(32, seed=2))
-    write_jsonl(folder / "train_ratings.jsonl", rm.toy_ratings(64, seed=1))
-    write_jsonl(folder / "eval_ratings.jsonl", rm.toy_ratings(48, seed=2))
+    write_pairs(folder / "train_pairs.jsonl", toy_pairs(128, seed=1))
+    write_pairs(folder / "eval_pairs.jsonl", toy_pairs(48, seed=2))
+    write_jsonl(folder / "train_rankings.jsonl", toy_rankings(48, seed=1))
+    write_jsonl(folder / "eval_rankings.jsonl", toy_rankings(32, seed=2))
+    write_jsonl(folder / "train_ratings.jsonl", toy_ratings(64, seed=1))
+    write_jsonl(folder / "eval_ratings.jsonl", toy_ratings(48, seed=2))
     return folder
 
 
@@ -60,7 +65,7 @@ def data_dir(tmp_path_factory) -> Path:
 def spy_model(monkeypatch):
     """Capture the model a run trains, and a copy of its weights before training."""
     seen: dict = {}
-    original = rm.load_model
+    original = rm_loop.load_model
 
     def spy(cfg):
         tokenizer, model, kind = original(cfg)
@@ -68,7 +73,7 @@ def spy_model(monkeypatch):
         seen["before"] = weights(model)
         return tokenizer, model, kind
 
-    monkeypatch.setattr(rm, "load_model", spy)
+    monkeypatch.setattr(rm_loop, "load_model", spy)
     return seen
 
 
@@ -86,7 +91,7 @@ def test_score_does_not_depend_on_padding_side_or_batch_composition(name):
     cfg.model.name = name
     cfg.lora.enabled = False
     tokenizer, model, kind = rm.load_model(cfg)
-    encoder = rm.InputEncoder(tokenizer, kind, max_length=64, min_prompt_tokens=8)
+    encoder = InputEncoder(tokenizer, kind, max_length=64, min_prompt_tokens=8)
     texts = [
         ("Say great about the movie.", "It is great."),
         ("Say terrible about it.", "It is terrible, the review was long and the movie was too."),
@@ -96,18 +101,16 @@ def test_score_does_not_depend_on_padding_side_or_batch_composition(name):
     sequences = [encoder(p, a) for p, a in texts]
     assert len({len(s) for s in sequences}) == len(sequences)  # every batch below really pads
     pad = tokenizer.pad_token_id
-    alone = torch.cat([rm.score_sequences(model, [s], pad_id=pad) for s in sequences])
+    alone = torch.cat([score_sequences(model, [s], pad_id=pad) for s in sequences])
     for side in ("left", "right"):
         for batch_size in (2, 3, 4):
-            batched = rm.score_sequences(
-                model, sequences, pad_id=pad, batch_size=batch_size, padding_side=side
-            )
+            batched = score_sequences(model, sequences, pad_id=pad, batch_size=batch_size, padding_side=side)
             torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
         # another composition: each text next to a long one, in reverse order
-        mixed = rm.score_sequences(model, [sequences[1], *sequences[::-1]], pad_id=pad, padding_side=side)
+        mixed = score_sequences(model, [sequences[1], *sequences[::-1]], pad_id=pad, padding_side=side)
         torch.testing.assert_close(mixed[1:], alone.flip(0), atol=1e-5, rtol=0)
     # and the left-padded collate really puts pads first
-    batch = rm.collate(sequences, pad, padding_side="left")
+    batch = collate(sequences, pad, padding_side="left")
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][0, -1] == 1
 
 
@@ -116,7 +119,7 @@ def test_score_does_not_depend_on_padding_side_or_batch_composition(name):
 
 
 def test_causal_input_is_the_chat_rendered_prompt_and_answer(tiny_tokenizer):
-    encoder = rm.InputEncoder(tiny_tokenizer, "causal_lm", max_length=512, min_prompt_tokens=8)
+    encoder = InputEncoder(tiny_tokenizer, "causal_lm", max_length=512, min_prompt_tokens=8)
     ids = encoder("What is two plus three?", "five.")
     expected = "<|im_start|>user\nWhat is two plus three?<|im_end|>\n<|im_start|>assistant\nfive.<|im_end|>\n"
     assert tiny_tokenizer.decode(list(ids)) == expected
@@ -127,7 +130,7 @@ def test_a_template_that_is_not_prefix_stable_falls_back_to_the_rendered_tokens(
     an input (SmolLM2 merges an answer's leading "\\n\\n" into the header), the fallback is used."""
     from rewardmix.data.chat import Message, TemplateNotPrefixStableError
 
-    encoder = rm.InputEncoder(tiny_tokenizer, "causal_lm", max_length=20, min_prompt_tokens=6)
+    encoder = InputEncoder(tiny_tokenizer, "causal_lm", max_length=20, min_prompt_tokens=6)
     long_prompt = "What is two plus three? " * 6
     for prompt, answer in (("hi", "yes"), (long_prompt, "five."), ("hi", "one two three four five six " * 4)):
         messages = [Message("user", prompt), Message("assistant", answer)]
@@ -138,7 +141,7 @@ def test_a_template_that_is_not_prefix_stable_falls_back_to_the_rendered_tokens(
         raise TemplateNotPrefixStableError("merged")
 
     expected = encoder(long_prompt, "five.")
-    monkeypatch.setattr(rm, "tokenize_chat", refuse)
+    monkeypatch.setattr(rm_inputs, "tokenize_chat", refuse)
     assert encoder(long_prompt, "five.") == expected and encoder.unstable == 1
 
 
@@ -146,7 +149,7 @@ def test_encoder_input_is_a_text_pair_truncated_from_the_prompt_start():
     from rewardmix.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer("offline:minilm")
-    encoder = rm.InputEncoder(tokenizer, "encoder", max_length=16, min_prompt_tokens=4)
+    encoder = InputEncoder(tokenizer, "encoder", max_length=16, min_prompt_tokens=4)
     assert tokenizer.decode(list(encoder("a short question", "the answer is: positive"))) == (
         "[CLS] a short question [SEP] the answer is : positive [SEP]"
     )
@@ -177,7 +180,7 @@ def test_an_sft_lora_adapter_folder_is_refused_with_a_clear_message(tmp_path):
 def test_item_losses_match_hand_computation():
     import torch.nn.functional as F
 
-    pair = rm.Item("p", ("a", "b"), ((1,), (2,)), (0.0, 1.0), margin=0.5)
+    pair = Item("p", ("a", "b"), ((1,), (2,)), (0.0, 1.0), margin=0.5)
     pairwise = rm.ObjectiveConfig(kind="pairwise")
     scores = torch.tensor([2.0, 1.0, 0.0, 1.0])  # pair 1: 2 vs 1, pair 2: 0 vs 1
     # -log sigmoid(2 - 1 - 0.5) - log sigmoid(0 - 1 - 0.5)
@@ -186,8 +189,8 @@ def test_item_losses_match_hand_computation():
 
     # a K=3 group with ranks 1 < 2 < 3 (scores 3, 1, 2) and a group of two with a tie: the tie makes no pair,
     # so only the first group counts: mean of its 3 pair losses
-    group = rm.Item("p", ("a", "b", "c"), ((1,), (2,), (3,)), (1.0, 2.0, 3.0))
-    tied = rm.Item("q", ("a", "b"), ((1,), (2,)), (1.0, 1.0))
+    group = Item("p", ("a", "b", "c"), ((1,), (2,), (3,)), (1.0, 2.0, 3.0))
+    tied = Item("q", ("a", "b"), ((1,), (2,)), (1.0, 1.0))
     ranking = rm.ObjectiveConfig(kind="ranking")
     s = torch.tensor([3.0, 1.0, 2.0, 5.0, 0.0])
     by_hand = (
@@ -203,8 +206,8 @@ def test_item_losses_match_hand_computation():
     assert sorted(zip(better.tolist(), worse.tolist(), strict=True)) == [(1.0, 2.0), (3.0, 1.0), (3.0, 2.0)]
 
     rated = [
-        rm.Item("p", ("a",), ((1,),), (), target=0.25, weight=2.0),
-        rm.Item("p", ("b",), ((2,),), (), target=1.0),
+        Item("p", ("a",), ((1,),), (), target=0.25, weight=2.0),
+        Item("p", ("b",), ((2,),), (), target=1.0),
     ]
     absolute = rm.ObjectiveConfig(kind="absolute", absolute_loss="sigmoid_mse")
     z = torch.tensor([0.0, 0.0])  # sigmoid = 0.5: 2 * 0.25^2 + 1 * 0.5^2
@@ -253,7 +256,7 @@ def test_each_absolute_objective_reduces_eval_mse(tmp_path, data_dir, loss):
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert {"loss/eval", "rm/mse", "rm/mae"} <= set(rows[0])
     assert result.eval_metrics["rm/mse"] < 0.5 * rows[0]["rm/mse"]
-    meta = json.loads((result.model_dir / rm.RM_META_NAME).read_text())
+    meta = json.loads((result.model_dir / RM_META_NAME).read_text())
     assert meta["score_transform"] == ("identity" if loss == "mse_range_penalty" else "sigmoid")
 
 
@@ -306,16 +309,16 @@ def test_full_fine_tuning_saves_a_model_the_scorer_loads_and_scores_the_same(tmp
     assert result.adapter_dir is None and result.global_step == 2
     changed = [k for k, v in weights(trained).items() if not torch.equal(v, spy_model["before"][k])]
     assert "head.weight" in changed and any(k.startswith("backbone.") for k in changed)
-    scorer = rm.RewardScorer.from_pretrained(result.model_dir, batch_size=3)
-    meta = rm.read_rm_meta(result.model_dir)
+    scorer = RewardModelScorer.from_pretrained(result.model_dir, batch_size=3)
+    meta = read_rm_meta(result.model_dir)
     assert meta["kind"] == "causal_lm" and meta["input"] == "chat" and meta["score_transform"] == "identity"
-    pairs = rm.toy_pairs(5, seed=9)
+    pairs = toy_pairs(5, seed=9)
     prompts, answers = [p.prompt for p in pairs], [p.chosen for p in pairs]
     expected = torch.stack(
-        [trained(**rm.collate([scorer.encoder(p, a)], 0)) for p, a in zip(prompts, answers, strict=True)]
+        [trained(**collate([scorer.encoder(p, a)], 0)) for p, a in zip(prompts, answers, strict=True)]
     )
     torch.testing.assert_close(
-        torch.tensor(scorer(prompts, answers)), expected.squeeze(1).detach(), atol=1e-5, rtol=0
+        scorer.head_values(ScoringBatch(prompts, answers)), expected.squeeze(1).detach(), atol=1e-5, rtol=0
     )
 
 
@@ -362,13 +365,21 @@ def test_the_accumulated_gradient_does_not_depend_on_the_micro_batch_size(data_d
     cfg = tiny_config(Path("unused"), str(data_dir / train[objective]))
     cfg.objective.kind = objective
     tokenizer, model, kind = rm.load_model(cfg)
-    encoder = rm.InputEncoder(tokenizer, kind, max_length=1024, min_prompt_tokens=256)
+    encoder = InputEncoder(tokenizer, kind, max_length=1024, min_prompt_tokens=256)
     items = rm.load_items(cfg, encoder)[0][:8]
     grads = {}
     for micro in (8, 3, 1):
         cfg.optim.micro_batch_size = micro
         model.zero_grad()
-        stats = rm.accumulate_gradients(model, items, cfg, Accelerator(cpu=True), 0, filler=items[0])
+        stats = rm.accumulate_gradients(
+            model,
+            items,
+            cfg.objective,
+            Accelerator(cpu=True),
+            0,
+            micro_batch_size=cfg.optim.micro_batch_size,
+            filler=items[0],
+        )
         grads[micro] = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
         assert stats["items"] == 8
     assert grads[8].keys() == grads[1].keys() and grads[8]
@@ -420,8 +431,8 @@ def test_resume_refuses_other_data(tmp_path, data_dir):
 # Data: margins, groups from pairs, formats, imbalance tools
 
 
-def encoder_for_tests() -> rm.InputEncoder:
-    return rm.InputEncoder(build_tiny_tokenizer(), "causal_lm", max_length=256, min_prompt_tokens=8)
+def encoder_for_tests() -> InputEncoder:
+    return InputEncoder(build_tiny_tokenizer(), "causal_lm", max_length=256, min_prompt_tokens=8)
 
 
 def test_margins_come_from_pair_meta_or_the_constant():
@@ -431,7 +442,7 @@ def test_margins_come_from_pair_meta_or_the_constant():
         PreferencePair("p", "good answer", "bad answer", "rating", meta={"margin": 0.5}),
         PreferencePair("q", "good answer", "bad answer", "label_sensitive"),
     ]
-    items, counts = rm.build_items(pairs, "pairs", cfg, encoder_for_tests())
+    items, counts = build_items(pairs, "pairs", cfg.objective, cfg.data, encoder_for_tests())
     assert [it.margin for it in items] == [1.0, 0.25]
     assert counts["pairs_without_margin_key"] == 1
 
@@ -443,7 +454,7 @@ def test_ranking_groups_are_rebuilt_from_ranked_pairs():
     cfg.objective.kind = "ranking"
     ranked = pairs_from_ranking("prompt", ["a one", "b two", "c three"], [2, 1, 3]).pairs
     loose = PreferencePair("other", "yes", "no", "label_sensitive")
-    items, counts = rm.build_items([*ranked, loose], "pairs", cfg, encoder_for_tests())
+    items, counts = build_items([*ranked, loose], "pairs", cfg.objective, cfg.data, encoder_for_tests())
     assert counts["groups_from_pairs"] == 1 and counts["pairs_without_ranks"] == 1
     group = items[0]
     assert dict(zip(group.answers, group.ranks, strict=True)) == {"b two": 1.0, "a one": 2.0, "c three": 3.0}
@@ -452,24 +463,28 @@ def test_ranking_groups_are_rebuilt_from_ranked_pairs():
 
 def test_pairs_that_truncation_makes_identical_are_dropped():
     cfg = rm.Config()
-    encoder = rm.InputEncoder(build_tiny_tokenizer(), "causal_lm", max_length=12, min_prompt_tokens=8)
+    encoder = InputEncoder(build_tiny_tokenizer(), "causal_lm", max_length=12, min_prompt_tokens=8)
     pairs = [PreferencePair("p", "same start then great", "same start then terrible", "label_sensitive")]
-    items, counts = rm.build_items(pairs, "pairs", cfg, encoder)
+    items, counts = build_items(pairs, "pairs", cfg.objective, cfg.data, encoder)
     assert items == [] and counts["dropped_identical_after_truncation"] == 1
 
 
 def test_formats_are_detected_and_checked(tmp_path):
     cfg = rm.Config()
     ratings = write_jsonl(tmp_path / "r.jsonl", [{"response": "x", "score": 0.5}])
-    assert rm.read_data(ratings, cfg.data, "absolute", seed=0)[1] == "ratings"
+    assert read_data(ratings, cfg.data, "absolute", seed=0)[1] == "ratings"
     with pytest.raises(DataError, match="pairwise objective needs pairs or ranking"):
-        rm.build_items([{"response": "x", "score": 0.5}], "ratings", cfg, encoder_for_tests())
+        build_items(
+            [{"response": "x", "score": 0.5}], "ratings", cfg.objective, cfg.data, encoder_for_tests()
+        )
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "x"}])
     with pytest.raises(DataError, match="cannot tell the format"):
-        rm.read_data(bad, cfg.data, "absolute", seed=0)
+        read_data(bad, cfg.data, "absolute", seed=0)
     cfg.objective.kind = "absolute"
     with pytest.raises(DataError, match="outside"):
-        rm.build_items([{"response": "x", "score": 1.5}], "ratings", cfg, encoder_for_tests())
+        build_items(
+            [{"response": "x", "score": 1.5}], "ratings", cfg.objective, cfg.data, encoder_for_tests()
+        )
 
 
 def test_imbalance_tools_run_in_order_and_set_loss_weights(tmp_path):
@@ -480,7 +495,7 @@ def test_imbalance_tools_run_in_order_and_set_loss_weights(tmp_path):
     cfg.balance.oversample_range = (0.0, 0.4)  # the 2 low ones twice
     cfg.balance.weight_strength = 1.0
     cfg.balance.weight_normalize = False
-    out, report = rm.balance_ratings(rows, cfg)
+    out, report = balance_ratings(rows, cfg.balance, cfg.augment, cfg.data, seed=cfg.seed)
     assert report == {
         "records_in": 16,
         "after_undersample": 10,
@@ -491,7 +506,7 @@ def test_imbalance_tools_run_in_order_and_set_loss_weights(tmp_path):
     }
     # the low end (bin 0) gets N / n_low = 12 / 4 = 3, the rest 1
     assert sorted(r["_weight"] for r in out if r["score"] < 0.4) == [3.0] * 4
-    items, _ = rm.build_items(out, "ratings", _absolute(cfg), encoder_for_tests())
+    items, _ = build_items(out, "ratings", _absolute(cfg).objective, cfg.data, encoder_for_tests())
     assert sorted(it.weight for it in items) == [1.0] * 8 + [3.0] * 4
 
 
@@ -522,7 +537,10 @@ def test_paraphrase_augmentation_uses_the_given_paraphrases(tmp_path, monkeypatc
         {"response": "other", "score": 0.3},
         {"response": "ok", "score": 0.7},
     ]
-    out, report = rm.balance_ratings(rows, cfg)
+    similarity = rm_loop.load_similarity(cfg.augment)  # the stage's loader, on the fake encoder
+    out, report = balance_ratings(
+        rows, cfg.balance, cfg.augment, cfg.data, seed=cfg.seed, similarity=similarity
+    )
     assert report["augment"] == {
         "candidates": 2,
         "added": 1,

@@ -1,23 +1,11 @@
-"""Reward-model scorer: a scalar-head model over (prompt, response) text, as logit or bounded score.
+"""Reward-model scorer: a trained scalar-head model over (prompt, response) text, as logit or bounded score.
 
-The input a reward model scores must be built exactly as in its training, or its scores mean nothing. The
-scorer therefore uses the reward-model stage's own encoder,
-:class:`rewardmix.stages.reward_model.InputEncoder`:
-
-* causal backbones (the SFT model, RLLR/CRS default): the chat rendering of the prompt as user turn(s) and
-  the response as the assistant turn (the tokenizer's chat template, else ChatML), as
-  :func:`rewardmix.data.chat.tokenize_chat` tokenizes it. The score is read at the last token.
-* encoders (MiniLM, BERT): the text pair ``(prompt, response)`` with the tokenizer's own special tokens
-  (``[CLS] prompt [SEP] response [SEP]``).
-
-Both truncate to ``max_length`` by the CRS rule (:func:`rewardmix.data.chat.truncated_lengths`): the prompt
-loses tokens from its start but keeps at least ``min_prompt_tokens``, the response is cut from its end.
-``max_length``, ``min_prompt_tokens`` and the head's meaning are read from the run's ``rewardmix_rm.json``
-unless given.
-
-Generated text may merge with the assistant header into one token (SmolLM2's tokenizer does this for a
-response starting with ``"\n\n"``), which ``tokenize_chat`` refuses; ``InputEncoder`` then encodes the
-conversation as rendered, truncated by the same rule, so a PPO run never stops on such a sample.
+:class:`RewardModelScorer` is the one loader of a trained reward model, used by PPO (through the composite
+reward), ``evaluate`` and ``evaluate-rm``. Its inputs are built by the reward model's contract,
+:class:`rewardmix.scoring.rm_inputs.InputEncoder`, exactly as in training (chat-rendered for decoders, a text
+pair for encoders, the CRS truncation rule), and scored by :func:`rewardmix.scoring.rm_inputs.score_sequences`.
+``max_length``, ``min_prompt_tokens``, the head's meaning and the score transform are read from the run's
+``rewardmix_rm.json`` unless given.
 
 **logit vs bounded** (CRS §5.4). ``head_output`` says what the trained head emits; ``output`` what the scorer
 returns:
@@ -45,22 +33,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from rewardmix.algos.combine import bounded_to_logit, logit_to_bounded
-from rewardmix.data.chat import (
-    Message,
-    as_messages,
-)
 from rewardmix.scoring.base import Prompt, ScoringBatch
-from rewardmix.train.loop import pad_sequences
+from rewardmix.scoring.rm_inputs import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MIN_PROMPT_TOKENS,
+    RM_META_NAME,
+    BackboneKind,
+    HeadOutput,
+    InputEncoder,
+    ScoreTransform,
+    head_output_of,
+    pad_token_id,
+    prompt_messages,
+    read_rm_meta,
+    score_sequences,
+)
 
 if TYPE_CHECKING:
     from rewardmix.models.heads import ScalarHeadModel
@@ -76,12 +72,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BackboneKind = Literal["causal_lm", "encoder"]
 ScoreOutput = Literal["logit", "bounded"]
-HeadOutput = Literal["logit", "probability"]
-
-# Show a progress bar only when scoring takes many model calls (PPO scores every step: keep logs quiet).
-_PROGRESS_MIN_CHUNKS = 8
 
 
 @dataclass
@@ -126,27 +117,6 @@ class RewardModelParams:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------------------
-
-
-def prompt_messages(prompt: Prompt) -> list[Message]:
-    """A prompt as chat messages, as the reward-model stage reads it: a string is one user turn (an empty
-    string none); a conversation is taken as is."""
-    if isinstance(prompt, str):
-        return [Message(role="user", content=prompt)] if prompt else []
-    return as_messages(prompt)
-
-
-def _head_output_of(meta: Mapping[str, Any]) -> HeadOutput:
-    # Only the regression loss trains the head to emit the [0, 1] rating itself; every other objective
-    # (pairwise, ranking, sigmoid_mse, logistic) trains a logit.
-    if meta.get("objective") == "absolute" and meta.get("absolute_loss") == "mse_range_penalty":
-        return "probability"
-    return "logit"
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Output: logit or bounded
 # ---------------------------------------------------------------------------------------------------------
 
@@ -182,7 +152,7 @@ def rm_output(head: torch.Tensor, *, output: ScoreOutput, head_output: HeadOutpu
 class RewardModelScorer:
     """Score (prompt, response) samples with a :class:`~rewardmix.models.heads.ScalarHeadModel`.
 
-    Inputs are built by the reward-model stage's :class:`~rewardmix.stages.reward_model.InputEncoder`, scored in
+    Inputs are built by the reward model's :class:`~rewardmix.scoring.rm_inputs.InputEncoder`, scored in
     batches of ``batch_size`` under ``torch.no_grad()`` with the model in eval mode (restored afterwards,
     since a shared base may be training). Batches are formed from sequences of similar length; the scalar
     head's padding invariance makes the result independent of that grouping (to float rounding).
@@ -205,6 +175,9 @@ class RewardModelScorer:
             pads to the length of its own longest sequence rather than to that of a random one; scores come
             back in the input order either way. ``False`` batches in input order (for comparison:
             ``bench/rollout.py`` measures both).
+        score_transform: How a raw head value reads as a rating (``sigmoid`` for sigmoid/logistic absolute
+            models, read from ``rewardmix_rm.json`` by :meth:`from_pretrained`); it does not change what
+            :meth:`score` returns (``evaluate-rm`` uses it).
     """
 
     def __init__(
@@ -217,12 +190,11 @@ class RewardModelScorer:
         output: ScoreOutput = "logit",
         head_output: HeadOutput = "logit",
         batch_size: int = 16,
-        max_length: int = 1024,
-        min_prompt_tokens: int = 256,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS,
         bucket_by_length: bool = True,
+        score_transform: ScoreTransform = "identity",
     ) -> None:
-        from rewardmix.stages.reward_model import InputEncoder  # the training definition of the input
-
         if output not in ("logit", "bounded"):
             raise ValueError(f"output must be 'logit' or 'bounded', got {output!r}")
         if head_output not in ("logit", "probability"):
@@ -244,15 +216,12 @@ class RewardModelScorer:
         self.bucket_by_length = bucket_by_length
         self.max_length = max_length
         self.min_prompt_tokens = min_prompt_tokens
+        self.score_transform: ScoreTransform = score_transform
         self.kind: BackboneKind = model.kind
         self.encoder = InputEncoder(
             tokenizer, self.kind, max_length=max_length, min_prompt_tokens=min_prompt_tokens
         )
-        pad = getattr(tokenizer, "pad_token_id", None)
-        if pad is None:
-            pad = getattr(tokenizer, "eos_token_id", None)
-        # Padding positions are masked out (and moved behind the real tokens by the head model): any id works.
-        self._pad_id = int(pad) if pad is not None else 0
+        self._pad_id = pad_token_id(tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -275,35 +244,18 @@ class RewardModelScorer:
         """Raw head values of pre-tokenized inputs: (B,) float32 on the model's device."""
         if any(len(s) == 0 for s in sequences):
             raise ValueError(f"scorer {self.name!r}: an input has no tokens")
-        out = torch.empty(len(sequences), dtype=torch.float32, device=self.device)
         if not sequences:
-            return out
-        # Bucketing: longest first, so similar lengths share a batch (less padding) and an out-of-memory error
-        # shows early; the scores are written back at each sequence's own index.
-        order = list(range(len(sequences)))
-        if self.bucket_by_length:
-            order.sort(key=lambda i: -len(sequences[i]))
-        chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        # Dropout off (a score must not be random); each module's own flag is restored afterwards, since a
-        # shared base may hold a policy in training mode.
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            with torch.no_grad(), self._role_context():
-                for idx in tqdm(
-                    chunks,
-                    desc=f"score {self.name}",
-                    leave=False,
-                    disable=len(chunks) < _PROGRESS_MIN_CHUNKS,
-                ):
-                    rows = [sequences[i] for i in idx]
-                    ids = pad_sequences(rows, pad_value=self._pad_id).to(self.device)
-                    mask = pad_sequences([[1] * len(r) for r in rows], pad_value=0).to(self.device)
-                    out[torch.tensor(idx, device=self.device)] = self.model(ids, mask).to(torch.float32)
-        finally:
-            for module, training in modes:
-                module.training = training
-        return out
+            return torch.empty(0, dtype=torch.float32, device=self.device)
+        with self._role_context():
+            return score_sequences(
+                self.model,
+                sequences,
+                pad_id=self._pad_id,
+                batch_size=self.batch_size,
+                order="longest_first" if self.bucket_by_length else "input",
+                device=self.device,
+                progress=f"score {self.name}",
+            )
 
     def score(self, batch: ScoringBatch) -> torch.Tensor:
         """Score every sample: (B,) float32 logits or bounded scores, on the model's device."""
@@ -345,6 +297,8 @@ class RewardModelScorer:
             max_length: Token budget; ``None`` -> as trained (``rewardmix_rm.json``; 1024 without one).
             min_prompt_tokens: Prompt floor; ``None`` -> as trained (256 without a record).
             **kwargs: The scorer's other keyword arguments (``name``, ``output``, ``batch_size``, ``role``).
+
+        The score transform comes from ``rewardmix_rm.json`` (``identity`` without one).
         """
         from rewardmix.models.heads import ScalarHeadModel
         from rewardmix.models.loading import load_tokenizer
@@ -421,9 +375,7 @@ def _trained_settings(
     max_length: int | None,
     min_prompt_tokens: int | None,
 ) -> dict[str, Any]:
-    """Input and head settings: the given ones, else the reward-model run's record, else the stage defaults."""
-    from rewardmix.stages.reward_model import RM_META_NAME, read_rm_meta
-
+    """Input and head settings: the given ones, else the reward-model run's record, else the defaults."""
     meta: dict[str, Any] = {}
     for folder in folders:
         if (folder / RM_META_NAME).is_file():
@@ -432,9 +384,14 @@ def _trained_settings(
     else:
         logger.info("no %s in %s: default input settings", RM_META_NAME, ", ".join(map(str, folders)))
     return {
-        "head_output": head_output if head_output is not None else _head_output_of(meta),
-        "max_length": max_length if max_length is not None else int(meta.get("max_length", 1024)),
+        "head_output": head_output
+        if head_output is not None
+        else head_output_of(meta.get("objective"), meta.get("absolute_loss")),
+        "max_length": max_length
+        if max_length is not None
+        else int(meta.get("max_length", DEFAULT_MAX_LENGTH)),
         "min_prompt_tokens": min_prompt_tokens
         if min_prompt_tokens is not None
-        else int(meta.get("min_prompt_tokens", 256)),
+        else int(meta.get("min_prompt_tokens", DEFAULT_MIN_PROMPT_TOKENS)),
+        "score_transform": meta.get("score_transform", "identity"),
     }

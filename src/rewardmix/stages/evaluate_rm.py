@@ -3,7 +3,7 @@
 What a run does, in order (the numbered steps of :func:`run`):
 
 1. Prepare the run directory.
-2. Load the scorer: ``<reward-model run>/model`` through :class:`~rewardmix.stages.reward_model.RewardScorer`,
+2. Load the scorer: ``<reward-model run>/model`` through :class:`~rewardmix.scoring.RewardModelScorer`,
    which builds every input exactly as training did (chat-rendered or text pair, same truncation).
 3. Pairs (``pairs``: files written by ``rewardmix pairs``): score chosen and rejected answers; pairwise
    accuracy overall, per task and per pair kind (RLLR Tables 5 and 9: label-sensitive pairs held out), and
@@ -50,6 +50,8 @@ from rewardmix.data.pairs import PreferencePair, read_pairs
 from rewardmix.data.readers import DataError, as_float, read_records
 from rewardmix.evaluation.rewards import distribution
 from rewardmix.rundir import atomic_write_text, prepare_run_dir, read_jsonl
+from rewardmix.scoring.base import ScoringBatch
+from rewardmix.scoring.reward_model import RewardModelScorer
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +233,10 @@ def run(cfg: Config, *, scorer: Scorer | None = None) -> EvalResult:
 
 
 def load_scorer(cfg: Config) -> Scorer:
-    """The :class:`~rewardmix.stages.reward_model.RewardScorer` of ``cfg.model``, on a GPU when there is one."""
-    from rewardmix.stages.reward_model import RewardScorer
-
+    """Raw scores of the reward model ``cfg.model`` (:class:`~rewardmix.scoring.RewardModelScorer`), on a GPU
+    when there is one; its ``score_transform`` is the model's own (``rewardmix_rm.json``)."""
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
-    return RewardScorer.from_pretrained(
+    scorer = RewardModelScorer.from_pretrained(
         cfg.model,
         batch_size=cfg.batch_size,
         device=device,
@@ -243,6 +244,18 @@ def load_scorer(cfg: Config) -> Scorer:
         min_prompt_tokens=cfg.min_prompt_tokens,
         dtype=cfg.dtype,
     )
+    return RawScores(scorer)
+
+
+class RawScores:
+    """``scorer(prompts, answers) -> raw head values`` over a reward-model scorer, with its score transform."""
+
+    def __init__(self, scorer: RewardModelScorer) -> None:
+        self.scorer = scorer
+        self.score_transform = scorer.score_transform
+
+    def __call__(self, prompts: Sequence[Any], answers: Sequence[str]) -> list[float]:
+        return self.scorer.head_values(ScoringBatch(list(prompts), list(answers))).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------
