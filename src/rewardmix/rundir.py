@@ -22,7 +22,7 @@ from typing import Any
 
 from rewardmix import __version__
 from rewardmix.config import to_yaml
-from rewardmix.llm.redact import redact
+from rewardmix.redact import redact
 
 __all__ = [
     "MetricsLogger",
