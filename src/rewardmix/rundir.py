@@ -28,6 +28,7 @@ __all__ = [
     "MetricsLogger",
     "atomic_write_bytes",
     "atomic_write_text",
+    "fsync_dir",
     "git_commit",
     "prepare_run_dir",
     "read_jsonl",
@@ -53,6 +54,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a folder's entries (new files, a rename into it) durable; a no-op where the OS cannot.
+
+    Args:
+        path: The folder. Windows cannot open folders; the rename is still atomic there.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def git_commit(start: str | Path | None = None) -> str:
