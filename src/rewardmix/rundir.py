@@ -146,17 +146,37 @@ def _finite_or_none(v: Any) -> Any:
     return v
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a malformed line is an error naming the file and line."""
+def read_jsonl(
+    path: str | Path,
+    *,
+    check: Callable[[int, Any], None] | None = None,
+    error: type[ValueError] = ValueError,
+) -> list[dict[str, Any]]:
+    """Read a JSONL file; a malformed line is an error naming the file and line.
+
+    Args:
+        path: The JSONL file; blank lines are skipped.
+        check: Called as ``check(lineno, row)`` on each row in file order; it raises to reject the row.
+        error: The ``ValueError`` subclass raised for a malformed line (e.g. ``DataError``).
+
+    Returns:
+        The rows, in file order.
+
+    Raises:
+        ValueError: ``path:line: invalid JSON: ...`` (as ``error``) for a malformed line.
+    """
     rows = []
     with Path(path).open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+                raise error(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+            if check is not None:
+                check(lineno, row)
+            rows.append(row)
     return rows
 
 
