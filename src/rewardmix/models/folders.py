@@ -1,14 +1,13 @@
-"""Model folders on disk: the rules for reading one, writing one atomically, and the files rewardmix adds.
+"""Model folders on disk: reading one by rewardmix's rules, writing one atomically, and the files rewardmix adds.
 
-Every model folder is read and written by these rules (:mod:`rewardmix.models.loading` loads by name,
-:mod:`rewardmix.models.offline` converts the packaged GGUF, :mod:`rewardmix.models.heads` and
-:mod:`rewardmix.models.lora` save heads and adapters; all of them build on this module and none on another
-for these rules):
+The rules every model read and write follows (:mod:`rewardmix.models.loading` adds names: hub ids and
+``offline:`` names; :mod:`rewardmix.models.offline` converts the packaged GGUF with the readers here;
+:mod:`rewardmix.models.heads` and :mod:`rewardmix.models.lora` save heads and adapters with the writer):
 
 * ``trust_remote_code`` is off unless the caller (i.e. the config) turns it on;
 * weights are read from safetensors only (a folder holding only pickled ``.bin`` weights is refused, never
   ``torch.load``-ed); GGUF files are the one other format, dequantized into a plain dense model;
-* a tokenizer always has a pad token (:func:`ensure_pad_token`);
+* a tokenizer always has a pad token (:func:`read_tokenizer`);
 * folders are written atomically (:func:`save_pretrained_atomic`): a kill leaves the old folder or the new
   one, never half of one.
 """
@@ -25,7 +24,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import GgufConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GgufConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rewardmix.rundir import fsync_dir
 
@@ -33,8 +39,9 @@ __all__ = [
     "HEAD_CONFIG_NAME",
     "HEAD_WEIGHTS_NAME",
     "DtypeName",
-    "ensure_pad_token",
-    "from_pretrained_kwargs",
+    "read_causal_lm",
+    "read_model",
+    "read_tokenizer",
     "resolve_dtype",
     "save_pretrained_atomic",
 ]
@@ -61,64 +68,95 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     return _DTYPES[dtype]
 
 
-def from_pretrained_kwargs(
-    gguf_file: str | None,
-    dtype: DtypeName | torch.dtype,
-    trust_remote_code: bool,
-    attn_implementation: str | None,
-) -> dict[str, Any]:
-    """Keyword arguments for a model's ``from_pretrained`` that keep the reading rules above.
+def read_tokenizer(
+    path: str,
+    *,
+    trust_remote_code: bool = False,
+    padding_side: Literal["left", "right"] = "right",
+    gguf_file: str | None = None,
+) -> PreTrainedTokenizerBase:
+    """Read a tokenizer from a folder or hub id and guarantee it has a pad token.
+
+    Pad-token fallback: a tokenizer without one gets ``pad_token = eos_token`` (logged as a warning), the usual
+    choice for decoder LMs. Code must therefore never find padding by ``input_ids == pad_token_id`` (that would
+    also hit real EOS tokens): rewardmix always uses the attention mask. A tokenizer with neither pad nor EOS
+    token is refused rather than given a new token, which would need the model's embeddings resized.
 
     Args:
-        gguf_file: Name of a ``.gguf`` file inside the folder (dequantized), or ``None`` for safetensors only.
+        path: A folder or hub id (names are resolved by :func:`rewardmix.models.loading.load_tokenizer`).
+        trust_remote_code: Allow the repository's own Python code.
+        padding_side: Side that ``tokenizer(..., padding=True)`` pads on.
+        gguf_file: Name of a ``.gguf`` file inside ``path`` to read the tokenizer from.
+
+    Returns:
+        The tokenizer, with ``pad_token`` set and ``padding_side`` as asked.
+
+    Raises:
+        ValueError: If the tokenizer has neither a pad nor an EOS token.
+    """
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {path} has neither a pad token nor an EOS token to pad with")
+        logger.warning(
+            "tokenizer of %s has no pad token; padding with its EOS token %r", path, tokenizer.eos_token
+        )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def read_causal_lm(
+    path: str,
+    *,
+    gguf_file: str | None = None,
+    dtype: DtypeName | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """Read a causal LM (with its LM head) from a folder or hub id: safetensors, or a GGUF file dequantized.
+
+    Args:
+        path: A folder or hub id (names are resolved by :func:`rewardmix.models.loading.load_causal_lm`).
+        gguf_file: Name of a ``.gguf`` file inside ``path``, dequantized into a dense model of ``dtype``.
         dtype: Parameter dtype, see :func:`resolve_dtype`.
         trust_remote_code: Allow the repository's own Python code.
         attn_implementation: ``"eager"``, ``"sdpa"``, ... ; ``None`` keeps the transformers default.
 
     Returns:
-        The keyword arguments.
+        The model in eval mode.
     """
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    if gguf_file is not None:
-        # dequantize=True: a plain dense model (nn.Linear weights), trainable and serializable. Without it,
-        # transformers 5 keeps a GGUF quantizer on the model when the `kernels` package is present, and in
-        # every case refuses save_pretrained() on the result.
-        kwargs["gguf_file"] = gguf_file
-        kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
-    else:
-        # Never fall back to pickled .bin weights (torch.load can execute code).
-        kwargs["use_safetensors"] = True
-    return kwargs
+    model = AutoModelForCausalLM.from_pretrained(
+        path, **_from_pretrained_kwargs(gguf_file, dtype, trust_remote_code, attn_implementation)
+    )
+    logger.info("loaded causal LM %s (%s, %s)", path, type(model).__name__, model.dtype)
+    return model
 
 
-def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, source: str) -> PreTrainedTokenizerBase:
-    """Give a tokenizer without a pad token its EOS token as pad token (logged as a warning).
-
-    This is the usual choice for decoder LMs. Code must therefore never find padding by
-    ``input_ids == pad_token_id`` (that would also hit real EOS tokens): rewardmix always uses the attention
-    mask. A tokenizer with neither pad nor EOS token is refused rather than given a new token, which would need
-    the model's embeddings resized.
+def read_model(
+    path: str,
+    *,
+    dtype: DtypeName | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """Read the body of a model (``AutoModel``, no LM head) from a folder or hub id, safetensors only.
 
     Args:
-        tokenizer: The tokenizer, changed in place.
-        source: Where it was loaded from, for the messages.
+        path: A folder or hub id (names are resolved by :func:`rewardmix.models.loading.load_backbone`).
+        dtype: Parameter dtype, see :func:`resolve_dtype`.
+        trust_remote_code: Allow the repository's own Python code.
+        attn_implementation: ``"eager"``, ``"sdpa"``, ... ; ``None`` keeps the transformers default.
 
     Returns:
-        ``tokenizer``.
-
-    Raises:
-        ValueError: If the tokenizer has neither a pad nor an EOS token.
+        The model in eval mode.
     """
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer of {source} has neither a pad token nor an EOS token to pad with")
-        logger.warning(
-            "tokenizer of %s has no pad token; padding with its EOS token %r", source, tokenizer.eos_token
-        )
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return AutoModel.from_pretrained(
+        path, **_from_pretrained_kwargs(None, dtype, trust_remote_code, attn_implementation)
+    )
 
 
 def save_pretrained_atomic(
@@ -174,6 +212,27 @@ def save_pretrained_atomic(
         raise
     logger.debug("saved %s atomically", out_dir)
     return out_dir
+
+
+def _from_pretrained_kwargs(
+    gguf_file: str | None,
+    dtype: DtypeName | torch.dtype,
+    trust_remote_code: bool,
+    attn_implementation: str | None,
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if gguf_file is not None:
+        # dequantize=True: a plain dense model (nn.Linear weights), trainable and serializable. Without it,
+        # transformers 5 keeps a GGUF quantizer on the model when the `kernels` package is present, and in
+        # every case refuses save_pretrained() on the result.
+        kwargs["gguf_file"] = gguf_file
+        kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
+    else:
+        # Never fall back to pickled .bin weights (torch.load can execute code).
+        kwargs["use_safetensors"] = True
+    return kwargs
 
 
 def _call_save_pretrained(obj: Any, folder: Path) -> None:

@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from rewardmix.models import offline
 from rewardmix.models.folders import (
     DtypeName,
-    ensure_pad_token,
-    from_pretrained_kwargs,
+    read_causal_lm,
+    read_model,
+    read_tokenizer,
     resolve_dtype,
     save_pretrained_atomic,
 )
@@ -83,7 +78,7 @@ def load_tokenizer(
     """Load a tokenizer and guarantee it has a pad token.
 
     Pad-token fallback: a tokenizer without one gets ``pad_token = eos_token`` (logged as a warning); see
-    :func:`rewardmix.models.folders.ensure_pad_token`.
+    :func:`rewardmix.models.folders.read_tokenizer`.
 
     Args:
         name_or_path: Hub id, local folder, or an ``offline:`` name (see :func:`resolve_model_path`).
@@ -98,13 +93,12 @@ def load_tokenizer(
     Raises:
         ValueError: If the tokenizer has neither a pad nor an EOS token.
     """
-    path = resolve_model_path(name_or_path)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf_file is not None:
-        kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    tokenizer.padding_side = padding_side
-    return ensure_pad_token(tokenizer, path)
+    return read_tokenizer(
+        resolve_model_path(name_or_path),
+        trust_remote_code=trust_remote_code,
+        padding_side=padding_side,
+        gguf_file=gguf_file,
+    )
 
 
 def load_causal_lm(
@@ -129,12 +123,13 @@ def load_causal_lm(
     Returns:
         The model in eval mode (call ``.train()`` to train).
     """
-    path = resolve_model_path(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, **from_pretrained_kwargs(gguf_file, dtype, trust_remote_code, attn_implementation)
+    return read_causal_lm(
+        resolve_model_path(name_or_path),
+        gguf_file=gguf_file,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
     )
-    logger.info("loaded causal LM %s (%s, %s)", path, type(model).__name__, model.dtype)
-    return model
 
 
 def load_backbone(
@@ -178,8 +173,8 @@ def load_backbone(
         )
         return lm.base_model
     path = resolve_model_path(name_or_path)
-    model = AutoModel.from_pretrained(
-        path, **from_pretrained_kwargs(None, dtype, trust_remote_code, attn_implementation)
+    model = read_model(
+        path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
     )
     found = infer_backbone_kind(model)
     if found != kind:

