@@ -50,6 +50,8 @@ Keys of ``eval.json`` (parts without data are absent; rates are fractions in [0,
 Reference: RLLR §4.1, Table 4, Fig. 4, Appendix G; CRS §5.5, §6, Tables 10-23, Figs. 24 and 27, Eq. 7.1.
 """
 
+from __future__ import annotations
+
 from rewardmix.stages.evaluate.config import (
     RESERVED_NAMES,
     Config,
