@@ -17,7 +17,7 @@ from rewardmix import __version__
 from rewardmix.config import ConfigError, load_config, load_yaml, to_yaml
 from rewardmix.data.readers import DataError
 from rewardmix.llm.client import LLMError
-from rewardmix.llm.redact import install_redaction, redact
+from rewardmix.redact import install_redaction, redact
 from rewardmix.stages import STAGES, get_stage
 
 log = logging.getLogger("rewardmix")

@@ -22,12 +22,13 @@ from typing import Any
 
 from rewardmix import __version__
 from rewardmix.config import to_yaml
-from rewardmix.llm.redact import redact
+from rewardmix.redact import redact
 
 __all__ = [
     "MetricsLogger",
     "atomic_write_bytes",
     "atomic_write_text",
+    "fsync_dir",
     "git_commit",
     "prepare_run_dir",
     "read_jsonl",
@@ -53,6 +54,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a folder's entries (new files, a rename into it) durable; a no-op where the OS cannot.
+
+    Args:
+        path: The folder. Windows cannot open folders; the rename is still atomic there.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def git_commit(start: str | Path | None = None) -> str:
@@ -127,17 +146,37 @@ def _finite_or_none(v: Any) -> Any:
     return v
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a malformed line is an error naming the file and line."""
+def read_jsonl(
+    path: str | Path,
+    *,
+    check: Callable[[int, Any], None] | None = None,
+    error: type[ValueError] = ValueError,
+) -> list[dict[str, Any]]:
+    """Read a JSONL file; a malformed line is an error naming the file and line.
+
+    Args:
+        path: The JSONL file; blank lines are skipped.
+        check: Called as ``check(lineno, row)`` on each row in file order; it raises to reject the row.
+        error: The ``ValueError`` subclass raised for a malformed line (e.g. ``DataError``).
+
+    Returns:
+        The rows, in file order.
+
+    Raises:
+        ValueError: ``path:line: invalid JSON: ...`` (as ``error``) for a malformed line.
+    """
     rows = []
     with Path(path).open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+                raise error(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+            if check is not None:
+                check(lineno, row)
+            rows.append(row)
     return rows
 
 

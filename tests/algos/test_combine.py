@@ -15,7 +15,6 @@ from rewardmix.algos.combine import (
     RunningMeanStd,
     bounded_to_logit,
     calibrate,
-    clip_scores,
     clip_scores_symmetric,
     combine_min,
     combine_sum,
@@ -344,18 +343,6 @@ def test_logit_to_bounded_hand() -> None:
     # sigmoid(0) = 0.5; sigmoid(log 3) = 3 / 4
     out = logit_to_bounded(torch.tensor([0.0, math.log(3.0)], dtype=F64))
     torch.testing.assert_close(out, torch.tensor([0.5, 0.75], dtype=F64), rtol=0, atol=1e-15)
-
-
-def test_clip_scores_hand() -> None:
-    x = torch.tensor([-6.0, -1.0, 0.0, 3.0, 9.0], dtype=F64)
-    torch.testing.assert_close(
-        clip_scores(x, low=-2.0, high=4.0), torch.tensor([-2.0, -1.0, 0.0, 3.0, 4.0], dtype=F64)
-    )
-    torch.testing.assert_close(clip_scores(x, high=0.5), torch.tensor([-6.0, -1.0, 0.0, 0.5, 0.5], dtype=F64))
-    torch.testing.assert_close(clip_scores(x, low=0.5), torch.tensor([0.5, 0.5, 0.5, 3.0, 9.0], dtype=F64))
-    torch.testing.assert_close(clip_scores(x), x)
-    with pytest.raises(ValueError, match="low must be <= high"):
-        clip_scores(x, low=1.0, high=0.0)
 
 
 def test_clip_scores_symmetric_crs_table8() -> None:

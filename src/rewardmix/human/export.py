@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, SkippedRow, as_str, read_records
-from rewardmix.rundir import atomic_write_text
+from rewardmix.rundir import atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -509,17 +509,10 @@ def loads_strict(text: str | bytes) -> Any:
 
 def read_task_file(path: str | Path) -> list[dict[str, Any]]:
     """Read ``tasks.jsonl`` or ``key.jsonl`` as written by :func:`write_tasks`; errors name file and line."""
-    rows = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-            for name in ("group", "prompt_id"):
-                if not isinstance(row.get(name), str):
-                    raise DataError(f"{path}:{lineno}: field '{name}': missing or not a string")
-            rows.append(row)
-    return rows
+
+    def check(lineno: int, row: Any) -> None:
+        for name in ("group", "prompt_id"):
+            if not isinstance(row.get(name), str):
+                raise DataError(f"{path}:{lineno}: field '{name}': missing or not a string")
+
+    return read_jsonl(path, check=check, error=DataError)

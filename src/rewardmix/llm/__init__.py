@@ -7,5 +7,6 @@
 - ``batch``: ``run_batch``, a resumable, concurrent batch job writing JSONL.
 - ``prompts``: RLLR Appendix B (rationales), C (ranking), G (pairwise) and the AlpacaEval judge (CRS Fig. 31).
 - ``filters``: refusal and contradiction filter for rationales.
-- ``redact``: keeps API keys out of logs, errors, caches and files.
+
+Keys are kept out of logs, errors, caches and files by :mod:`rewardmix.redact` (below ``rundir``, which uses it too).
 """

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from rewardmix.llm.client import ChatClient, ChatRequest, ChatResponse, LLMError, LLMHTTPError
 from rewardmix.llm.prompts import ParseError
-from rewardmix.llm.redact import get_redacting_logger, redact
+from rewardmix.redact import get_redacting_logger, redact
 from rewardmix.rundir import read_jsonl, read_jsonl_repair
 
 __all__ = ["BatchReport", "FailedItem", "read_done_ids", "run_batch"]

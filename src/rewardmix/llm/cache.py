@@ -8,7 +8,7 @@ What "same request" means: the full canonical request, i.e. messages, model, tem
 seed, n, top_p and stop. Sampled requests (``temperature > 0`` or ``n > 1``) are cached too: asking again
 with the same seed returns the stored samples (that is what makes a rerun free and reproducible). To draw
 fresh samples, change ``seed``. The endpoint URL and the API key are not part of the key; the key never
-reaches the file (everything stored passes through :func:`rewardmix.llm.redact.redact`).
+reaches the file (everything stored passes through :func:`rewardmix.redact.redact`).
 
 Reference: SPEC §2 ("calls are cached on disk (same request -> no second call)").
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from rewardmix.llm.client import ChatClient, ChatRequest, ChatResponse
-from rewardmix.llm.redact import get_redacting_logger, redact
+from rewardmix.redact import get_redacting_logger, redact
 
 __all__ = ["CachedClient", "DiskCache"]
 

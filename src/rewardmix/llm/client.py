@@ -3,7 +3,7 @@
 A :class:`ChatRequest` is everything that determines an answer (messages, model, sampling settings, seed);
 its canonical JSON form and SHA-256 :meth:`ChatRequest.key` identify it in the disk cache and in batch
 outputs. Credentials are *not* part of a request: they belong to the client, which reads them from the
-environment at call time (see :mod:`rewardmix.llm.redact`). A :class:`ChatClient` turns a request into a
+environment at call time (see :mod:`rewardmix.redact`). A :class:`ChatClient` turns a request into a
 :class:`ChatResponse`. Backends: :class:`rewardmix.llm.http.OpenAICompatibleClient` (OpenAI, vLLM,
 llama.cpp server, Ollama) and :class:`rewardmix.llm.local.LocalChatClient` (a local ``transformers`` model).
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from rewardmix.llm.redact import redact
+from rewardmix.redact import redact
 
 __all__ = [
     "ROLES",

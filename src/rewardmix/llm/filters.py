@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
-from rewardmix.llm.redact import get_redacting_logger
+from rewardmix.redact import get_redacting_logger
 
 __all__ = [
     "REFUSAL_PATTERNS",

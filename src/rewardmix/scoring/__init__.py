@@ -14,59 +14,11 @@ is built), so rule-only rewards stay light.
 
 from __future__ import annotations
 
-from rewardmix.scoring.base import Prompt, Scorer, ScoringBatch, check_score_tensor
-from rewardmix.scoring.composite import (
-    SCORER_TYPES,
-    BuildContext,
-    ComponentConfig,
-    CompositeConfig,
-    CompositeReward,
-    CompositeScores,
-    NonFiniteScoreError,
-    ScorerType,
-    build_scorer,
-    register_scorer_type,
-)
-from rewardmix.scoring.reward_model import (
-    RewardModelParams,
-    RewardModelScorer,
-    rm_output,
-)
-from rewardmix.scoring.rules import (
-    ContainsConfig,
-    ContainsScorer,
-    FormatConfig,
-    FormatScorer,
-    LabelCorrectConfig,
-    LabelCorrectScorer,
-    LengthPenaltyConfig,
-    LengthPenaltyScorer,
-)
+from rewardmix.scoring import base, composite, reward_model, rules
+from rewardmix.scoring.base import *  # noqa: F403
+from rewardmix.scoring.composite import *  # noqa: F403
+from rewardmix.scoring.reward_model import *  # noqa: F403
+from rewardmix.scoring.rules import *  # noqa: F403
 
-__all__ = [
-    "SCORER_TYPES",
-    "BuildContext",
-    "ComponentConfig",
-    "CompositeConfig",
-    "CompositeReward",
-    "CompositeScores",
-    "ContainsConfig",
-    "ContainsScorer",
-    "FormatConfig",
-    "FormatScorer",
-    "LabelCorrectConfig",
-    "LabelCorrectScorer",
-    "LengthPenaltyConfig",
-    "LengthPenaltyScorer",
-    "NonFiniteScoreError",
-    "Prompt",
-    "RewardModelParams",
-    "RewardModelScorer",
-    "Scorer",
-    "ScorerType",
-    "ScoringBatch",
-    "build_scorer",
-    "check_score_tensor",
-    "register_scorer_type",
-    "rm_output",
-]
+# Each module's public names, listed once (in the module's own __all__).
+__all__ = sorted({*base.__all__, *composite.__all__, *reward_model.__all__, *rules.__all__})

@@ -36,6 +36,8 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import load_file, save_file
 
+from rewardmix.rundir import fsync_dir
+
 __all__ = [
     "CHECKPOINTS_DIR",
     "Checkpoint",
@@ -215,7 +217,7 @@ def save_checkpoint(
         files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
         _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         # step 2. rename into place (an old checkpoint of the same step goes only after the new one is in)
         old = None
         if final.exists():
@@ -223,7 +225,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -254,20 +256,6 @@ def _write_text(path: Path, text: str) -> None:
 def _fsync_file(path: Path) -> None:
     with path.open("rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the folder's entries (new files, a rename) durable; not possible on every OS.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_temporaries(root: Path) -> None:

