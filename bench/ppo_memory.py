@@ -16,7 +16,8 @@ peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its ow
     trainers without shared-base roles hold them: the policy (LoRA on copy 1), the reference (copy 2, frozen),
     the value model (LoRA + head on copy 3) and the two reward models as standalone scalar-head models
     (``reward_model.role: null``, copies 4 and 5; the same heads, no adapter). The stage code is the same;
-    only ``load_models`` and the reference context are swapped for the separate copies.
+    only ``rewardmix.stages.ppo.roles.load_models`` and ``roles.reference_context`` are swapped for the
+    separate copies (the stage calls them through that module for this purpose).
 
 The PPO run of (b) is also the issue's smoke run ("a short PPO run with two reward-model components plus a
 rule completes on the 2-core CPU"): its metrics (per-component reward curves) are copied to
@@ -97,11 +98,9 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _prompt_lengths(args: argparse.Namespace, tokenizer: Any) -> list[list[int]]:
-    from rewardmix.stages import ppo
+    from rewardmix.data.prompts import DataConfig, load_prompts
 
-    cfg = ppo.Config()
-    cfg.data.prompts = "builtin:toy"
-    return [p.input_ids for p in ppo.load_prompts(cfg, tokenizer)]
+    return [p.input_ids for p in load_prompts(DataConfig(prompts="builtin:toy"), tokenizer)]
 
 
 def child_policy(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,20 +154,21 @@ def child_ppo(args: argparse.Namespace, *, separate: bool = False) -> dict[str, 
     (c) with ``separate``: the same run with every role on its own copy of the model."""
     from rewardmix.config import from_dict
     from rewardmix.stages import ppo
+    from rewardmix.stages.ppo import roles
 
     if separate:
-        ppo.load_models = _load_models_separate
-        ppo.reference_context = lambda models: nullcontext()  # copy 2 is the reference itself
+        roles.load_models = _load_models_separate
+        roles.reference_context = lambda models: nullcontext()  # copy 2 is the reference itself
 
     loaded: dict[str, float] = {}
-    original = ppo.build_reward
+    original = roles.build_reward
 
-    def build_reward(cfg, models, device):  # measure RSS once every role is on the base
-        reward = original(cfg, models, device)
+    def build_reward(*a: Any, **k: Any) -> Any:  # measure RSS once every role is on the base
+        reward = original(*a, **k)
         loaded["rss"] = rss_mb()
         return reward
 
-    ppo.build_reward = build_reward
+    roles.build_reward = build_reward
     workdir = Path(args.workdir)
     suffix, role = ("_standalone", None) if separate else ("", True)
     run_dir = workdir / ("run_separate" if separate else "run")
@@ -223,27 +223,28 @@ def child_ppo(args: argparse.Namespace, *, separate: bool = False) -> dict[str, 
     }
 
 
-def _load_models_separate(cfg: Any, device: torch.device) -> Any:
+def _load_models_separate(model: Any, lora_cfg: Any, device: torch.device, *, seed: int) -> Any:
     """(c) The stage's roles, each on its own copy: policy (LoRA, copy 1), reference (copy 2, frozen, no
-    adapter), value (LoRA + head, copy 3). Same LoRA settings and dropout handling as ``ppo.load_models``."""
+    adapter), value (LoRA + head, copy 3). Same signature, LoRA settings and dropout handling as
+    ``roles.load_models``."""
     from rewardmix.models import heads, lora
     from rewardmix.models.loading import load_causal_lm, load_tokenizer
-    from rewardmix.stages import ppo
+    from rewardmix.stages.ppo import roles
 
-    settings = lora.LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=0.0)
+    settings = lora.LoraSettings(r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=0.0)
     tokenizer = load_tokenizer(MODEL)
-    policy = lora.add_adapters(load_causal_lm(MODEL), [ppo.POLICY_ROLE], settings)
+    policy = lora.add_adapters(load_causal_lm(MODEL), [roles.POLICY_ROLE], settings)
     reference = load_causal_lm(MODEL)
     reference.requires_grad_(False)
-    value_base = lora.add_adapters(load_causal_lm(MODEL), [ppo.VALUE_ROLE], settings)
-    value = heads.ScalarHeadModel(value_base, pooling="last", role=ppo.VALUE_ROLE, seed=cfg.seed + 1)
+    value_base = lora.add_adapters(load_causal_lm(MODEL), [roles.VALUE_ROLE], settings)
+    value = heads.ScalarHeadModel(value_base, pooling="last", role=roles.VALUE_ROLE, seed=seed + 1)
     for module in (policy, reference, value):
         module.to(device)
-        ppo.disable_dropout(module)
-    params = lora.trainable_parameters(policy, ppo.POLICY_ROLE) + lora.trainable_parameters(
-        value, ppo.VALUE_ROLE
+        roles.disable_dropout(module)
+    params = lora.trainable_parameters(policy, roles.POLICY_ROLE) + lora.trainable_parameters(
+        value, roles.VALUE_ROLE
     )
-    return ppo.Models(tokenizer, policy, reference, value, ppo.POLICY_ROLE, params)
+    return roles.Models(tokenizer, policy, reference, value, roles.POLICY_ROLE, params)
 
 
 CHILDREN = {

@@ -32,6 +32,10 @@ when ``num_iterations`` is 1.
 Time per update is the interval between consecutive ends of updates (``on_step`` callback of
 ``rewardmix.stages.ppo.run``; ``TrainerCallback.on_step_end`` for TRL), without the first update (warm-up)
 and the last (rewardmix writes its final checkpoint there). samples/s = ``--batch`` / median interval.
+rewardmix's phases (generate, reward, rollout forward passes, PPO update) are the ``perf/*_time`` metrics the
+stage logs every step (``docs/metrics.md``), read from the ``on_step`` rows; the stage's functions are not
+wrapped. Its setup is: ``roles.load_models`` is wrapped once to suppress the stop tokens and
+``roles.build_reward`` to read the RSS once every role is loaded.
 
 Usage (from the repository root; TRL is the ``bench`` extra: ``.venv/bin/pip install -c constraints.txt trl``)::
 
@@ -63,6 +67,13 @@ DEFAULTS = {
 LORA_R = 16
 KL_BETA = 0.05
 LR = 1e-5
+# rewardmix's phases: the per-step timings its PPO stage logs (docs/metrics.md)
+PHASE_METRICS = {
+    "generate": "perf/generate_time",
+    "reward": "perf/reward_time",
+    "rollout_forward": "perf/forward_time",
+    "ppo_update": "perf/update_time",
+}
 
 log = logging.getLogger("bench.ppo_vs_trl")
 
@@ -83,7 +94,7 @@ def load_base(model: str) -> tuple[Any, Any, str | None]:
 
 
 def stop_ids(tokenizer: Any) -> list[int]:
-    from rewardmix.stages.ppo import stop_token_ids
+    from rewardmix.stages.ppo.rollout import stop_token_ids
 
     return stop_token_ids(tokenizer)
 
@@ -104,55 +115,26 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_rewardmix(args: argparse.Namespace) -> dict[str, Any]:
-    """``rewardmix.stages.ppo.run`` itself, with timers around its phases."""
+    """``rewardmix.stages.ppo.run`` itself; its phase times are the ``perf/*_time`` metrics it logs."""
     from rewardmix.config import from_dict
     from rewardmix.stages import ppo
+    from rewardmix.stages.ppo import roles
 
-    phases: dict[str, list[float]] = {"generate": [], "reward": [], "rollout_forward": [], "ppo_update": []}
-    peaks: list[tuple[str, float]] = []  # (phase, peak RSS after it): where the peak is reached
-
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                phases[name].append(time.perf_counter() - t0)
-                if len(peaks) < 8:  # the first two updates
-                    peaks.append((name, round(benchlib.peak_rss_mb())))
-
-        return wrapper
-
-    class TimedReward:  # the composite reward, its calls timed
-        def __init__(self, reward: Any) -> None:
-            self.reward = reward
-
-        def __call__(self, batch: Any) -> Any:
-            return timed("reward", self.reward)(batch)
-
-        def __getattr__(self, item: str) -> Any:
-            return getattr(self.reward, item)
-
-    original_load, original_reward = ppo.load_models, ppo.build_reward
+    original_load, original_reward = roles.load_models, roles.build_reward
     loaded: dict[str, float] = {}
 
-    def load_models(cfg: Any, device: Any) -> Any:
-        models = original_load(cfg, device)
+    def load_models(*a: Any, **k: Any) -> Any:
+        models = original_load(*a, **k)
         # Every response exactly max_new_tokens long (see the module docstring).
         models.policy.get_base_model().generation_config.suppress_tokens = stop_ids(models.tokenizer)
         return models
 
-    def build_reward(cfg: Any, models: Any, device: Any) -> Any:
-        reward = original_reward(cfg, models, device)
+    def build_reward(*a: Any, **k: Any) -> Any:
+        reward = original_reward(*a, **k)
         loaded["rss"] = benchlib.rss_mb()
-        return reward if hasattr(ppo, "score_responses") else TimedReward(reward)
+        return reward
 
-    ppo.load_models, ppo.build_reward = load_models, build_reward
-    if hasattr(ppo, "score_responses"):  # the stage scores through this function (raw scores per component)
-        ppo.score_responses = timed("reward", ppo.score_responses)
-    ppo.generate_responses = timed("generate", ppo.generate_responses)
-    ppo.rollout_forward = timed("rollout_forward", ppo.rollout_forward)
-    ppo.ppo_update = timed("ppo_update", ppo.ppo_update)
+    roles.load_models, roles.build_reward = load_models, build_reward
 
     workdir = Path(args.workdir)
     out = workdir / f"rewardmix-{time.monotonic_ns()}"
@@ -187,10 +169,15 @@ def child_rewardmix(args: argparse.Namespace) -> dict[str, Any]:
     cfg = from_dict(ppo.Config, data)
     ends: list[float] = []
     lengths: list[float] = []
+    phases: dict[str, list[float]] = {name: [] for name in PHASE_METRICS}
+    peaks: list[float] = []  # peak RSS after each update: when the peak is reached
 
     def on_step(step: int, row: dict[str, float]) -> None:
         ends.append(time.perf_counter())
         lengths.append(row["response/length_mean"])
+        for name, key in PHASE_METRICS.items():
+            phases[name].append(row[key])
+        peaks.append(round(benchlib.peak_rss_mb()))
 
     ppo.run(cfg, on_step=on_step)
     shutil.rmtree(out, ignore_errors=True)
@@ -200,7 +187,7 @@ def child_rewardmix(args: argparse.Namespace) -> dict[str, Any]:
         "update_intervals_s": [b - a for a, b in zip(ends, ends[1:], strict=False)][:-1],
         "completion_length_mean": sum(lengths) / len(lengths),
         "phases_s": {k: v[1:] for k, v in phases.items()},  # the first is the warm-up update
-        "peak_rss_after_phase_mb": peaks,
+        "peak_rss_after_update_mb": peaks,
     }
 
 
@@ -232,7 +219,7 @@ def child_trl(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from rewardmix.stages import ppo
+    from rewardmix.data.prompts import DataConfig, load_prompts
 
     if kind == "grpo":
         from trl import GRPOConfig as TrainerConfig
@@ -244,8 +231,7 @@ def child_trl(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     workdir = Path(args.workdir)
     tokenizer, base, path = load_base(args.model)
     rm = trl_reward_model(args.model, base, path, workdir, tokenizer)
-    cfg = ppo.Config()
-    prompts = [tokenizer.decode(p.input_ids) for p in ppo.load_prompts(cfg, tokenizer)]
+    prompts = [tokenizer.decode(p.input_ids) for p in load_prompts(DataConfig(), tokenizer)]
     dataset = Dataset.from_dict({"prompt": prompts})
     loaded = benchlib.rss_mb()
 
@@ -437,18 +423,18 @@ def markdown(args: argparse.Namespace, record: dict[str, Any]) -> list[str]:
             )
     lines += [
         "",
-        "Where rewardmix's time per update goes (median seconds per phase), and the phase in which its peak RSS "
-        "is reached (peak after each phase of the first update, MiB):",
+        "Where rewardmix's time per update goes (median seconds per phase, from the `perf/*_time` metrics the "
+        "stage logs), and when its peak RSS is reached (peak after each of the first three updates, MiB):",
         "",
-        "| model | generate | reward | rollout forward (policy, reference, value) | PPO update | peak after phase |",
+        "| model | generate | reward | rollout forward (policy, reference, value) | PPO update | peak after update |",
         "|---|---|---|---|---|---|",
     ]
     for model, result in record["models"].items():
         p = result["summary"]["rewardmix"]["phases_s_median"]
-        peaks = result["runs"]["rewardmix"][0]["peak_rss_after_phase_mb"][:4]
+        peaks = result["runs"]["rewardmix"][0]["peak_rss_after_update_mb"][:3]
         lines.append(
             f"| {model} | {p['generate']:.3f} | {p['reward']:.3f} | {p['rollout_forward']:.3f} | "
-            f"{p['ppo_update']:.3f} | {', '.join(f'{n} {v}' for n, v in peaks)} |"
+            f"{p['ppo_update']:.3f} | {', '.join(str(v) for v in peaks)} |"
         )
     return lines
 

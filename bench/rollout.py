@@ -3,11 +3,11 @@
 Two measurements per model (the tiny in-memory Llama and SmolLM2-135M-Instruct), each model in its own
 fresh process, variants alternating within it (A B C A B C ...), medians over ``--repeats``:
 
-1. **Generation**: the same PPO policy (``rewardmix.stages.ppo.load_models``: LoRA roles ``policy`` and
+1. **Generation**: the same PPO policy (``rewardmix.stages.ppo.roles.load_models``: LoRA roles ``policy`` and
    ``value`` on the base, the policy role active), the same left-padded batch of ``builtin:toy`` prompts, the
    same number of new tokens (stop tokens suppressed, so every row makes exactly ``--max-new-tokens``):
 
-   * ``rewardmix``: ``rewardmix.stages.ppo.generate_responses``, the stage's own rollout path (per-row
+   * ``rewardmix``: ``rewardmix.stages.ppo.rollout.generate_responses``, the stage's own rollout path (per-row
      seeded sampling, masks, padding), the whole batch in one ``generate`` call;
    * ``rewardmix_half_batches``: the same with ``generation.batch_size`` = half the batch (two calls);
    * ``plain_generate``: ``model.generate(do_sample=True)`` on the same model and inputs;
@@ -49,43 +49,49 @@ DEFAULTS = {
 log = logging.getLogger("bench.rollout")
 
 
-def _models(model: str) -> tuple[Any, Any, Any]:
+def _models(model: str) -> tuple[Any, Any]:
+    """The PPO stage's default config for ``model`` and its roles (policy and value LoRA roles on the base)."""
     import torch
 
     from rewardmix.stages import ppo
+    from rewardmix.stages.ppo import roles
 
     cfg = ppo.Config()
     cfg.model.name = MODELS[model]
-    models = ppo.load_models(cfg, torch.device("cpu"))
-    return ppo, cfg, models
+    return cfg, roles.load_models(cfg.model, cfg.lora, torch.device("cpu"), seed=cfg.seed)
 
 
 def child_generation(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import CompileConfig
 
-    ppo, cfg, models = _models(args.model)
+    from rewardmix.data.prompts import load_prompts
+    from rewardmix.stages.ppo.roles import policy_context
+    from rewardmix.stages.ppo.rollout import generate_responses, pad_token_id, stop_token_ids
+    from rewardmix.train.loop import pad_sequences
+
+    cfg, models = _models(args.model)
     tokenizer = models.tokenizer
-    stops = ppo.stop_token_ids(tokenizer)
+    stops = stop_token_ids(tokenizer)
     models.policy.get_base_model().generation_config.suppress_tokens = stops  # exactly R new tokens per row
     cfg.generation.max_new_tokens = args.max_new_tokens
-    prompts = ppo.load_prompts(cfg, tokenizer)[: args.batch]
-    pad = ppo.pad_token_id(tokenizer)
-    ids = ppo.pad_sequences([p.input_ids for p in prompts], pad_value=pad, side="left")
-    mask = ppo.pad_sequences([[1] * len(p.input_ids) for p in prompts], pad_value=0, side="left")
+    prompts = load_prompts(cfg.data, tokenizer)[: args.batch]
+    pad = pad_token_id(tokenizer)
+    ids = pad_sequences([p.input_ids for p in prompts], pad_value=pad, side="left")
+    mask = pad_sequences([[1] * len(p.input_ids) for p in prompts], pad_value=0, side="left")
     seeds = list(range(len(prompts)))
 
     def stage(batch_size: int) -> Any:
         def call() -> int:
             cfg.generation.batch_size = batch_size
-            _, _, response_mask, _ = ppo.generate_responses(models, prompts, cfg, seeds=seeds)
+            _, _, response_mask, _ = generate_responses(models, prompts, cfg.generation, seeds=seeds)
             return int(response_mask.sum())
 
         return call
 
     def plain(**extra: Any) -> Any:
         def call() -> int:
-            with torch.no_grad(), ppo.policy_context(models):
+            with torch.no_grad(), policy_context(models):
                 out = models.policy.generate(
                     input_ids=ids,
                     attention_mask=mask,
@@ -146,16 +152,17 @@ def child_generation(args: argparse.Namespace) -> dict[str, Any]:
 def child_scoring(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from rewardmix.data.prompts import load_prompts
     from rewardmix.models.heads import ScalarHeadModel
     from rewardmix.models.lora import LoraSettings, add_adapters
     from rewardmix.scoring import RewardModelScorer, ScoringBatch
 
-    ppo, cfg, models = _models(args.model)
+    cfg, models = _models(args.model)
     add_adapters(models.shared, ["rm"], LoraSettings(r=16, alpha=32))  # a reward-model role, as PPO holds it
     rm = ScalarHeadModel(models.shared, role="rm", seed=1)
     words = "one two three four five six seven eight nine ten eleven twelve the answer is".split()
     rng = random.Random(0)
-    prompts = [p.messages[-1].content for p in ppo.load_prompts(cfg, models.tokenizer)]
+    prompts = [p.messages[-1].content for p in load_prompts(cfg.data, models.tokenizer)]
     n = args.score_samples
     batch = ScoringBatch(
         prompts=[prompts[i % len(prompts)] for i in range(n)],

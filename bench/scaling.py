@@ -13,8 +13,8 @@ Responses are exactly as long as asked (the stop tokens are suppressed), so a lo
 cheaper by chance. Time per update = the median interval between ends of consecutive updates, the first
 (warm-up) and last (final checkpoint) left out. What a reward component costs is reported two ways, both as
 a fraction of the update with one reward model: from whole-update times, ``(t(k) - t(1)) / (k - 1) / t(1)``
-(noisy when other jobs share the cores), and from the reward phase alone (the stage's ``score_responses``,
-timed), ``(reward(k) - reward(0)) / k / t(1)`` (target: <= 15%).
+(noisy when other jobs share the cores), and from the reward phase alone (``perf/reward_time``, the seconds
+the stage logs for scoring the responses every step), ``(reward(k) - reward(0)) / k / t(1)`` (target: <= 15%).
 
 Usage (from the repository root)::
 
@@ -67,10 +67,11 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
     from rewardmix.models.heads import ScalarHeadModel
     from rewardmix.models.lora import LoraSettings, add_adapters, save_adapter
     from rewardmix.stages import ppo
+    from rewardmix.stages.ppo import roles
 
     cfg = ppo.Config()
     cfg.model.name = MODELS[args.model]
-    base = ppo.load_models(cfg, __import__("torch").device("cpu")).shared
+    base = roles.load_models(cfg.model, cfg.lora, __import__("torch").device("cpu"), seed=cfg.seed).shared
     roles = [f"rm_{i}" for i in range(MAX_RMS)]
     add_adapters(base, roles, LoraSettings(r=LORA_R, alpha=2 * LORA_R))
     for i, role in enumerate(roles):
@@ -78,7 +79,7 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
-def ppo_run(args: argparse.Namespace, n_rms: int, tokens: int, phase_times: list[float]) -> dict[str, Any]:
+def ppo_run(args: argparse.Namespace, n_rms: int, tokens: int) -> dict[str, Any]:
     """One PPO run with ``n_rms`` reward-model roles (0: a rule only) and ``tokens`` new tokens per response."""
     from rewardmix.config import from_dict
     from rewardmix.stages import ppo
@@ -115,52 +116,42 @@ def ppo_run(args: argparse.Namespace, n_rms: int, tokens: int, phase_times: list
     }
     ends: list[float] = []
     lengths: list[float] = []
+    reward_times: list[float] = []
 
     def on_step(step: int, row: dict[str, float]) -> None:
         ends.append(time.perf_counter())
         lengths.append(row["response/length_mean"])
+        reward_times.append(row["perf/reward_time"])  # the stage's reward phase: every component's raw scores
 
-    del phase_times[:]
     ppo.run(from_dict(ppo.Config, data), on_step=on_step)
     shutil.rmtree(out, ignore_errors=True)
     return {
         "update_s": benchlib.median([b - a for a, b in zip(ends, ends[1:], strict=False)][:-1]),
-        "reward_s": benchlib.median(phase_times[1:-1]),
+        "reward_s": benchlib.median(reward_times[1:-1]),
         "response_length_mean": sum(lengths) / len(lengths),
     }
 
 
 def child_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Every configuration in this one process, alternating (the order rotates each repeat)."""
-    from rewardmix.stages import ppo
+    from rewardmix.stages.ppo import roles
+    from rewardmix.stages.ppo.rollout import stop_token_ids
 
-    original = ppo.load_models
+    original = roles.load_models
 
-    def load_models(cfg: Any, device: Any) -> Any:
-        models = original(cfg, device)
+    def load_models(*a: Any, **k: Any) -> Any:
+        models = original(*a, **k)
         # Every response exactly max_new_tokens long: no run is cheaper by stopping early.
-        models.policy.get_base_model().generation_config.suppress_tokens = ppo.stop_token_ids(
-            models.tokenizer
-        )
+        models.policy.get_base_model().generation_config.suppress_tokens = stop_token_ids(models.tokenizer)
         return models
 
-    phase_times: list[float] = []
-    score = ppo.score_responses  # the stage's reward phase: every component's raw scores
-
-    def timed_score(*a: Any, **k: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return score(*a, **k)
-        finally:
-            phase_times.append(time.perf_counter() - t0)
-
-    ppo.load_models, ppo.score_responses = load_models, timed_score
+    roles.load_models = load_models  # the stage's set-up; its phases are timed by the stage itself
     configs = [tuple(c) for c in json.loads(args.configs)]
     results: dict[str, list[dict[str, Any]]] = {f"{t}:{k}": [] for t, k in configs}
     for rep in range(args.repeats):
         for tokens, n_rms in configs[rep % len(configs) :] + configs[: rep % len(configs)]:
             log.info("%s: %d tokens, %d reward models (repeat %d)", args.model, tokens, n_rms, rep + 1)
-            results[f"{tokens}:{n_rms}"].append(ppo_run(args, n_rms, tokens, phase_times))
+            results[f"{tokens}:{n_rms}"].append(ppo_run(args, n_rms, tokens))
     return {"results": results}
 
 
@@ -223,8 +214,8 @@ def markdown(record: dict[str, Any], command: str) -> list[str]:
         "",
         "Each configuration is a run of `rewardmix.stages.ppo.run` (all of a model's runs in one process, "
         "alternating; LoRA r 16, one optimizer step per update over the whole batch, responses exactly as long "
-        "as asked); medians over the repeats. The reward phase is the stage's `score_responses` (every "
-        "component's raw scores), timed.",
+        "as asked); medians over the repeats. The reward phase is the stage's `perf/reward_time` (every "
+        "component's raw scores), logged every step.",
         "",
     ]
     for model, r in record["models"].items():

@@ -18,11 +18,14 @@ import pytest
 import torch
 
 from rewardmix.config import ConfigError, from_dict, load_config
+from rewardmix.data.prompts import load_prompts
 from rewardmix.models import vllm_rollout
 from rewardmix.models.lora import LoraSettings, adapters_disabled, add_adapters, set_active_role
 from rewardmix.models.tiny import build_tiny_causal_lm, build_tiny_tokenizer
 from rewardmix.models.vllm_rollout import VllmRollout, merged_policy_weights
 from rewardmix.stages import ppo
+from rewardmix.stages.ppo import roles
+from rewardmix.stages.ppo.rollout import generate_responses, stop_token_ids
 
 # peft 0.21 reads a transformers attribute deprecated in 5.x; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -127,6 +130,13 @@ def _vllm_config(folder: Path, out: Path, **ppo_overrides: Any) -> ppo.Config:
     )
 
 
+def _with_engine(cfg: ppo.Config, models: roles.Models) -> roles.Models:
+    """The stage's ``with_rollout_engine`` step for ``cfg``."""
+    return roles.with_rollout_engine(
+        models, cfg.model, cfg.generation, seed=cfg.seed, max_prompt_tokens=cfg.data.max_prompt_tokens
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The CPU path never needs vllm; asking for it without vllm is a clear config error
 
@@ -162,10 +172,10 @@ def test_the_hf_path_never_imports_vllm_even_when_it_is_installed(monkeypatch):
     assert vllm_rollout.vllm_available()  # findable: the config check would accept backend vllm
     cfg = ppo.Config()
     cfg.generation.max_new_tokens = 3
-    models = ppo.load_models(cfg, torch.device("cpu"))
-    assert ppo.with_rollout_engine(cfg, models) is models
-    prompts = ppo.load_prompts(cfg, models.tokenizer)[:2]
-    _, _, response_mask, _ = ppo.generate_responses(models, prompts, cfg, seeds=[1, 2])
+    models = roles.load_models(cfg.model, cfg.lora, torch.device("cpu"), seed=cfg.seed)
+    assert _with_engine(cfg, models) is models
+    prompts = load_prompts(cfg.data, models.tokenizer)[:2]
+    _, _, response_mask, _ = generate_responses(models, prompts, cfg.generation, seeds=[1, 2])
     assert response_mask.shape[0] == 2
     assert not loader.imported and "vllm" not in sys.modules
 
@@ -243,13 +253,13 @@ def test_merged_weights_reproduce_the_policy_and_leave_the_base_untouched():
 
 def test_rollouts_come_from_the_engine_shaped_like_the_hf_path(fake_vllm, tiny_folder, tmp_path):
     cfg = _vllm_config(tiny_folder, tmp_path / "run")
-    models = ppo.with_rollout_engine(cfg, ppo.load_models(cfg, torch.device("cpu")))
+    models = _with_engine(cfg, roles.load_models(cfg.model, cfg.lora, torch.device("cpu"), seed=cfg.seed))
     engine = models.rollout
     assert isinstance(engine, VllmRollout) and len(fake_vllm.instances) == 1
     llm = fake_vllm.instances[0]
     assert llm.kwargs["model"] == str(tiny_folder) and llm.kwargs["gpu_memory_utilization"] == 0.3
     assert len(llm.model.loads) == 1 and llm.prefix_resets == 1  # the initial policy, synced at once
-    prompts = ppo.load_prompts(cfg, models.tokenizer)[:6]
+    prompts = load_prompts(cfg.data, models.tokenizer)[:6]
     seeds = [
         6,
         3,
@@ -258,13 +268,13 @@ def test_rollouts_come_from_the_engine_shaped_like_the_hf_path(fake_vllm, tiny_f
         12,
         13,
     ]  # 6 and 13: full length (no stop); the others stop (3 and 12 without the token)
-    query_responses, attention_mask, response_mask, has_eos = ppo.generate_responses(
-        models, prompts, cfg, seeds=seeds
+    query_responses, attention_mask, response_mask, has_eos = generate_responses(
+        models, prompts, cfg.generation, seeds=seeds
     )
     # What the engine was asked: one request per prompt, the prompt's own ids, sampling as configured.
     requests, params = llm.calls[-1]
     assert [r["prompt_token_ids"] for r in requests] == [p.input_ids for p in prompts]
-    stops = ppo.stop_token_ids(models.tokenizer)
+    stops = stop_token_ids(models.tokenizer)
     for p, seed in zip(params, seeds, strict=True):
         assert p.kwargs | {"seed": seed} == {
             "n": 1, "temperature": 1.0, "top_k": -1, "top_p": 1.0, "repetition_penalty": 1.0, "max_tokens": 6,
@@ -283,7 +293,7 @@ def test_rollouts_come_from_the_engine_shaped_like_the_hf_path(fake_vllm, tiny_f
         assert query_responses[i, P : P + len(expected)].tolist() == expected
         assert query_responses[i, :P][attention_mask[i, :P].bool()].tolist() == prompts[i].input_ids
     # The same prompts through the HF path give tensors of the same layout.
-    hf = ppo.generate_responses(models._replace(rollout=None), prompts, cfg, seeds=seeds)
+    hf = generate_responses(models._replace(rollout=None), prompts, cfg.generation, seeds=seeds)
     assert hf[0].shape[0] == B and hf[0].shape[1] - hf[2].shape[1] == P
     assert [t.dtype for t in hf] == [
         query_responses.dtype,

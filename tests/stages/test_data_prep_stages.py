@@ -300,6 +300,7 @@ def test_sample_names_rows_without_a_question(tmp_path: Path) -> None:
 
 
 def test_oasst_files_feed_sft_reward_models_ppo_and_evaluation(tmp_path: Path, tiny_tokenizer) -> None:
+    from rewardmix.data.prompts import load_prompts
     from rewardmix.stages import evaluate, ppo, sft
     from rewardmix.stages import reward_model as rm
 
@@ -322,7 +323,7 @@ def test_oasst_files_feed_sft_reward_models_ppo_and_evaluation(tmp_path: Path, t
 
     prompts_cfg = ppo.Config(output_dir=str(tmp_path / "ppo"))
     prompts_cfg.data.prompts, prompts_cfg.data.format = str(files["prompts_train"]), "messages"
-    prompts = ppo.load_prompts(prompts_cfg, tiny_tokenizer)
+    prompts = load_prompts(prompts_cfg.data, tiny_tokenizer)
     assert [
         p.messages[-1].role if hasattr(p.messages[-1], "role") else p.messages[-1]["role"] for p in prompts
     ] == ["user"] * 3

@@ -18,24 +18,28 @@ import torch
 from safetensors.torch import load_file
 
 from rewardmix.config import ConfigError, from_dict, load_config, load_yaml, to_dict
+from rewardmix.data.chat import Message, tokenize_prompt
+from rewardmix.data.prompts import PromptExample, load_prompts
+from rewardmix.data.readers import DataError
 from rewardmix.models.heads import ScalarHeadModel
 from rewardmix.models.lora import LoraSettings, add_adapters, save_adapter
 from rewardmix.models.tiny import build_tiny_causal_lm, build_tiny_tokenizer
 from rewardmix.rundir import read_jsonl
-from rewardmix.scoring import SCORER_TYPES, CompositeConfig, ScoringBatch, register_scorer_type
+from rewardmix.scoring import (
+    SCORER_TYPES,
+    CompositeConfig,
+    NonFiniteScoreError,
+    ScoringBatch,
+    register_scorer_type,
+)
 from rewardmix.stages import ppo, sweep
+from rewardmix.stages.ppo import roles
+from rewardmix.stages.ppo.loop import estimate_advantages
+from rewardmix.stages.ppo.metrics import label_metrics, make_label_monitor
+from rewardmix.stages.ppo.rollout import final_scores
 
 REPO = Path(__file__).resolve().parents[2]
 PPO_CONFIGS = ["configs/ppo.yaml", "configs/ppo-rllr-mixed.yaml", "configs/ppo-crs.yaml"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from intra-op threads and lose ~10x when other processes share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def reward(components: list[dict], combinator: str = "sum", **params: float) -> CompositeConfig:
@@ -69,7 +73,7 @@ def tiny_config(out: Path, *, steps: int = 2, lora: bool = True, **reward_kwargs
 def spy(monkeypatch):
     """Capture the models and the composite reward a run builds, and a copy of every weight before training."""
     seen: dict = {}
-    original = ppo.build_reward
+    original = roles.build_reward
 
     def build(cfg, models, device):
         result = original(cfg, models, device)  # reward-model roles are on the base from here on
@@ -77,7 +81,7 @@ def spy(monkeypatch):
         seen["before"] = all_weights(models, result)
         return result
 
-    monkeypatch.setattr(ppo, "build_reward", build)
+    monkeypatch.setattr(roles, "build_reward", build)
     return seen
 
 
@@ -292,6 +296,29 @@ def test_resume_refuses_a_checkpoint_of_another_plan(tmp_path):
         ppo.run(cfg)
 
 
+def test_checkpoints_keep_the_layout_that_earlier_versions_wrote(tmp_path):
+    """A run checkpointed by an earlier version resumes: the plan's keys and the trained tensors' names are fixed.
+
+    The names below are those of a checkpoint written before the stage became a package (LoRA r 4 on every
+    linear layer of the 2-layer tiny Llama: the policy and value roles, then the value head).
+    """
+    ppo.run(tiny_config(tmp_path / "run", steps=1))
+    folder = tmp_path / "run/checkpoints/step-00000001"
+    extra = json.loads((folder / "extra.json").read_text())
+    assert sorted(extra) == ["kl", "plan", "reward"]
+    assert sorted(extra["plan"]) == ["batch_size", "components", "prompts", "steps"]
+    modules = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+    modules += ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    expected = {
+        f"policy.base_model.model.model.layers.{layer}.{module}.lora_{ab}.{role}.weight"
+        for layer in (0, 1)
+        for module in modules
+        for ab in "AB"
+        for role in ("policy", "value")
+    } | {"value_head.weight", "value_head.bias"}
+    assert set(load_file(str(folder / "trainable.safetensors"))) == expected
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Learning
 
@@ -375,13 +402,11 @@ def test_a_nan_score_stops_the_run_naming_component_and_sample_and_keeps_the_wei
     after_step_1: dict = {}
 
     def remember(step: int, row: dict) -> None:
-        after_step_1.update({k: v.detach().clone() for k, v in ppo.named_trainable(spy["models"]).items()})
+        after_step_1.update({k: v.detach().clone() for k, v in roles.named_trainable(spy["models"]).items()})
 
-    with pytest.raises(
-        ppo.NonFiniteScoreError, match=r"step 2: reward component 'flaky' .* sample\(s\) \[1\]"
-    ):
+    with pytest.raises(NonFiniteScoreError, match=r"step 2: reward component 'flaky' .* sample\(s\) \[1\]"):
         ppo.run(cfg, on_step=remember)
-    now = ppo.named_trainable(spy["models"])
+    now = roles.named_trainable(spy["models"])
     assert now.keys() == after_step_1.keys()
     assert all(torch.equal(now[k], after_step_1[k]) for k in now)  # the failed step changed nothing
     assert [r["step"] for r in read_jsonl(tmp_path / "run/metrics.jsonl")] == [1]
@@ -392,23 +417,15 @@ def test_a_nan_score_stops_the_run_naming_component_and_sample_and_keeps_the_wei
 # Pieces: EOS handling, scores, dropout, prompts
 
 
-def test_response_mask_keeps_tokens_up_to_the_first_eos():
-    ids = torch.tensor([[5, 6, 1, 7, 1], [5, 6, 7, 8, 9], [1, 5, 5, 5, 5], [5, 4, 1, 0, 0]])
-    mask, has_eos = ppo.response_mask_from_ids(ids, [1, 4], widths=torch.tensor([5, 5, 5, 5]))
-    expected = [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]]
-    assert mask.tolist() == [[bool(x) for x in row] for row in expected]
-    assert has_eos.tolist() == [True, False, True, True]
-    # A row generated by a call that stopped early keeps only what that call produced.
-    mask, has_eos = ppo.response_mask_from_ids(torch.tensor([[5, 6, 0]]), [1], widths=torch.tensor([2]))
-    assert mask.tolist() == [[True, True, False]] and has_eos.tolist() == [False]
-
-
 def test_missing_eos_penalty_then_score_clip():
     cfg = ppo.Config()
     cfg.generation.missing_eos_penalty = 1.0
     cfg.ppo.score_clip = 4.0
-    scores, clipfrac = ppo.final_scores(
-        torch.tensor([0.5, 0.5, 9.0, -3.5]), torch.tensor([True, False, True, False]), cfg
+    scores, clipfrac = final_scores(
+        torch.tensor([0.5, 0.5, 9.0, -3.5]),
+        torch.tensor([True, False, True, False]),
+        missing_eos_penalty=cfg.generation.missing_eos_penalty,
+        score_clip=cfg.ppo.score_clip,
     )
     assert scores.tolist() == [0.5, -0.5, 4.0, -4.0]  # -1 without EOS, then clipped to [-4, 4]
     assert clipfrac == 0.5
@@ -428,7 +445,7 @@ def test_dropout_is_off_in_training_mode_too():
     torch.manual_seed(0)
     noisy = [model(input_ids=ids).logits for _ in range(2)]
     assert not torch.equal(noisy[0], noisy[1])  # dropout is active: the test can fail
-    assert ppo.disable_dropout(model) > 0
+    assert roles.disable_dropout(model) > 0
     train_logits = model(input_ids=ids).logits
     model.eval()
     assert torch.equal(train_logits, model(input_ids=ids).logits)
@@ -443,35 +460,35 @@ def test_prompts_from_files_keep_meta_and_are_cut_from_the_start(tmp_path, tiny_
     cfg = ppo.Config()
     cfg.data.prompts, cfg.data.task, cfg.data.max_prompt_tokens = str(jsonl), "sst2", 32
     cfg.data.system_prompt = "Be brief."
-    prompts = ppo.load_prompts(cfg, tiny_tokenizer)
+    prompts = load_prompts(cfg.data, tiny_tokenizer)
     assert [p.meta for p in prompts] == [
         {"label": "positive", "id": 7, "task": "sst2"},
         {"label": "negative", "id": 8, "task": "sst2"},
     ]
     assert [m.role for m in prompts[0].messages] == ["system", "user"]
-    full = ppo.tokenize_prompt(prompts[1].messages, tiny_tokenizer)
+    full = tokenize_prompt(prompts[1].messages, tiny_tokenizer)
     assert len(full) > 32 and prompts[1].input_ids == full[-32:]  # the start goes, the assistant header stays
 
     csv = tmp_path / "m.csv"
     thread = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     csv.write_text("messages,topic\n" + '"' + json.dumps(thread).replace('"', '""') + '",greeting\n')
     cfg.data.prompts, cfg.data.task, cfg.data.system_prompt = str(csv), None, None
-    (prompt,) = ppo.load_prompts(cfg, tiny_tokenizer)
+    (prompt,) = load_prompts(cfg.data, tiny_tokenizer)
     assert [m.role for m in prompt.messages] == ["user"]
     assert prompt.meta == {"topic": "greeting", "reference": "hello"}
 
     tsv = tmp_path / "sst2.tsv"
     tsv.write_text("sentence\tlabel\na fine film\t1\na dull film\t0\n")
     cfg.data.prompts, cfg.data.format, cfg.data.task = str(tsv), "task", "sst2"
-    prompts = ppo.load_prompts(cfg, tiny_tokenizer)
+    prompts = load_prompts(cfg.data, tiny_tokenizer)
     assert [p.meta["label"] for p in prompts] == ["positive", "negative"]
     assert prompts[0].messages[-1].content.startswith("Movie review: a fine film")
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
     cfg.data.prompts, cfg.data.format, cfg.data.task = str(bad), "auto", None
-    with pytest.raises(ppo.DataError, match=r"bad.jsonl:2: field 'prompt'"):
-        ppo.load_prompts(cfg, tiny_tokenizer)
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'prompt'"):
+        load_prompts(cfg.data, tiny_tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -511,7 +528,7 @@ def test_critic_free_advantages_rank_answers_within_their_group():
         0.5,
     )  # score on the last token
     rewards[2, 0] = -0.1  # a KL penalty counts in the sequence reward: r_2 = -0.6
-    advantages, returns = ppo.estimate_advantages(p, rewards, torch.full((4, 3), 9.0), mask)
+    advantages, returns = estimate_advantages(p, rewards, torch.full((4, 3), 9.0), mask)
     # RLOO, K = 2: A = r_i - r_other: [1 - 0, 0 - 1, -0.6 - 0.5, 0.5 + 0.6] on every valid token, 0 elsewhere
     expected = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [-1.1, -1.1, -1.1], [1.1, 1.1, 1.1]])
     assert torch.allclose(advantages, expected) and torch.equal(returns, torch.zeros(4, 3))
@@ -533,19 +550,17 @@ def test_label_metrics_on_the_policys_own_samples(tiny_tokenizer):
     cfg = ppo.Config()
     cfg.data.task = "sst2"
     rows = [("good", "positive"), ("bad", "negative")]
-    prompts = [
-        ppo.PromptExample([ppo.Message("user", q)], [1], {"label": y}) for q, y in rows for _ in range(2)
-    ]
-    monitor = ppo.make_label_monitor(cfg, prompts)
+    prompts = [PromptExample([Message("user", q)], [1], {"label": y}) for q, y in rows for _ in range(2)]
+    monitor = make_label_monitor(cfg.data, prompts)
     texts = ["The answer is: positive", "The answer is: negative", "no idea", "The answer is: negative"]
     # prompt 1: right (0) vs wrong (1), the RM prefers the right one; prompt 2: unparseable (2) vs right (3),
     # the RM prefers the unparseable one. The final score ranks both pairs right.
     composite = type("C", (), {"raw": {"rm": torch.tensor([2.0, 1.0, 5.0, 0.0])}})()
-    row = ppo.label_metrics(monitor, prompts, texts, composite, torch.tensor([1.0, 0.0, 0.0, 1.0]), 2)
+    row = label_metrics(monitor, prompts, texts, composite, torch.tensor([1.0, 0.0, 0.0, 1.0]), 2)
     assert row["policy/label_accuracy"] == 0.5 and row["policy/label_unparseable"] == 0.25
     assert row["reward/rm/label_pair_accuracy"] == 0.5 and row["objective/label_pair_accuracy"] == 1.0
     prompts_without_labels = [p._replace(meta={}) for p in prompts]
-    assert ppo.make_label_monitor(cfg, prompts_without_labels) is None
+    assert make_label_monitor(cfg.data, prompts_without_labels) is None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ from rewardmix.data.conversations import (
 from rewardmix.data.readers import DataError
 from rewardmix.data.splits import split_records
 from rewardmix.data.toy import BUILTIN_TOY
-from rewardmix.data.toy import toy_rows as toy_rows  # stages/ppo.py still imports it from here
 from rewardmix.models.tokens import pad_token_id, stop_token_ids
 from rewardmix.rundir import atomic_write_text
 from rewardmix.train.config import LoggingConfig, LoraConfig, ModelConfig, OptimConfig

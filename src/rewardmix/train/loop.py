@@ -18,7 +18,6 @@ None of these owns the loop: a stage reads top to bottom and calls them where it
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from rewardmix.algos.sequences import epoch_order
 from rewardmix.rundir import MetricsLogger, atomic_write_bytes
 
 __all__ = [
@@ -70,18 +70,6 @@ def set_seed(seed: int) -> None:
     except ImportError:
         return
     np.random.seed(seed % 2**32)
-
-
-def epoch_order(n: int, *, seed: int, epoch: int, salt: str = "") -> list[int]:
-    """A permutation of ``range(n)`` fixed by ``(seed, epoch, salt)``.
-
-    It does not touch (or depend on) the global random state, so a run resumed mid-epoch recomputes the same
-    order, and changing the batch size does not change it (what makes 1x8 and 8x1 accumulation see the
-    same examples). ``salt`` separates independent orders (e.g. the phases of a schedule).
-    """
-    digest = hashlib.sha256(f"{seed}:{epoch}:{salt}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    return torch.randperm(n, generator=generator).tolist()
 
 
 def chunk(items: Sequence[T], size: int) -> list[Sequence[T]]:

@@ -1,0 +1,251 @@
+"""The PPO stage's config: every section of ``rewardmix ppo``'s YAML, documented field by field.
+
+This module imports no model code (``transformers`` stays out), so the CLI and ``rewardmix.docgen`` can read the
+config without loading a model library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rewardmix.data.prompts import DataConfig
+from rewardmix.scoring import CompositeConfig
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "GenerationConfig",
+    "KLConfig",
+    "LoggingConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "PPOConfig",
+]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    """The base the policy starts from (the SFT model): a folder, a hub id, ``offline:smollm2`` or ``tiny`` (a
+    random 2-layer Llama built in memory, for tests and smoke runs)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weight dtype when loading."""
+    trust_remote_code: bool = False
+    """Run code shipped with the checkpoint; off unless you trust its source."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    """Policy = LoRA role ``policy`` on the frozen base (true), or every weight trains (false: full fine-tuning;
+    the reference is then a frozen copy of the base, which also carries the value role)."""
+    r: int = 16
+    """Adapter rank of the policy and value roles (RLLR: 16; CRS Table 8: 16)."""
+    alpha: int = 32
+    """LoRA scaling numerator; the update is scaled by alpha / r (CRS Table 8: 32)."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; null: every linear layer but the LM head (CRS Table 8 "Lora Target Module: All")."""
+    merge_lora: bool = False
+    """At the end also merge the policy adapter into the base: ``<output_dir>/model`` is then a plain model and
+    the adapter goes to ``<output_dir>/adapter``."""
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    """Longest response (CRS §5.4: 512); a response that reaches it without EOS counts as truncated."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probabilities are computed at the same temperature, so PPO stays on-policy."""
+    top_k: int = 0
+    """Sample among the k most likely tokens only (0: off). Anything but 0 / top_p 1 samples from a truncated
+    distribution while the loss uses the full one (TRL's advice: leave them off)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0: off)."""
+    batch_size: int = 16
+    """Prompts per ``generate`` call on a process (memory and speed only: every response has its own seed, so the
+    samples do not depend on it; the rollout batch is ``ppo.batch_size``)."""
+    missing_eos_penalty: float | None = None
+    """Subtract this from the score of a response that never emits EOS (TRL's ``missing_eos_penalty``); null:
+    no penalty."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """Who samples the rollouts: ``hf`` (``generate`` on the policy itself; any device) or ``vllm`` (a vLLM engine
+    on the GPU holding a copy of the policy, synced after every update: ``rewardmix.models.vllm_rollout``; needs
+    the ``vllm`` extra, installed in a separate environment, and a model folder, not ``tiny``)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """``backend: vllm``: fraction of the GPU's memory the engine may take (its weights and KV cache); the
+    training model shares the GPU."""
+
+    def __post_init__(self) -> None:
+        if self.backend == "vllm":
+            from rewardmix.models.vllm_rollout import INSTALL_HINT, vllm_available  # imports torch only
+
+            if not vllm_available():
+                raise ValueError(f"backend: vllm, but the vllm package is not installed here: {INSTALL_HINT}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1]")
+
+
+@dataclass
+class KLConfig:
+    kind: Literal["fixed", "adaptive"] = "adaptive"
+    """``fixed`` keeps beta at ``init_coef``; ``adaptive`` moves it towards ``target`` (Ziegler et al. 2019)."""
+    init_coef: float = 0.2
+    """Initial KL coefficient beta of RLLR Eq. 5 (CRS Table 8: 0.002)."""
+    target: float = 6.0
+    """Adaptive controller: target KL per response, in nats."""
+    horizon: int = 10000
+    """Adaptive controller: responses over which the error is corrected."""
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator in the reward (k1 = log pi - log pi_ref, as Ziegler et al.)."""
+
+
+@dataclass
+class PPOConfig:
+    steps: int | None = None
+    """PPO iterations (one rollout batch each); null: ``data.epochs`` passes over the prompt pool."""
+    batch_size: int = 16
+    """Responses per iteration on each process: the rollout batch is ``batch_size * num_processes`` (CRS Table 8:
+    16; RLLR Table 3: 16-32)."""
+    ppo_epochs: int = 4
+    """Optimization passes over each rollout batch (CRS Table 8: 4)."""
+    minibatch_size: int = 4
+    """Responses per optimizer step on each process (``minibatch_size * num_processes`` in all)."""
+    micro_batch_size: int = 4
+    """Responses per forward/backward pass on a process; a minibatch is accumulated over
+    ``minibatch_size / micro_batch_size`` passes with the exact same update."""
+    forward_batch_size: int = 16
+    """Responses per no-grad forward pass (log-probabilities, reference, values) at rollout time."""
+    learning_rate: float = 1.41e-5
+    """Peak AdamW learning rate (CRS Table 8: 1.41e-5; RLLR Table 3: 2e-6 to 1e-5)."""
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW (beta1, beta2) (CRS Table 8)."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon (CRS Table 8)."""
+    weight_decay: float = 1e-6
+    """Decoupled weight decay on matrices (CRS Table 8: 1e-6)."""
+    warmup_ratio: float = 0.0
+    """Linear warm-up over this fraction of the optimizer steps."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of the peak (RLLR: cosine schedule); 1.0 keeps the learning rate constant."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm (null: no clipping)."""
+    clip_range: float = 0.2
+    """PPO ratio clip epsilon (CRS Table 8: 0.4)."""
+    clip_range_value: float = 0.2
+    """Value clip around the rollout values (CRS Table 8: 0.4)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in ``loss = policy_loss + vf_coef * value_loss``."""
+    gamma: float = 1.0
+    """Discount over response tokens (1: the final score counts fully for every token)."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_advantages: bool = True
+    """Normalize advantages to mean 0, std 1 over the batch's response tokens."""
+    advantage: Literal["gae", "rloo", "grpo"] = "gae"
+    """How advantages are estimated. ``gae``: per-token GAE with the value role (PPO as in RLLR / CRS).
+    ``rloo``: critic-free, each response's sequence reward (score - beta * its KL) minus the mean of the other
+    answers to the same prompt (Ahmadian et al. 2024). ``grpo``: the same reward minus its group's mean, divided
+    by the group's std when ``scale_by_std`` (Shao et al. 2024). Critic-free estimators need
+    ``samples_per_prompt >= 2``; they train no value role and skip its forward passes."""
+    samples_per_prompt: int = 1
+    """K responses sampled per prompt (each with its own seed): an iteration answers ``batch_size / K`` prompts
+    K times. The group of a critic-free baseline; with ``gae`` it only changes which prompts a batch holds."""
+    scale_by_std: bool = True
+    """``advantage: grpo``: divide by the group's std (GRPO); false keeps the mean-centred reward (Dr. GRPO)."""
+    score_clip: float | None = None
+    """Clip the final score to [-score_clip, score_clip] (CRS Table 8: 4); null: no clip. Per-component clips are
+    set on the reward's components."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    reference_samples: int = 64
+    """Responses generated at the start (by the initial policy = the SFT model) to calibrate reward components
+    with ``normalize: reference``; unused otherwise."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast through Accelerate; ``no`` computes in the weights' dtype."""
+
+
+def _default_reward() -> CompositeConfig:
+    from rewardmix.scoring import ComponentConfig, ContainsConfig
+
+    return CompositeConfig(
+        components=[
+            ComponentConfig(name="says_five", type="contains", contains=ContainsConfig(substring="five"))
+        ]
+    )
+
+
+@dataclass
+class LoggingConfig:
+    sample_every: int = 10
+    """Write a sample table (prompt, response, every component's score) every N steps (0: only at the end)."""
+    num_samples: int = 4
+    """Responses of the rollout batch in each sample table (0: none)."""
+    checkpoint_every: int = 50
+    """Save a checkpoint every N steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (the newest)."""
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Extra metric sinks, used when installed; metrics.jsonl is always written."""
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/ppo"
+    """Run directory: config, metrics.jsonl, samples.jsonl, checkpoints/, model/, value/ (rerun to resume)."""
+    seed: int = 0
+    """Seed of the prompt order, LoRA initialization, value head and sampling."""
+    cpu: bool = False
+    """Run on the CPU even when a GPU is present."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    reward: CompositeConfig = field(default_factory=_default_reward)
+    """The composite reward: components (reward models, rules) and a combinator (see rewardmix.scoring)."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        p, g = self.ppo, self.generation
+        for name, value in (
+            ("ppo.batch_size", p.batch_size),
+            ("ppo.ppo_epochs", p.ppo_epochs),
+            ("ppo.minibatch_size", p.minibatch_size),
+            ("ppo.micro_batch_size", p.micro_batch_size),
+            ("ppo.forward_batch_size", p.forward_batch_size),
+            ("generation.max_new_tokens", g.max_new_tokens),
+            ("generation.batch_size", g.batch_size),
+            ("data.max_prompt_tokens", self.data.max_prompt_tokens),
+            ("data.epochs", self.data.epochs),
+            ("logging.checkpoint_every", self.logging.checkpoint_every),
+            ("logging.keep_checkpoints", self.logging.keep_checkpoints),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if p.steps is not None and p.steps < 1:
+            raise ValueError("ppo.steps must be >= 1 or null")
+        if p.samples_per_prompt < 1 or p.batch_size % p.samples_per_prompt:
+            raise ValueError(
+                f"ppo.samples_per_prompt must be >= 1 and divide ppo.batch_size ({p.batch_size}), "
+                f"got {p.samples_per_prompt}"
+            )
+        if p.advantage != "gae" and p.samples_per_prompt < 2:
+            raise ValueError(
+                f"ppo.advantage: {p.advantage} needs ppo.samples_per_prompt >= 2 (its group baseline)"
+            )
+        if p.minibatch_size > p.batch_size:
+            raise ValueError("ppo.minibatch_size must be <= ppo.batch_size")
+        if not g.temperature > 0:
+            raise ValueError("generation.temperature must be > 0 (sampling; PPO needs a stochastic policy)")
+        if not 0 < g.top_p <= 1 or g.top_k < 0:
+            raise ValueError("generation.top_p must be in (0, 1] and generation.top_k >= 0")
+        if p.score_clip is not None and not p.score_clip > 0:
+            raise ValueError("ppo.score_clip must be > 0 or null")
+        if self.data.format == "task" and self.data.task is None:
+            raise ValueError("data.format: task needs data.task")
+        if not self.reward.components:
+            raise ValueError("reward.components: give at least one component")
+        if g.backend == "vllm" and self.model.name == "tiny":
+            raise ValueError("generation.backend: vllm loads the base from a folder; tiny is built in memory")

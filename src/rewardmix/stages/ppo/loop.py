@@ -1,0 +1,459 @@
+"""The PPO stage's :func:`run`: set-up, the loop of five calls, and the update (:func:`ppo_update`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from rewardmix.algos.advantages import broadcast_to_tokens, group_advantages, rloo_advantages
+from rewardmix.algos.gae import compute_gae, whiten
+from rewardmix.algos.kl import AdaptiveKLController, FixedKLController, KLController, kl_shaped_rewards
+from rewardmix.algos.ppo import policy_loss, value_loss
+from rewardmix.algos.sequences import batch_indices, epoch_order, rollout_seeds
+from rewardmix.config import to_dict
+from rewardmix.data.prompts import load_prompts, prompt_hash
+from rewardmix.rundir import atomic_write_text, prepare_run_dir
+from rewardmix.stages.ppo import roles
+from rewardmix.stages.ppo.config import Config, KLConfig, PPOConfig
+from rewardmix.stages.ppo.metrics import PhaseTimes, make_label_monitor, sample_rows, step_metrics
+from rewardmix.stages.ppo.roles import Models
+from rewardmix.stages.ppo.rollout import (
+    Trajectory,
+    calibrate_reward,
+    policy_logits_logprobs,
+    rollout,
+    value_estimates,
+)
+from rewardmix.train.checkpoint import load_latest_checkpoint, restore_rng, save_checkpoint
+from rewardmix.train.distributed import (
+    all_reduce_gradients,
+    broadcast_parameters,
+    check_data_parallel,
+    make_accelerator,
+)
+from rewardmix.train.loop import (
+    NonFiniteGuard,
+    SampleTable,
+    TrainLogger,
+    chunk,
+    clip_gradients,
+    global_sum,
+    set_seed,
+    truncate_jsonl_after,
+)
+from rewardmix.train.schedule import cosine_with_warmup, warmup_steps_for
+
+log = logging.getLogger(__name__)
+
+
+class PPOResult(NamedTuple):
+    """What :func:`run` leaves behind."""
+
+    output_dir: Path
+    model_dir: Path
+    """The policy the next stage loads: the LoRA adapter, the merged model, or the full model."""
+    adapter_dir: Path | None
+    """The policy adapter when it was merged into ``model_dir``; None otherwise (``model_dir`` is then the adapter or
+    the full model)."""
+    value_dir: Path
+    """The value role's adapter and head."""
+    global_step: int
+    """PPO iterations done."""
+    metrics: dict[str, float]
+    """The metrics row of the last iteration."""
+
+
+class PPOStats(NamedTuple):
+    """Means over every optimizer step of one PPO iteration (token-weighted within a minibatch)."""
+
+    loss_policy: float
+    loss_value: float
+    clipfrac: float
+    approx_kl: float
+    value_clipfrac: float
+    grad_norm: float
+
+
+def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None = None) -> PPOResult:
+    """Run PPO as configured; rerun the same config to resume after a kill.
+
+    Args:
+        cfg: The stage config.
+        on_step: Called after every iteration (after its logging and checkpoint) with the step and its metrics
+            row; tests use it to simulate a kill, benchmarks to read the ``perf/*`` timings.
+
+    Returns:
+        A :class:`PPOResult`.
+    """
+    # step 1. run directory, accelerator (data-parallel when launched with several processes), seed
+    accelerator = make_accelerator(cpu=cfg.cpu, mixed_precision=cfg.ppo.mixed_precision, stage="ppo")
+    check_data_parallel(accelerator, "ppo")
+    is_main = accelerator.is_main_process
+    out = Path(cfg.output_dir)
+    if is_main:
+        prepare_run_dir(out, cfg, stage="ppo")
+    accelerator.wait_for_everyone()
+    set_seed(cfg.seed)
+
+    # step 2. tokenizer, base and roles: policy, value, reference (= adapters disabled)
+    models = roles.load_models(cfg.model, cfg.lora, accelerator.device, seed=cfg.seed)
+    broadcast_parameters(accelerator, models.params)  # every replica starts from the main process's weights
+    models = roles.with_rollout_engine(  # generation.backend vllm: an engine with the policy's weights
+        models, cfg.model, cfg.generation, seed=cfg.seed, max_prompt_tokens=cfg.data.max_prompt_tokens
+    )
+    n_train = sum(p.numel() for p in models.params)
+    n_base = sum(p.numel() for p in models.shared.parameters())
+    log.info("trainable parameters (policy + value): %d; shared base: %d", n_train, n_base)
+
+    # step 3. the composite reward; reward models with a role become roles on the shared base
+    reward = roles.build_reward(cfg.reward, models, accelerator.device)
+
+    # step 4. the prompt pool
+    prompts = load_prompts(cfg.data, models.tokenizer, out=out if is_main else None)
+    # Batch sizes are per process: an iteration takes batch_size responses from each process.
+    global_batch = cfg.ppo.batch_size * accelerator.num_processes
+    group = cfg.ppo.samples_per_prompt  # K answers per prompt, in consecutive rows of the batch
+    total_steps = cfg.ppo.steps or math.ceil(len(prompts) * cfg.data.epochs / (global_batch // group))
+    minibatches = math.ceil(cfg.ppo.batch_size / cfg.ppo.minibatch_size)
+    optimizer, scheduler = make_optimizer(
+        cfg.ppo, models.params, total_steps * cfg.ppo.ppo_epochs * minibatches
+    )
+    kl_ctl = make_kl_controller(cfg.ppo.kl)
+    # What a checkpoint is only valid for: other prompts, batch or reward would not continue this run (the
+    # global batch: a run may resume on another number of processes that keeps it).
+    plan = {
+        "prompts": prompt_hash(prompts),
+        "batch_size": global_batch,
+        "steps": total_steps,
+        "components": reward.names,
+    }
+    if group > 1 or cfg.ppo.advantage != "gae":  # absent from plans written before these keys existed
+        plan |= {"samples_per_prompt": group, "advantage": cfg.ppo.advantage}
+
+    label_monitor = make_label_monitor(cfg.data, prompts)
+
+    # step 5. resume from the latest valid checkpoint, or calibrate reference-normalized components afresh
+    checkpoint = load_latest_checkpoint(out)
+    done = 0
+    if checkpoint is not None:
+        if checkpoint.extra.get("plan") != plan:
+            raise ValueError(
+                f"{checkpoint.path} was written for another plan ({checkpoint.extra.get('plan')}) than this "
+                f"config's ({plan}); use a new output_dir or delete {out / 'checkpoints'}"
+            )
+        roles.load_named_state(models, checkpoint.trainable_state)
+        roles.sync_rollout_weights(models)  # the vLLM engine (if any) samples with the resumed policy
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+        scheduler.load_state_dict(checkpoint.scheduler_state)
+        kl_ctl.load_state_dict(checkpoint.extra["kl"])
+        reward.load_state_dict(checkpoint.extra["reward"])
+        restore_rng(checkpoint.rng_state)
+        done = checkpoint.step
+        for name in ("metrics.jsonl", "samples.jsonl"):  # the redone steps must not appear twice
+            if is_main:
+                truncate_jsonl_after(out / name, done)
+    elif any(c.normalize == "reference" for c in cfg.reward.components):
+        calibrate_reward(
+            models, reward, prompts, cfg.generation, samples=cfg.ppo.reference_samples, seed=cfg.seed
+        )
+    resuming = checkpoint is not None
+    metrics = TrainLogger(
+        out, report_to=cfg.logging.report_to, resume=resuming, config=to_dict(cfg), enabled=is_main
+    )
+    samples = SampleTable(
+        out / "samples.jsonl", resume=resuming, enabled=is_main and cfg.logging.num_samples > 0
+    )
+
+    # step 6. the PPO loop, one rollout batch per step; every process holds the whole batch after the rollout
+    guard = NonFiniteGuard()
+    row: dict[str, float] = {}
+    bar = tqdm(range(done + 1, total_steps + 1), desc="ppo", unit="step", disable=not is_main)
+    for step in bar:
+        timer = PhaseTimes()
+        # The prompts and the sampling seeds are keyed by the 0-based batch number (step - 1); K answers per
+        # prompt in consecutive rows.
+        picked = batch_indices(len(prompts), step - 1, global_batch // group, seed=cfg.seed)
+        batch = [prompts[i] for i in picked for _ in range(group)]
+        seeds = rollout_seeds(cfg.seed, step - 1, range(global_batch))
+        # 6.1 rollout: sample, score every component, log-probabilities (policy, reference), values, entropy
+        trajectory = rollout(
+            models,
+            reward,
+            batch,
+            seeds=seeds,
+            generation=cfg.generation,
+            ppo=cfg.ppo,
+            accelerator=accelerator,
+            step=step,
+            timer=timer,
+        )
+        # 6.2 per-token rewards: -beta * KL_t, plus the score on the last token (RLLR Eq. 5)
+        kl_coef = kl_ctl.value
+        rewards, kl = kl_shaped_rewards(
+            trajectory.scores,
+            trajectory.logprobs,
+            trajectory.ref_logprobs,
+            trajectory.response_mask,
+            kl_coef=kl_coef,
+            estimator=cfg.ppo.kl.estimator,
+        )
+        # 6.3 advantages (GAE with the value role, or a critic-free group baseline) and returns
+        advantages, returns = estimate_advantages(
+            cfg.ppo, rewards, trajectory.values, trajectory.response_mask
+        )
+        # 6.4 PPO epochs over minibatches (clipped policy + value losses), then the KL controller sees this
+        # batch's mean KL per response
+        lr = optimizer.param_groups[0]["lr"]
+        with timer("update"):
+            stats = ppo_update(
+                models,
+                optimizer,
+                scheduler,
+                trajectory,
+                advantages,
+                returns,
+                cfg.ppo,
+                temperature=cfg.generation.temperature,
+                seed=cfg.seed,
+                accelerator=accelerator,
+                guard=guard,
+                step=step,
+            )
+        roles.sync_rollout_weights(models)  # the vLLM engine (if any) samples with the new weights
+        kl_ctl.update(float(kl.sum(dim=1).mean()), global_batch)
+        # 6.5 log: the metrics row, a sample table every logging.sample_every steps
+        row = step_metrics(
+            trajectory,
+            stats,
+            reward,
+            kl=kl,
+            returns=returns,
+            kl_coef=kl_coef,
+            lr=lr,
+            ppo=cfg.ppo,
+            label_monitor=label_monitor,
+        )
+        row |= timer.metrics(tokens=float(trajectory.attention_mask.sum()))
+        metrics.log(step, row)
+        bar.set_postfix(score=f"{row['objective/score']:.3f}", kl=f"{row['objective/kl']:.3f}")
+        last = step == total_steps
+        if cfg.logging.num_samples > 0 and (last or _every(cfg.logging.sample_every, step)):
+            samples.log(
+                step, sample_rows(trajectory, kl, models.tokenizer, num_samples=cfg.logging.num_samples)
+            )
+        if last or _every(cfg.logging.checkpoint_every, step):
+            if is_main:  # every process holds the same weights and statistics: one writes them
+                save_checkpoint(
+                    out,
+                    step,
+                    trainable_state={name: p.detach() for name, p in roles.named_trainable(models).items()},
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    extra={"plan": plan, "kl": kl_ctl.state_dict(), "reward": reward.state_dict()},
+                    keep=cfg.logging.keep_checkpoints,
+                )
+            accelerator.wait_for_everyone()
+        if on_step is not None:
+            on_step(step, row)
+    bar.close()
+    metrics.close()
+    if not row and (out / "metrics.jsonl").is_file():  # rerun of a finished run: report its last row
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        row = {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
+
+    # step 7. save the policy (adapter, merged or full model) with its tokenizer, and the value role
+    merged = cfg.lora.enabled and cfg.lora.merge_lora
+    model_dir, adapter_dir, value_dir = out / "model", (out / "adapter" if merged else None), out / "value"
+    if is_main:
+        model_dir, adapter_dir, value_dir = roles.save_final_models(
+            models, out, merge_lora=cfg.lora.merge_lora
+        )
+        summary = {"global_step": total_steps, "model_dir": str(model_dir), "metrics": row}
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_float) + "\n")
+        log.info("PPO done after %d steps; policy in %s", total_steps, model_dir)
+    accelerator.wait_for_everyone()
+    return PPOResult(out, model_dir, adapter_dir, value_dir, total_steps, row)
+
+
+def _every(n: int, step: int) -> bool:
+    return n > 0 and step % n == 0
+
+
+def _json_float(value: Any) -> Any:
+    return float(value) if hasattr(value, "__float__") else str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Set-up
+
+
+def make_optimizer(
+    p: PPOConfig, params: Sequence[torch.nn.Parameter], total_optimizer_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the policy and value weights (decay on matrices only) and its warm-up + cosine schedule."""
+    groups = [
+        {"params": [q for q in params if q.ndim >= 2], "weight_decay": p.weight_decay},
+        {"params": [q for q in params if q.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=p.learning_rate, betas=p.adam_betas, eps=p.adam_epsilon
+    )
+    scheduler = cosine_with_warmup(
+        optimizer,
+        warmup_steps=warmup_steps_for(total_optimizer_steps, p.warmup_ratio),
+        total_steps=max(1, total_optimizer_steps),
+        min_lr_ratio=p.min_lr_ratio,
+    )
+    return optimizer, scheduler
+
+
+def make_kl_controller(kl: KLConfig) -> KLController:
+    """Fixed or adaptive KL coefficient (Ziegler et al. 2019 §2.2)."""
+    if kl.kind == "fixed":
+        return FixedKLController(kl.init_coef)
+    return AdaptiveKLController(kl.init_coef, kl.target, kl.horizon)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Advantages and the update
+
+
+def estimate_advantages(
+    p: PPOConfig, rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token advantages and value targets of one rollout batch, as ``p.advantage`` says.
+
+    ``gae``: GAE(gamma, lambda) over the per-token rewards with the value role's estimates. ``rloo`` / ``grpo``:
+    each response's sequence reward, the sum of its per-token rewards (score - beta * its KL), against the
+    other answers to its prompt (groups of ``samples_per_prompt`` consecutive rows), given to every token;
+    the returns are then 0 (no value role trains). Advantages are whitened over the batch when configured.
+
+    Args:
+        p: The ``ppo`` config section.
+        rewards: (B, R) per-token rewards (:func:`~rewardmix.algos.kl.kl_shaped_rewards`).
+        values: (B, R) value estimates (unused by the critic-free estimators).
+        response_mask: (B, R) True on valid response tokens.
+
+    Returns:
+        ``(advantages (B, R), returns (B, R))``.
+    """
+    if p.advantage == "gae":
+        advantages, returns = compute_gae(rewards, values, response_mask, gamma=p.gamma, lam=p.lam)
+    else:
+        sequence_rewards = (rewards * response_mask).sum(dim=1)  # r_i = score_i - beta * sum_t KL_t
+        if p.advantage == "rloo":
+            per_response = rloo_advantages(sequence_rewards, p.samples_per_prompt)
+        else:
+            per_response = group_advantages(
+                sequence_rewards, p.samples_per_prompt, scale_by_std=p.scale_by_std
+            )
+        advantages, returns = broadcast_to_tokens(per_response, response_mask), torch.zeros_like(rewards)
+    if p.whiten_advantages:
+        advantages = whiten(advantages, response_mask)
+    return advantages, returns
+
+
+def ppo_update(
+    models: Models,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    trajectory: Trajectory,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    p: PPOConfig,
+    *,
+    temperature: float,
+    seed: int,
+    accelerator: Accelerator,
+    guard: NonFiniteGuard,
+    step: int,
+) -> PPOStats:
+    """``ppo_epochs`` passes over the rollout batch in shuffled minibatches, one optimizer step each.
+
+    Each minibatch's loss is the token-level mean over all its response tokens of
+    ``policy_loss + vf_coef * value_loss``; a micro-batch contributes its masked mean times
+    ``(its tokens / the minibatch's tokens)``, so accumulation gives the update of one large pass.
+
+    With N processes every process holds the whole batch (``trajectory``), a minibatch has
+    ``minibatch_size * N`` responses, each process runs its share of them, and the gradients are summed across
+    processes before clipping: the update of one process running the whole minibatch.
+
+    Args:
+        models: The roles; the policy and value weights (``models.params``) train.
+        optimizer: AdamW over ``models.params``.
+        scheduler: Its schedule, stepped once per optimizer step.
+        trajectory: The rollout (old log-probabilities and values, masks).
+        advantages: (B, R) advantages.
+        returns: (B, R) value targets.
+        p: The ``ppo`` section.
+        temperature: ``generation.temperature`` (log-probabilities at the sampling temperature).
+        seed: The run seed (the minibatch order).
+        accelerator: The stage's accelerator.
+        guard: Skips an optimizer step with a non-finite gradient.
+        step: The iteration, 1-based.
+
+    Reference: Schulman et al. 2017 (PPO) Eq. 7 and 9 (clipped surrogate, value loss with weight c1).
+    """
+    t = trajectory
+    R = t.response_mask.shape[1]
+    rank, world = accelerator.process_index, accelerator.num_processes
+    models.policy.train()  # dropout is zeroed: training mode only enables gradient checkpointing
+    models.value.train()
+    totals = dict.fromkeys(PPOStats._fields, 0.0)
+    n_optimizer_steps = 0
+    for epoch in range(p.ppo_epochs):
+        # A seeded order per (step, epoch): the same on every process and after a resume.
+        B = t.response_mask.shape[0]
+        order = epoch_order(B, seed=seed, epoch=(step - 1) * p.ppo_epochs + epoch, salt="ppo-minibatches")
+        for minibatch in chunk(order, p.minibatch_size * world):
+            n_tokens = float(t.response_mask[minibatch].sum())  # the whole minibatch's, on every process
+            for micro in chunk(minibatch[rank::world], p.micro_batch_size):
+                rows = list(micro)
+                mask = t.response_mask[rows]
+                weight = float(mask.sum()) / n_tokens  # this micro-batch's share of the minibatch's tokens
+                # L = L_clip + c1 * L_V, backpropagated one term at a time: the policy and value roles train
+                # disjoint weights, so the gradients are the same, and the policy's activations are freed
+                # before the value's forward pass (the peak holds one role's activations, not two).
+                with accelerator.autocast(), roles.policy_context(models):
+                    _, logprobs = policy_logits_logprobs(
+                        models.policy, t.query_responses[rows], t.attention_mask[rows], R, temperature
+                    )
+                pg_loss, clipfrac, approx_kl = policy_loss(
+                    logprobs, t.logprobs[rows], advantages[rows], mask, clip_range=p.clip_range
+                )
+                accelerator.backward(pg_loss * weight)
+                del logprobs
+                totals["loss_policy"] += float(pg_loss.detach()) * weight
+                totals["clipfrac"] += float(clipfrac) * weight
+                totals["approx_kl"] += float(approx_kl) * weight
+                if p.advantage != "gae":  # critic-free: no value role to train
+                    continue
+                with accelerator.autocast():
+                    values = value_estimates(models, t.query_responses[rows], t.attention_mask[rows], R)
+                vf_loss, vf_clipfrac = value_loss(
+                    values.float(), t.values[rows], returns[rows], mask, clip_range_value=p.clip_range_value
+                )
+                accelerator.backward(p.vf_coef * vf_loss * weight)
+                totals["loss_value"] += float(vf_loss.detach()) * weight
+                totals["value_clipfrac"] += float(vf_clipfrac) * weight
+            all_reduce_gradients(accelerator, models.params)  # sum of every process's share of the minibatch
+            grad_norm = clip_gradients(models.params, p.max_grad_norm, accelerator=accelerator)
+            if guard.step_ok(grad_norm, step, parameters=lambda: roles.named_trainable(models).items()):
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            totals["grad_norm"] += grad_norm if grad_norm is not None else math.nan
+            n_optimizer_steps += 1
+    models.policy.eval()
+    models.value.eval()
+    # Token-weighted shares summed over processes; the gradient norm is the same on every process already.
+    totals = {k: v if k == "grad_norm" else global_sum(accelerator, v) for k, v in totals.items()}
+    return PPOStats(**{key: value / n_optimizer_steps for key, value in totals.items()})
