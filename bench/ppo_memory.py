@@ -228,6 +228,7 @@ def _load_models_separate(model: Any, lora_cfg: Any, device: torch.device, *, se
     adapter), value (LoRA + head, copy 3). Same signature, LoRA settings and dropout handling as
     ``roles.load_models``."""
     from rewardmix.models import heads, lora
+    from rewardmix.models.dropout import disable_dropout
     from rewardmix.models.loading import load_causal_lm, load_tokenizer
     from rewardmix.stages.ppo import roles
 
@@ -240,7 +241,7 @@ def _load_models_separate(model: Any, lora_cfg: Any, device: torch.device, *, se
     value = heads.ScalarHeadModel(value_base, pooling="last", role=roles.VALUE_ROLE, seed=seed + 1)
     for module in (policy, reference, value):
         module.to(device)
-        roles.disable_dropout(module)
+        disable_dropout(module)
     params = lora.trainable_parameters(policy, roles.POLICY_ROLE) + lora.trainable_parameters(
         value, roles.VALUE_ROLE
     )

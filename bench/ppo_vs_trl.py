@@ -94,7 +94,7 @@ def load_base(model: str) -> tuple[Any, Any, str | None]:
 
 
 def stop_ids(tokenizer: Any) -> list[int]:
-    from rewardmix.stages.ppo.rollout import stop_token_ids
+    from rewardmix.models.tokens import stop_token_ids
 
     return stop_token_ids(tokenizer)
 

@@ -66,8 +66,9 @@ def child_generation(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import CompileConfig
 
     from rewardmix.data.prompts import load_prompts
+    from rewardmix.models.tokens import pad_token_id, stop_token_ids
     from rewardmix.stages.ppo.roles import policy_context
-    from rewardmix.stages.ppo.rollout import generate_responses, pad_token_id, stop_token_ids
+    from rewardmix.stages.ppo.rollout import generate_responses
     from rewardmix.train.loop import pad_sequences
 
     cfg, models = _models(args.model)

@@ -134,8 +134,8 @@ def ppo_run(args: argparse.Namespace, n_rms: int, tokens: int) -> dict[str, Any]
 
 def child_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Every configuration in this one process, alternating (the order rotates each repeat)."""
+    from rewardmix.models.tokens import stop_token_ids
     from rewardmix.stages.ppo import roles
-    from rewardmix.stages.ppo.rollout import stop_token_ids
 
     original = roles.load_models
 

@@ -21,6 +21,7 @@ from rewardmix.config import ConfigError, from_dict, load_config, load_yaml, to_
 from rewardmix.data.chat import Message, tokenize_prompt
 from rewardmix.data.prompts import PromptExample, load_prompts
 from rewardmix.data.readers import DataError
+from rewardmix.models.dropout import disable_dropout
 from rewardmix.models.heads import ScalarHeadModel
 from rewardmix.models.lora import LoraSettings, add_adapters, save_adapter
 from rewardmix.models.tiny import build_tiny_causal_lm, build_tiny_tokenizer
@@ -445,7 +446,7 @@ def test_dropout_is_off_in_training_mode_too():
     torch.manual_seed(0)
     noisy = [model(input_ids=ids).logits for _ in range(2)]
     assert not torch.equal(noisy[0], noisy[1])  # dropout is active: the test can fail
-    assert roles.disable_dropout(model) > 0
+    assert disable_dropout(model) > 0
     train_logits = model(input_ids=ids).logits
     model.eval()
     assert torch.equal(train_logits, model(input_ids=ids).logits)

@@ -3,11 +3,13 @@
 Read :func:`~rewardmix.stages.ppo.loop.run` top to bottom: its numbered steps are the recipe, and each step of
 the loop is one call (rollout, rewards and KL, advantages, update, log). What those comments leave out:
 
-- **Where things are.** ``config.py``: every YAML section, documented field by field (no model library imported).
+- **Where things are.** ``config.py``: every YAML section, documented field by field (no model library imported;
+  ``model``, ``lora`` and ``logging`` extend the shared sections of :mod:`rewardmix.train.config`).
   ``roles.py``: loading the roles, switching between them, the tensors a checkpoint holds, saving.
   ``rollout.py``: the rollout, from prompts to a :class:`Trajectory`. ``loop.py``: :func:`run`, the
   advantages and :func:`ppo_update`. ``metrics.py``: the logged rows. The prompt pool is
-  :mod:`rewardmix.data.prompts`; every formula is in :mod:`rewardmix.algos`.
+  :mod:`rewardmix.data.prompts`; start, resume, checkpoints and the optimizer are :mod:`rewardmix.train.run`'s,
+  as in every training stage; every formula is in :mod:`rewardmix.algos`.
 - **One base.** Policy (LoRA role ``policy``), value model (a scalar head on the LoRA role ``value``), reference
   (the base with every adapter disabled) and reward models given with a ``role`` (further LoRA roles) share one
   copy of the weights. Dropout is off everywhere: PPO's ratio compares two forward passes of the same weights.
@@ -37,10 +39,10 @@ from rewardmix.stages.ppo.config import (
     DataConfig,
     GenerationConfig,
     KLConfig,
-    LoggingConfig,
-    LoraConfig,
-    ModelConfig,
+    PolicyModelConfig,
     PPOConfig,
+    PPOLoggingConfig,
+    PPOLoraConfig,
 )
 from rewardmix.stages.ppo.loop import PPOResult, PPOStats, ppo_update, run
 from rewardmix.stages.ppo.roles import Models
@@ -51,13 +53,13 @@ __all__ = [
     "DataConfig",
     "GenerationConfig",
     "KLConfig",
-    "LoggingConfig",
-    "LoraConfig",
-    "ModelConfig",
     "Models",
     "PPOConfig",
+    "PPOLoggingConfig",
+    "PPOLoraConfig",
     "PPOResult",
     "PPOStats",
+    "PolicyModelConfig",
     "Trajectory",
     "ppo_update",
     "run",

@@ -1,5 +1,9 @@
 """The PPO stage's config: every section of ``rewardmix ppo``'s YAML, documented field by field.
 
+``model``, ``lora`` and ``logging`` extend the sections every training stage shares
+(:mod:`rewardmix.train.config`) only where PPO differs; ``data`` is the prompt pool's own section
+(:mod:`rewardmix.data.prompts`) and ``reward`` the composite reward's (:mod:`rewardmix.scoring`).
+
 This module imports no model code (``transformers`` stays out), so the CLI and ``rewardmix.docgen`` can read the
 config without loading a model library.
 """
@@ -11,43 +15,36 @@ from typing import Literal
 
 from rewardmix.data.prompts import DataConfig
 from rewardmix.scoring import CompositeConfig
+from rewardmix.train.config import LoggingConfig, LoraConfig, ModelConfig
 
 __all__ = [
     "Config",
     "DataConfig",
     "GenerationConfig",
     "KLConfig",
-    "LoggingConfig",
-    "LoraConfig",
-    "ModelConfig",
     "PPOConfig",
+    "PPOLoggingConfig",
+    "PPOLoraConfig",
+    "PolicyModelConfig",
 ]
 
 
 @dataclass
-class ModelConfig:
+class PolicyModelConfig(ModelConfig):
+    """The shared model section; here the base every role shares, the policy's starting point."""
+
     name: str = "tiny"
     """The base the policy starts from (the SFT model): a folder, a hub id, ``offline:smollm2`` or ``tiny`` (a
     random 2-layer Llama built in memory, for tests and smoke runs)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weight dtype when loading."""
-    trust_remote_code: bool = False
-    """Run code shipped with the checkpoint; off unless you trust its source."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 30% slower."""
 
 
 @dataclass
-class LoraConfig:
+class PPOLoraConfig(LoraConfig):
+    """The shared LoRA section for the policy and value roles (their LoRA dropout is always 0), plus the merge."""
+
     enabled: bool = True
     """Policy = LoRA role ``policy`` on the frozen base (true), or every weight trains (false: full fine-tuning;
     the reference is then a frozen copy of the base, which also carries the value role)."""
-    r: int = 16
-    """Adapter rank of the policy and value roles (RLLR: 16; CRS Table 8: 16)."""
-    alpha: int = 32
-    """LoRA scaling numerator; the update is scaled by alpha / r (CRS Table 8: 32)."""
-    target_modules: list[str] | None = None
-    """Module names to adapt; null: every linear layer but the LM head (CRS Table 8 "Lora Target Module: All")."""
     merge_lora: bool = False
     """At the end also merge the policy adapter into the base: ``<output_dir>/model`` is then a plain model and
     the adapter goes to ``<output_dir>/adapter``."""
@@ -177,17 +174,13 @@ def _default_reward() -> CompositeConfig:
 
 
 @dataclass
-class LoggingConfig:
-    sample_every: int = 10
-    """Write a sample table (prompt, response, every component's score) every N steps (0: only at the end)."""
-    num_samples: int = 4
-    """Responses of the rollout batch in each sample table (0: none)."""
+class PPOLoggingConfig(LoggingConfig):
+    """The shared logging section, with PPO's checkpoint cadence and its sample-table cadence."""
+
     checkpoint_every: int = 50
     """Save a checkpoint every N steps (and always at the end)."""
-    keep_checkpoints: int = 2
-    """Checkpoints kept on disk (the newest)."""
-    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
-    """Extra metric sinks, used when installed; metrics.jsonl is always written."""
+    sample_every: int = 10
+    """Write a sample table (prompt, response, every component's score) every N steps (0: only at the end)."""
 
 
 @dataclass
@@ -198,14 +191,14 @@ class Config:
     """Seed of the prompt order, LoRA initialization, value head and sampling."""
     cpu: bool = False
     """Run on the CPU even when a GPU is present."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    model: PolicyModelConfig = field(default_factory=PolicyModelConfig)
+    lora: PPOLoraConfig = field(default_factory=PPOLoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reward: CompositeConfig = field(default_factory=_default_reward)
     """The composite reward: components (reward models, rules) and a combinator (see rewardmix.scoring)."""
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    logging: PPOLoggingConfig = field(default_factory=PPOLoggingConfig)
 
     def __post_init__(self) -> None:
         p, g = self.ppo, self.generation

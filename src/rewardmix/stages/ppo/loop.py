@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +20,6 @@ from rewardmix.algos.ppo import policy_loss, value_loss
 from rewardmix.algos.sequences import batch_indices, epoch_order, rollout_seeds
 from rewardmix.config import to_dict
 from rewardmix.data.prompts import load_prompts, prompt_hash
-from rewardmix.rundir import atomic_write_text, prepare_run_dir
 from rewardmix.stages.ppo import roles
 from rewardmix.stages.ppo.config import Config, KLConfig, PPOConfig
 from rewardmix.stages.ppo.metrics import PhaseTimes, make_label_monitor, sample_rows, step_metrics
@@ -32,24 +31,9 @@ from rewardmix.stages.ppo.rollout import (
     rollout,
     value_estimates,
 )
-from rewardmix.train.checkpoint import load_latest_checkpoint, restore_rng, save_checkpoint
-from rewardmix.train.distributed import (
-    all_reduce_gradients,
-    broadcast_parameters,
-    check_data_parallel,
-    make_accelerator,
-)
-from rewardmix.train.loop import (
-    NonFiniteGuard,
-    SampleTable,
-    TrainLogger,
-    chunk,
-    clip_gradients,
-    global_sum,
-    set_seed,
-    truncate_jsonl_after,
-)
-from rewardmix.train.schedule import cosine_with_warmup, warmup_steps_for
+from rewardmix.train.distributed import all_reduce_gradients, broadcast_parameters
+from rewardmix.train.loop import NonFiniteGuard, chunk, global_sum
+from rewardmix.train.run import every, finish, make_adamw, optimizer_step, resume, save_step, start_run
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +78,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         A :class:`PPOResult`.
     """
     # step 1. run directory, accelerator (data-parallel when launched with several processes), seed
-    accelerator = make_accelerator(cpu=cfg.cpu, mixed_precision=cfg.ppo.mixed_precision, stage="ppo")
-    check_data_parallel(accelerator, "ppo")
-    is_main = accelerator.is_main_process
-    out = Path(cfg.output_dir)
-    if is_main:
-        prepare_run_dir(out, cfg, stage="ppo")
-    accelerator.wait_for_everyone()
-    set_seed(cfg.seed)
+    ctx = start_run(cfg, stage="ppo", mixed_precision=cfg.ppo.mixed_precision)
+    accelerator, out, is_main = ctx
 
     # step 2. tokenizer, base and roles: policy, value, reference (= adapters disabled)
     models = roles.load_models(cfg.model, cfg.lora, accelerator.device, seed=cfg.seed)
@@ -123,8 +101,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     group = cfg.ppo.samples_per_prompt  # K answers per prompt, in consecutive rows of the batch
     total_steps = cfg.ppo.steps or math.ceil(len(prompts) * cfg.data.epochs / (global_batch // group))
     minibatches = math.ceil(cfg.ppo.batch_size / cfg.ppo.minibatch_size)
-    optimizer, scheduler = make_optimizer(
-        cfg.ppo, models.params, total_steps * cfg.ppo.ppo_epochs * minibatches
+    optimizer, scheduler = make_adamw(
+        models.params, cfg.ppo, total_steps=total_steps * cfg.ppo.ppo_epochs * minibatches
     )
     kl_ctl = make_kl_controller(cfg.ppo.kl)
     # What a checkpoint is only valid for: other prompts, batch or reward would not continue this run (the
@@ -141,36 +119,20 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     label_monitor = make_label_monitor(cfg.data, prompts)
 
     # step 5. resume from the latest valid checkpoint, or calibrate reference-normalized components afresh
-    checkpoint = load_latest_checkpoint(out)
+    checkpoint, metrics, samples = resume(ctx, plan, logging=cfg.logging, config=to_dict(cfg))
     done = 0
     if checkpoint is not None:
-        if checkpoint.extra.get("plan") != plan:
-            raise ValueError(
-                f"{checkpoint.path} was written for another plan ({checkpoint.extra.get('plan')}) than this "
-                f"config's ({plan}); use a new output_dir or delete {out / 'checkpoints'}"
-            )
         roles.load_named_state(models, checkpoint.trainable_state)
         roles.sync_rollout_weights(models)  # the vLLM engine (if any) samples with the resumed policy
         optimizer.load_state_dict(checkpoint.optimizer_state)
         scheduler.load_state_dict(checkpoint.scheduler_state)
         kl_ctl.load_state_dict(checkpoint.extra["kl"])
         reward.load_state_dict(checkpoint.extra["reward"])
-        restore_rng(checkpoint.rng_state)
         done = checkpoint.step
-        for name in ("metrics.jsonl", "samples.jsonl"):  # the redone steps must not appear twice
-            if is_main:
-                truncate_jsonl_after(out / name, done)
     elif any(c.normalize == "reference" for c in cfg.reward.components):
         calibrate_reward(
             models, reward, prompts, cfg.generation, samples=cfg.ppo.reference_samples, seed=cfg.seed
         )
-    resuming = checkpoint is not None
-    metrics = TrainLogger(
-        out, report_to=cfg.logging.report_to, resume=resuming, config=to_dict(cfg), enabled=is_main
-    )
-    samples = SampleTable(
-        out / "samples.jsonl", resume=resuming, enabled=is_main and cfg.logging.num_samples > 0
-    )
 
     # step 6. the PPO loop, one rollout batch per step; every process holds the whole batch after the rollout
     guard = NonFiniteGuard()
@@ -245,22 +207,21 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         metrics.log(step, row)
         bar.set_postfix(score=f"{row['objective/score']:.3f}", kl=f"{row['objective/kl']:.3f}")
         last = step == total_steps
-        if cfg.logging.num_samples > 0 and (last or _every(cfg.logging.sample_every, step)):
+        if samples.enabled and (last or every(cfg.logging.sample_every, step)):  # main process only
             samples.log(
                 step, sample_rows(trajectory, kl, models.tokenizer, num_samples=cfg.logging.num_samples)
             )
-        if last or _every(cfg.logging.checkpoint_every, step):
-            if is_main:  # every process holds the same weights and statistics: one writes them
-                save_checkpoint(
-                    out,
-                    step,
-                    trainable_state={name: p.detach() for name, p in roles.named_trainable(models).items()},
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    extra={"plan": plan, "kl": kl_ctl.state_dict(), "reward": reward.state_dict()},
-                    keep=cfg.logging.keep_checkpoints,
-                )
-            accelerator.wait_for_everyone()
+        # 6.6 checkpoint: every logging.checkpoint_every steps and at the end
+        if last or every(cfg.logging.checkpoint_every, step):
+            save_step(
+                ctx,
+                step,
+                trainable_state={name: p.detach() for name, p in roles.named_trainable(models).items()},
+                optimizer=optimizer,
+                scheduler=scheduler,
+                extra={"plan": plan, "kl": kl_ctl.state_dict(), "reward": reward.state_dict()},
+                keep=cfg.logging.keep_checkpoints,
+            )
         if on_step is not None:
             on_step(step, row)
     bar.close()
@@ -276,15 +237,10 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         model_dir, adapter_dir, value_dir = roles.save_final_models(
             models, out, merge_lora=cfg.lora.merge_lora
         )
-        summary = {"global_step": total_steps, "model_dir": str(model_dir), "metrics": row}
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_float) + "\n")
         log.info("PPO done after %d steps; policy in %s", total_steps, model_dir)
-    accelerator.wait_for_everyone()
+    summary = {"global_step": total_steps, "model_dir": str(model_dir), "metrics": row}
+    finish(ctx, summary, json_default=_json_float)
     return PPOResult(out, model_dir, adapter_dir, value_dir, total_steps, row)
-
-
-def _every(n: int, step: int) -> bool:
-    return n > 0 and step % n == 0
 
 
 def _json_float(value: Any) -> Any:
@@ -293,26 +249,6 @@ def _json_float(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------------------
 # Set-up
-
-
-def make_optimizer(
-    p: PPOConfig, params: Sequence[torch.nn.Parameter], total_optimizer_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the policy and value weights (decay on matrices only) and its warm-up + cosine schedule."""
-    groups = [
-        {"params": [q for q in params if q.ndim >= 2], "weight_decay": p.weight_decay},
-        {"params": [q for q in params if q.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=p.learning_rate, betas=p.adam_betas, eps=p.adam_epsilon
-    )
-    scheduler = cosine_with_warmup(
-        optimizer,
-        warmup_steps=warmup_steps_for(total_optimizer_steps, p.warmup_ratio),
-        total_steps=max(1, total_optimizer_steps),
-        min_lr_ratio=p.min_lr_ratio,
-    )
-    return optimizer, scheduler
 
 
 def make_kl_controller(kl: KLConfig) -> KLController:
@@ -445,11 +381,17 @@ def ppo_update(
                 totals["loss_value"] += float(vf_loss.detach()) * weight
                 totals["value_clipfrac"] += float(vf_clipfrac) * weight
             all_reduce_gradients(accelerator, models.params)  # sum of every process's share of the minibatch
-            grad_norm = clip_gradients(models.params, p.max_grad_norm, accelerator=accelerator)
-            if guard.step_ok(grad_norm, step, parameters=lambda: roles.named_trainable(models).items()):
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            # clip, skip a non-finite step (naming the culprits), update, schedule
+            grad_norm = optimizer_step(
+                optimizer,
+                scheduler,
+                models.params,
+                max_grad_norm=p.max_grad_norm,
+                accelerator=accelerator,
+                guard=guard,
+                step=step,
+                named_parameters=lambda: roles.named_trainable(models).items(),
+            )
             totals["grad_norm"] += grad_norm if grad_norm is not None else math.nan
             n_optimizer_steps += 1
     models.policy.eval()

@@ -20,8 +20,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from rewardmix.models.dropout import disable_dropout
 from rewardmix.scoring import BuildContext, CompositeConfig, CompositeReward, build_scorer
-from rewardmix.stages.ppo.config import GenerationConfig, LoraConfig, ModelConfig
+from rewardmix.stages.ppo.config import GenerationConfig, PolicyModelConfig, PPOLoraConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Models(NamedTuple):
     samples them itself."""
 
 
-def load_models(model: ModelConfig, lora: LoraConfig, device: torch.device, *, seed: int) -> Models:
+def load_models(model: PolicyModelConfig, lora: PPOLoraConfig, device: torch.device, *, seed: int) -> Models:
     """The tokenizer and every role on one base, dropout off everywhere.
 
     Args:
@@ -110,7 +111,12 @@ def build_reward(reward: CompositeConfig, models: Models, device: torch.device) 
 
 
 def with_rollout_engine(
-    models: Models, model: ModelConfig, generation: GenerationConfig, *, seed: int, max_prompt_tokens: int
+    models: Models,
+    model: PolicyModelConfig,
+    generation: GenerationConfig,
+    *,
+    seed: int,
+    max_prompt_tokens: int,
 ) -> Models:
     """``generation.backend: vllm``: ``models`` with a vLLM engine holding the policy's current weights.
 
@@ -145,35 +151,6 @@ def sync_rollout_weights(models: Models) -> None:
     """Load the policy's current weights into the rollout engine, if there is one (after each update, resume)."""
     if models.rollout is not None:
         models.rollout.sync_weights(models.policy, models.policy_role)
-
-
-def disable_dropout(model: torch.nn.Module) -> int:
-    """Set every dropout probability of ``model`` to 0, in training mode too; returns how many were set.
-
-    ``torch.nn.Dropout`` modules get ``p = 0``; float ``attention_dropout`` / ``dropout`` attributes (attention
-    implementations read them, e.g. Llama) and the config's ``*dropout*`` fields are set to 0. PPO's ratio
-    compares two forward passes of the same weights, which dropout would make differ.
-
-    Reference: SPEC §7 ("dropout off"); Ziegler et al. 2019 / TRL (``disable_dropout_in_model``).
-    """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-            if module.p != 0.0:
-                count += 1
-            module.p = 0.0
-        for attr in ("attention_dropout", "dropout"):
-            value = getattr(module, attr, None)
-            if isinstance(value, float) and not isinstance(value, bool) and value != 0.0:
-                setattr(module, attr, 0.0)
-                count += 1
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "to_dict"):
-            for key, value in config.to_dict().items():
-                if "dropout" in key and isinstance(value, float) and value != 0.0:
-                    setattr(config, key, 0.0)
-                    count += 1
-    return count
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from rewardmix.algos.masked import masked_mean
 from rewardmix.algos.ppo import entropy_from_logits
 from rewardmix.algos.sequences import epoch_order, response_mask_from_ids, rollout_seeds
 from rewardmix.data.prompts import PromptExample
+from rewardmix.models.tokens import pad_token_id, stop_token_ids
 from rewardmix.scoring import CompositeReward, CompositeScores, NonFiniteScoreError, ScoringBatch
 from rewardmix.stages.ppo import roles
 from rewardmix.stages.ppo.config import GenerationConfig, PPOConfig
@@ -148,21 +149,6 @@ def rollout(
 
 # ---------------------------------------------------------------------------------------------------------
 # Generation
-
-
-def stop_token_ids(tokenizer: Any) -> list[int]:
-    """Token ids that end a response: EOS and, when the vocabulary has it, ChatML's ``<|im_end|>``."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    return sorted(ids)
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The id written at padded positions (never used to find padding: masks do that)."""
-    pad = tokenizer.pad_token_id
-    return pad if pad is not None else (tokenizer.eos_token_id or 0)
 
 
 @torch.no_grad()
