@@ -115,6 +115,19 @@ def test_resume_cuts_the_logs_back_to_the_checkpoint_and_restores_the_random_sta
     assert [r["step"] for r in read_jsonl(ctx.out / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
+def test_resume_prunes_checkpoints_a_kill_left_between_save_and_prune(tmp_path):
+    ctx, cfg = start(tmp_path, keep_checkpoints=2)
+    plan = {"data": "a"}
+    for step in (4, 8, 12):  # saved with a larger keep: as if the kill came before the last pruning
+        save_step(ctx, step, trainable_state={"w": torch.ones(2)}, optimizer=None, scheduler=None,
+                  extra={"plan": plan}, keep=5)  # fmt: skip
+    newer = ctx.out / "checkpoints" / "step-00000016"
+    newer.mkdir()  # damaged (no manifest): not loaded, and not pruned either
+    resumed = resume(ctx, plan, logging=cfg.logging, config={})
+    assert resumed.step == 12
+    assert [p.name for p in list_checkpoints(ctx.out)] == ["step-00000008", "step-00000012", "step-00000016"]
+
+
 def test_a_checkpoint_of_another_plan_is_refused_and_the_logs_are_left_alone(tmp_path):
     ctx, cfg = start(tmp_path)
     save_step(

@@ -232,11 +232,22 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     # step 3. prune: the newest `keep` by step stay
-    for path in list_checkpoints(run_dir)[:-keep]:
-        logger.debug("removing old checkpoint %s", path)
-        shutil.rmtree(path, ignore_errors=True)
+    prune_checkpoints(run_dir, keep=keep, up_to=step)
     logger.info("saved checkpoint %s", final)
     return final
+
+
+def prune_checkpoints(run_dir: str | Path, *, keep: int, up_to: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints of steps ``<= up_to``; newer ones are left alone.
+
+    ``save_checkpoint`` calls it after each save; a resumed run calls it for the checkpoint it resumes from,
+    since a kill between a save and its pruning leaves older checkpoints that no later save would remove when
+    the run was already at its last step.
+    """
+    candidates = [p for p in list_checkpoints(run_dir) if int(_STEP_RE.match(p.name).group(1)) <= up_to]
+    for path in candidates[:-keep]:
+        logger.debug("removing old checkpoint %s", path)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _torch_save(obj: Any, path: Path) -> None:

@@ -28,7 +28,13 @@ import torch
 from accelerate import Accelerator
 
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
-from rewardmix.train.checkpoint import Checkpoint, load_latest_checkpoint, restore_rng, save_checkpoint
+from rewardmix.train.checkpoint import (
+    Checkpoint,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    save_checkpoint,
+)
 from rewardmix.train.config import LoggingConfig
 from rewardmix.train.distributed import check_data_parallel, make_accelerator
 from rewardmix.train.loop import (
@@ -160,7 +166,8 @@ def resume(
     """Continue from the latest valid checkpoint, if there is one, and open the run's logs.
 
     In order: the newest checkpoint that verifies (a damaged one is skipped with a warning), refused when its
-    plan is not ``plan``; on the main process the rows after its step dropped from ``metrics.jsonl`` and
+    plan is not ``plan``; on the main process checkpoints older than the newest ``keep_checkpoints`` pruned and
+    the rows after its step dropped from ``metrics.jsonl`` and
     ``samples.jsonl`` (the steps redone must not appear twice); the logs opened (appending when resuming);
     last, the random state the checkpoint saved. The stage then loads the tensors it saved (weights,
     optimizer, schedule...) from ``Resumed.checkpoint``; none of that draws random numbers.
@@ -183,6 +190,8 @@ def resume(
         if ctx.is_main:
             for name in LOG_FILES:
                 truncate_jsonl_after(ctx.out / name, checkpoint.step)
+            # a kill between a save and its pruning left older checkpoints behind
+            prune_checkpoints(ctx.out, keep=logging.keep_checkpoints, up_to=checkpoint.step)
     resuming = checkpoint is not None
     metrics = TrainLogger(
         ctx.out, report_to=logging.report_to, resume=resuming, config=config, enabled=ctx.is_main
