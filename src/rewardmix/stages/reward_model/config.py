@@ -100,8 +100,10 @@ class RmOptimConfig(OptimConfig):
 
 @dataclass
 class RmLoggingConfig(LoggingConfig):
-    """The shared logging section, plus the evaluation cadence and batch."""
+    """The shared logging section (the sample table holds scored eval items), plus the evaluation cadence."""
 
+    num_samples: int = 4
+    """Eval items written with their scores to samples.jsonl at each evaluation (0: no sample table)."""
     eval_every: int = 100
     """Evaluate every N optimizer steps (0: only at step 0 and at the end)."""
     eval_batch_size: int = 16
