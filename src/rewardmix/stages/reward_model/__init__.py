@@ -4,8 +4,9 @@ The backbone is an SFT model folder, a hub id, ``offline:smollm2``, ``offline:mi
 ``tiny-encoder``; the head is :class:`~rewardmix.models.heads.ScalarHeadModel`'s. How a (prompt, answer)
 becomes tokens, and the ``rewardmix_rm.json`` record saved with the model, are the reward model's contract in
 :mod:`rewardmix.scoring.rm_inputs`; the data formats and the imbalance tools are in
-:mod:`rewardmix.data.rm_items`; the config in :mod:`~rewardmix.stages.reward_model.config`; :func:`run` and
-what it calls in :mod:`~rewardmix.stages.reward_model.loop`.
+:mod:`rewardmix.data.rm_items`. This file holds the stage's :class:`Config`, whose sections are in
+:mod:`~rewardmix.stages.reward_model.config`; :func:`run`, and what it calls, is in
+:mod:`~rewardmix.stages.reward_model.loop`.
 
 Objectives (``objective.kind``):
 
@@ -33,10 +34,11 @@ ranking), §5.3 (truncation, absolute reward models, imbalance), Table 5 (hyper-
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from rewardmix.data.rm_items import AugmentConfig, BalanceConfig, DataConfig
 from rewardmix.scoring.rm_inputs import InputEncoder  # re-exported for tests/stages/test_data_prep_stages.py
 from rewardmix.stages.reward_model.config import (
-    Config,
     ObjectiveConfig,
     RmLoggingConfig,
     RmLoraConfig,
@@ -78,3 +80,40 @@ __all__ = [
     "run",
     "save_final_model",
 ]
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/reward-model"
+    """Run directory: config, metrics.jsonl, samples.jsonl, data_report.json, checkpoints/, model/ (rerun to
+    resume)."""
+    seed: int = 0
+    """Seed of the data order, head and LoRA initialization, sampling of the imbalance tools."""
+    cpu: bool = False
+    """Train on the CPU even when a GPU is present."""
+    model: RmModelConfig = field(default_factory=RmModelConfig)
+    lora: RmLoraConfig = field(default_factory=RmLoraConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: RmOptimConfig = field(default_factory=RmOptimConfig)
+    logging: RmLoggingConfig = field(default_factory=RmLoggingConfig)
+
+    def __post_init__(self) -> None:
+        if self.optim.micro_batch_size < 1 or self.optim.gradient_accumulation_steps < 1:
+            raise ValueError("optim.micro_batch_size and optim.gradient_accumulation_steps must be >= 1")
+        if self.optim.epochs < 1 or (self.optim.max_steps is not None and self.optim.max_steps < 1):
+            raise ValueError("optim.epochs must be >= 1 and optim.max_steps >= 1 or null")
+        if not 0.0 <= self.data.eval_fraction < 1.0:
+            raise ValueError("data.eval_fraction must be in [0, 1)")
+        if self.logging.keep_checkpoints < 1 or self.logging.checkpoint_every < 1:
+            raise ValueError("logging.keep_checkpoints and logging.checkpoint_every must be >= 1")
+        if self.model.max_length < 2 or self.model.min_prompt_tokens < 0:
+            raise ValueError("model.max_length must be >= 2 and model.min_prompt_tokens >= 0")
+        for name in ("undersample_range", "oversample_range"):
+            span = getattr(self.balance, name)
+            if span is not None and not 0.0 <= span[0] <= span[1] <= 1.0:
+                raise ValueError(f"balance.{name} must be [low, high] with 0 <= low <= high <= 1")
+        if self.balance.weight_strength < 0:
+            raise ValueError("balance.weight_strength must be >= 0")

@@ -1,22 +1,21 @@
-"""The reward-model stage's config: one dataclass per YAML section, each field documented under it.
+"""The reward-model stage's config sections, one dataclass per YAML section, each field documented under it.
 
 ``model``, ``lora``, ``optim`` and ``logging`` extend the shared sections of :mod:`rewardmix.train.config`
 where the reward model differs; ``data``, ``balance`` and ``augment`` live with the data they shape
-(:mod:`rewardmix.data.rm_items`).
+(:mod:`rewardmix.data.rm_items`); the stage's ``Config`` that holds them all is the package's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from rewardmix.algos.losses import AbsoluteLossKind
-from rewardmix.data.rm_items import AugmentConfig, BalanceConfig, DataConfig, ObjectiveKind
+from rewardmix.data.rm_items import ObjectiveKind
 from rewardmix.scoring.rm_inputs import DEFAULT_MAX_LENGTH, DEFAULT_MIN_PROMPT_TOKENS
 from rewardmix.train.config import LoggingConfig, LoraConfig, ModelConfig, OptimConfig
 
 __all__ = [
-    "Config",
     "ObjectiveConfig",
     "RmLoggingConfig",
     "RmLoraConfig",
@@ -108,40 +107,3 @@ class RmLoggingConfig(LoggingConfig):
     """Evaluate every N optimizer steps (0: only at step 0 and at the end)."""
     eval_batch_size: int = 16
     """Sequences per forward pass when scoring the eval set."""
-
-
-@dataclass
-class Config:
-    output_dir: str = "runs/reward-model"
-    """Run directory: config, metrics.jsonl, samples.jsonl, data_report.json, checkpoints/, model/ (rerun to
-    resume)."""
-    seed: int = 0
-    """Seed of the data order, head and LoRA initialization, sampling of the imbalance tools."""
-    cpu: bool = False
-    """Train on the CPU even when a GPU is present."""
-    model: RmModelConfig = field(default_factory=RmModelConfig)
-    lora: RmLoraConfig = field(default_factory=RmLoraConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    balance: BalanceConfig = field(default_factory=BalanceConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: RmOptimConfig = field(default_factory=RmOptimConfig)
-    logging: RmLoggingConfig = field(default_factory=RmLoggingConfig)
-
-    def __post_init__(self) -> None:
-        if self.optim.micro_batch_size < 1 or self.optim.gradient_accumulation_steps < 1:
-            raise ValueError("optim.micro_batch_size and optim.gradient_accumulation_steps must be >= 1")
-        if self.optim.epochs < 1 or (self.optim.max_steps is not None and self.optim.max_steps < 1):
-            raise ValueError("optim.epochs must be >= 1 and optim.max_steps >= 1 or null")
-        if not 0.0 <= self.data.eval_fraction < 1.0:
-            raise ValueError("data.eval_fraction must be in [0, 1)")
-        if self.logging.keep_checkpoints < 1 or self.logging.checkpoint_every < 1:
-            raise ValueError("logging.keep_checkpoints and logging.checkpoint_every must be >= 1")
-        if self.model.max_length < 2 or self.model.min_prompt_tokens < 0:
-            raise ValueError("model.max_length must be >= 2 and model.min_prompt_tokens >= 0")
-        for name in ("undersample_range", "oversample_range"):
-            span = getattr(self.balance, name)
-            if span is not None and not 0.0 <= span[0] <= span[1] <= 1.0:
-                raise ValueError(f"balance.{name} must be [low, high] with 0 <= low <= high <= 1")
-        if self.balance.weight_strength < 0:
-            raise ValueError("balance.weight_strength must be >= 0")

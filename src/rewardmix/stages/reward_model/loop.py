@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -45,7 +45,7 @@ from rewardmix.scoring.rm_inputs import (
     score_transform_of,
     write_rm_meta,
 )
-from rewardmix.stages.reward_model.config import Config, ObjectiveConfig, RmLoggingConfig
+from rewardmix.stages.reward_model.config import ObjectiveConfig, RmLoggingConfig
 from rewardmix.train.loop import (
     NonFiniteGuard,
     chunk,
@@ -56,6 +56,9 @@ from rewardmix.train.loop import (
     trainable_state,
 )
 from rewardmix.train.run import every, finish, make_adamw, optimizer_step, resume, save_step, start_run
+
+if TYPE_CHECKING:  # the package defines Config and imports this module
+    from rewardmix.stages.reward_model import Config
 
 log = logging.getLogger(__name__)
 
