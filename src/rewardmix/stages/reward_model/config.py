@@ -42,7 +42,7 @@ class RmModelConfig(ModelConfig):
     trained for mean pooling); ``first`` is the [CLS] token."""
     disable_dropout: bool = True
     """Set every dropout probability to 0 (as TRL's reward trainer does): scores are deterministic while
-    training, and gradient accumulation and resume are exact."""
+    training, and gradient accumulation and resume are exact. The saved model's config records the 0s."""
     max_length: int = DEFAULT_MAX_LENGTH
     """Token budget of one (prompt, answer) input; longer ones are truncated (prompt from its start)."""
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS
