@@ -114,6 +114,32 @@ def test_score_does_not_depend_on_padding_side_or_batch_composition(name):
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][0, -1] == 1
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny-encoder"])
+def test_model_disable_dropout_makes_training_mode_scores_deterministic(name):
+    """The LoRA adapter's dropout (and the tiny BERT's own, 0.1) draw a new mask every forward pass in training
+    mode; with ``model.disable_dropout`` (the default) two passes give the same scores."""
+    scores = {}
+    for disable in (False, True):
+        cfg = rm.Config(cpu=True, seed=0)
+        cfg.model.name, cfg.model.disable_dropout = name, disable
+        cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout = 4, 8, 0.5
+        tokenizer, model, kind = rm.load_model(cfg)
+        with torch.no_grad():  # lora_B starts at 0, which would hide the adapter's dropout
+            for param_name, param in model.named_parameters():
+                if "lora_B" in param_name:
+                    param.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+        encoder = InputEncoder(tokenizer, kind, max_length=64, min_prompt_tokens=8)
+        batch = collate([encoder("Say great about the movie.", "It is great."), encoder("hi", "yes")], 0)
+        model.train()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            scores[disable] = (model(**batch), model(**batch))
+        dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert dropouts and all(p == 0.0 for p in dropouts) == disable
+    assert not torch.equal(*scores[False])  # the check below can fail: dropout does move these scores
+    assert torch.equal(*scores[True])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Inputs
 

@@ -52,6 +52,7 @@ from rewardmix.data.chat import (
     truncated_lengths,
 )
 from rewardmix.data.rm_items import prompt_text
+from rewardmix.models.tokens import pad_token_id as pad_token_id  # the id that pads scoring batches
 from rewardmix.rundir import atomic_write_text
 from rewardmix.scoring.base import Prompt
 from rewardmix.train.loop import chunk, pad_sequences
@@ -180,14 +181,6 @@ def prompt_messages(prompt: Prompt) -> list[Message]:
     if isinstance(prompt, str):
         return [Message("user", prompt)] if prompt else []
     return as_messages(prompt)
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The id that pads scoring batches: the pad token, else EOS, else 0 (padding is masked out: any id works)."""
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(tokenizer, "eos_token_id", None)
-    return int(pad) if pad is not None else 0
 
 
 # ---------------------------------------------------------------------------------------------------------

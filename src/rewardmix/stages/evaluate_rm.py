@@ -1,32 +1,26 @@
 """Reward-model evaluation (``rewardmix evaluate-rm``): held-out pair accuracy, error by score range, probes.
 
-What a run does, in order (the numbered steps of :func:`run`):
-
-1. Prepare the run directory.
-2. Load the scorer: ``<reward-model run>/model`` through :class:`~rewardmix.scoring.RewardModelScorer`,
-   which builds every input exactly as training did (chat-rendered or text pair, same truncation).
-3. Pairs (``pairs``: files written by ``rewardmix pairs``): score chosen and rejected answers; pairwise
-   accuracy overall, per task and per pair kind (RLLR Tables 5 and 9: label-sensitive pairs held out), and
-   the mean margin.
-4. Ratings (``ratings``: ``{"prompt"?, "response", "score"}`` rows, scores in [0, 1]): the predicted rating
-   (``sigmoid(score)`` for sigmoid/logistic models, the score itself otherwise) against the target; MSE and
-   MAE overall and per target range (CRS Tables 6-7: low <= 0.4, mid between, high >= 0.9).
-5. Probes (``probes``, default the shipped CRS probe set): each prompt has responses in their intended order,
-   best first (CRS Tables 24-27: best > bad > irrelevant > meaningless); the share of prompts whose scores
-   follow that order strictly, the share of correctly ordered response pairs, and the mean score per position.
-6. Score distributions (count, mean, std, quantiles, histogram) of the raw scores of each source (CRS Fig. 24).
-7. Write ``eval.json`` (the keys below) and ``scores.jsonl`` (one row per scored pair, rating and probe).
+The model is ``<reward-model run>/model``, loaded through :class:`~rewardmix.scoring.RewardModelScorer`,
+which builds every input exactly as training did (chat-rendered or text pair, same truncation). A part runs
+when its input is given: ``pairs`` (files written by ``rewardmix pairs``; RLLR Tables 5 and 9 hold out the
+label-sensitive pairs), ``ratings`` (``{"prompt"?, "response", "score"}`` rows, scores in [0, 1]; the
+predicted rating is ``sigmoid(score)`` for sigmoid/logistic models, the score itself otherwise) and ``probes``
+(default the shipped CRS probe set: each prompt's responses in their intended order, best first, CRS
+Tables 24-27). ``scores.jsonl`` holds one row per scored pair, rating and probe.
 
 Keys of ``eval.json`` (those of a part without data are absent):
 
 - ``rm/accuracy``, ``rm/accuracy/<task>``, ``rm/accuracy/kind/<kind>``: share of pairs whose chosen answer
   scores higher (a tie counts 1/2); ``rm/margin_mean``: mean ``score(chosen) - score(rejected)``;
   ``rm/pairs``, ``rm/pairs/<task>``: pair counts.
-- ``rm/mse``, ``rm/mae``, ``rm/mse/<range>``, ``rm/mae/<range>``, ``rm/count/<range>`` for the ranges
-  ``low``, ``mid``, ``high``.
-- ``rm/probe_order_rate``, ``rm/probe_pair_accuracy``, ``rm/probe/mean_score/<position>``, ``rm/probes``.
-- ``rm/score_distribution/<source>`` (sources ``pairs/chosen``, ``pairs/rejected``, ``ratings``, ``probes``):
-  ``{"count", "mean", "std", "min", "max", "quantiles": {"q05": ...}, "histogram": {"edges", "counts"}}``.
+- ``rm/mse``, ``rm/mae``, ``rm/mse/<range>``, ``rm/mae/<range>``, ``rm/count/<range>`` for the target ranges
+  ``low``, ``mid``, ``high`` (CRS Tables 6-7: low <= 0.4, mid between, high >= 0.9; ``ranges``).
+- ``rm/probe_order_rate``: share of prompts whose scores follow the intended order strictly;
+  ``rm/probe_pair_accuracy``: share of correctly ordered response pairs; ``rm/probe/mean_score/<position>``;
+  ``rm/probes``: probe count.
+- ``rm/score_distribution/<source>`` (raw scores of the sources ``pairs/chosen``, ``pairs/rejected``,
+  ``ratings``, ``probes``; CRS Fig. 24): ``{"count", "mean", "std", "min", "max", "quantiles": {"q05": ...},
+  "histogram": {"edges", "counts"}}``.
 
 Reference: RLLR §4.3 Table 5 and Appendix F Table 9 (accuracy on held-out label-sensitive pairs); CRS
 §5.3.1-5.3.2, Tables 6-7 (MSE/MAE by range) and Tables 24-27 (probe responses), Fig. 24 (distributions).

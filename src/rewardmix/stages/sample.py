@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ModelConfig:
+class SamplerModelConfig:
+    """The model answers are sampled from (read-only: nothing trains here)."""
+
     path: str = "tiny"
     """The model to sample from: a model folder (``<sft run>/model``), a LoRA adapter folder, a hub id,
     ``offline:smollm2``, or ``tiny`` / ``tiny:<seed>`` (random test models)."""
@@ -100,7 +102,7 @@ class Config:
     """Generate on the CPU even when a GPU is present."""
     on_bad_row: Literal["error", "skip"] = "error"
     """Bad input rows: stop with an error naming file, line and field, or skip them and count them."""
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: SamplerModelConfig = field(default_factory=SamplerModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:

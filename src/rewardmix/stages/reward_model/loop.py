@@ -1,5 +1,4 @@
-"""The reward-model stage's :func:`run`, its model, and its loss and step functions (see the package docstring
-for the objectives and the logged metrics)."""
+"""The reward-model stage's :func:`run`, read top to bottom, and the model, loss and step functions it calls."""
 
 from __future__ import annotations
 
@@ -35,36 +34,31 @@ from rewardmix.data.rm_items import (
     sample_rows,
 )
 from rewardmix.data.splits import split_records
-from rewardmix.rundir import atomic_write_text, prepare_run_dir
+from rewardmix.models.dropout import disable_dropout
+from rewardmix.models.tokens import pad_token_id
+from rewardmix.rundir import atomic_write_text
 from rewardmix.scoring.rm_inputs import (
     BackboneKind,
     InputEncoder,
     collate,
-    pad_token_id,
     score_sequences,
     score_transform_of,
     write_rm_meta,
 )
-from rewardmix.train.checkpoint import load_latest_checkpoint, restore_rng, save_checkpoint
-from rewardmix.train.distributed import check_data_parallel, make_accelerator
+from rewardmix.stages.reward_model.config import ObjectiveConfig, RmLoggingConfig
 from rewardmix.train.loop import (
     NonFiniteGuard,
-    SampleTable,
-    TrainLogger,
     chunk,
-    clip_gradients,
     epoch_order,
     global_sum,
     load_trainable_state,
-    set_seed,
     sync_gradients_if,
     trainable_state,
-    truncate_jsonl_after,
 )
-from rewardmix.train.schedule import cosine_with_warmup, warmup_steps_for
+from rewardmix.train.run import every, finish, make_adamw, optimizer_step, resume, save_step, start_run
 
-if TYPE_CHECKING:  # the package imports this module; the config classes are read only as annotations here
-    from rewardmix.stages.reward_model import Config, LoggingConfig, ObjectiveConfig
+if TYPE_CHECKING:  # the package defines Config and imports this module
+    from rewardmix.stages.reward_model import Config
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +99,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         A :class:`RewardModelResult`.
     """
     # step 1. run directory, accelerator, seed
-    accelerator = make_accelerator(
-        cpu=cfg.cpu, mixed_precision=cfg.optim.mixed_precision, stage="reward-model"
-    )
-    check_data_parallel(accelerator, "reward-model")
-    out = Path(cfg.output_dir)
-    is_main = accelerator.is_main_process
-    if is_main:
-        prepare_run_dir(out, cfg, stage="reward-model")
-    accelerator.wait_for_everyone()
-    set_seed(cfg.seed)
+    ctx = start_run(cfg, stage="reward-model", mixed_precision=cfg.optim.mixed_precision)
+    accelerator, out, is_main = ctx
 
     # step 2. tokenizer, backbone + scalar head; a LoRA adapter unless full fine-tuning
     tokenizer, model, kind = load_model(cfg)
@@ -151,37 +137,25 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         global_batch,
     )
 
-    # step 4. resume from the latest valid checkpoint (weights, optimizer, schedule, RNG, data position)
-    optimizer, scheduler = make_optimizer(cfg, model, total_steps)
+    # step 4. resume from the latest valid checkpoint (weights, optimizer, schedule, random state, data
+    # position), or evaluate the model before training
+    checkpoint, metrics, samples = resume(
+        ctx,
+        plan,
+        logging=cfg.logging,
+        config=to_dict(cfg),
+        samples=bool(eval_items),
+        plan_name="data/batch plan",
+    )
+    optimizer, scheduler = make_adamw(model, cfg.optim, total_steps=total_steps)
     optimizer = accelerator.prepare_optimizer(optimizer)
-    checkpoint = load_latest_checkpoint(out)
-    start, eval_metrics = 0, {}
+    start, eval_metrics, eval_batch = 0, {}, cfg.logging.eval_batch_size
     if checkpoint is not None:
-        if checkpoint.extra.get("plan") != plan:
-            raise ValueError(
-                f"{checkpoint.path} was written for another data/batch plan ({checkpoint.extra.get('plan')}) "
-                f"than this config's ({plan}); use a new output_dir or delete {out / 'checkpoints'}"
-            )
         load_trainable_state(unwrapped, checkpoint.trainable_state)
         optimizer.load_state_dict(checkpoint.optimizer_state)
         scheduler.load_state_dict(checkpoint.scheduler_state)
-        if checkpoint.rng_state is not None:
-            restore_rng(checkpoint.rng_state)
         start, eval_metrics = checkpoint.step, dict(checkpoint.extra.get("eval_metrics", {}))
-        for name in ("metrics.jsonl", "samples.jsonl"):  # the redone steps must not appear twice
-            if is_main:
-                truncate_jsonl_after(out / name, start)
-    resuming = checkpoint is not None
-    metrics = TrainLogger(
-        out, report_to=cfg.logging.report_to, resume=resuming, config=to_dict(cfg), enabled=is_main
-    )
-    samples = SampleTable(
-        out / "samples.jsonl",
-        resume=resuming,
-        enabled=is_main and cfg.logging.num_samples > 0 and bool(eval_items),
-    )
-    eval_batch = cfg.logging.eval_batch_size
-    if not resuming and eval_items:
+    elif eval_items:
         eval_metrics = evaluate(
             unwrapped, eval_items, cfg.objective, accelerator, pad_id, batch_size=eval_batch
         )
@@ -213,15 +187,19 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
             micro_batch_size=cfg.optim.micro_batch_size,
             filler=train_items[0],
         )
-        # step 5c. clip, guard against NaN/inf, update, advance the schedule
+        # step 5c. clip, guard against NaN/inf (a bad step names its loss and parameters), update, schedule
         lr = optimizer.param_groups[0]["lr"]
-        params = [p for p in model.parameters() if p.requires_grad]
-        grad_norm = clip_gradients(params, cfg.optim.max_grad_norm, accelerator=accelerator)
-        losses = {"loss/train": stats["loss"]}  # a bad step names its loss and parameters
-        if guard.step_ok(grad_norm, step, losses=losses, parameters=unwrapped.named_parameters):
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(
+            optimizer,
+            scheduler,
+            [p for p in model.parameters() if p.requires_grad],
+            max_grad_norm=cfg.optim.max_grad_norm,
+            accelerator=accelerator,
+            guard=guard,
+            step=step,
+            losses={"loss/train": stats["loss"]},
+            named_parameters=unwrapped.named_parameters,
+        )
         # step 5d. log, evaluate, sample, checkpoint
         row: dict[str, float] = {
             "loss/train": stats["loss"],
@@ -234,7 +212,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         if grad_norm is not None:
             row["grad_norm"] = grad_norm
         last = step == total_steps
-        if eval_items and (last or _every(cfg.logging.eval_every, step)):
+        if eval_items and (last or every(cfg.logging.eval_every, step)):
             eval_metrics = evaluate(
                 unwrapped, eval_items, cfg.objective, accelerator, pad_id, batch_size=eval_batch
             )
@@ -242,18 +220,16 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
             samples.log(step, scored_samples(unwrapped, eval_items, cfg.logging, pad_id))
         metrics.log(step, row)
         bar.set_postfix(loss=f"{row['loss/train']:.4f}", lr=f"{lr:.2e}")
-        if last or _every(cfg.logging.checkpoint_every, step):
-            if is_main:
-                save_checkpoint(
-                    out,
-                    step,
-                    trainable_state=trainable_state(unwrapped),
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    extra={"plan": plan, "eval_metrics": eval_metrics},
-                    keep=cfg.logging.keep_checkpoints,
-                )
-            accelerator.wait_for_everyone()
+        if last or every(cfg.logging.checkpoint_every, step):
+            save_step(
+                ctx,
+                step,
+                trainable_state=trainable_state(unwrapped),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                extra={"plan": plan, "eval_metrics": eval_metrics},
+                keep=cfg.logging.keep_checkpoints,
+            )
         if on_step is not None:
             on_step(step, row)
     bar.close()
@@ -263,15 +239,9 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     model_dir, adapter_dir = out / "model", (out / "adapter" if cfg.lora.enabled else None)
     if is_main:
         save_final_model(cfg, unwrapped, tokenizer, kind, out)
-        summary = {"global_step": total_steps, "eval_metrics": eval_metrics, "model_dir": str(model_dir)}
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         log.info("reward model done after %d steps; model in %s", total_steps, model_dir)
-    accelerator.wait_for_everyone()
+    finish(ctx, {"global_step": total_steps, "eval_metrics": eval_metrics, "model_dir": str(model_dir)})
     return RewardModelResult(out, model_dir, adapter_dir, total_steps, eval_metrics)
-
-
-def _every(n: int, step: int) -> bool:
-    return n > 0 and step % n == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -350,40 +320,6 @@ def guess_kind(path: str) -> BackboneKind:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     architectures = config.get("architectures") or []
     return "causal_lm" if any(str(a).endswith("ForCausalLM") for a in architectures) else "encoder"
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Set the probability of every dropout in ``model`` to 0 (``nn.Dropout`` and float attention dropouts)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        # Llama-style attention reads a float attribute, not a module.
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
-
-
-def make_optimizer(
-    cfg: Config, model: torch.nn.Module, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the trainable parameters (decay on matrices only) and its warm-up + cosine schedule."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optim.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=cfg.optim.learning_rate,
-        betas=cfg.optim.adam_betas,
-        eps=cfg.optim.adam_epsilon,
-    )
-    scheduler = cosine_with_warmup(
-        optimizer,
-        warmup_steps=warmup_steps_for(total_steps, cfg.optim.warmup_ratio),
-        total_steps=total_steps,
-        min_lr_ratio=cfg.optim.min_lr_ratio,
-    )
-    return optimizer, scheduler
 
 
 def save_final_model(
@@ -565,7 +501,7 @@ def evaluate(
 
 
 def scored_samples(
-    model: torch.nn.Module, items: Sequence[Item], logging_cfg: LoggingConfig, pad_id: int
+    model: torch.nn.Module, items: Sequence[Item], logging_cfg: RmLoggingConfig, pad_id: int
 ) -> list[dict[str, Any]]:
     """The first ``logging.num_samples`` eval items with their scores (rows of samples.jsonl)."""
     shown = list(items[: logging_cfg.num_samples])
