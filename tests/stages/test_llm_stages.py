@@ -9,6 +9,7 @@ import pytest
 
 from rewardmix.config import ConfigError, from_dict
 from rewardmix.data.pairs import read_pairs
+from rewardmix.data.readers import DataError
 from rewardmix.data.tasks import get_task
 from rewardmix.rundir import read_jsonl
 from rewardmix.stages import pairs, rank, rationales
@@ -187,6 +188,11 @@ def test_pairs_add_label_swap_and_answer_only_pairs_to_the_train_file_only(tmp_p
     assert more.stats["pairs"] == {"train": 15, "eval": 2}
     with pytest.raises(ConfigError, match="source=rationales"):
         from_dict(pairs.Config, {"source": "rankings", "label_swap": True})
+    labeled.write_text('{"question": "r0", "label": "negative"}\n{"question": "r1", "label": "neutral"}\n')
+    with pytest.raises(
+        DataError, match=r"rest.jsonl:2: field 'label': .*'neutral' is not a label of task 'mr'"
+    ):
+        pairs.run(pairs.Config(input=str(rationales), output_dir=str(tmp_path / "c"), labeled=str(labeled)))
 
 
 def test_stage_configs_validate():

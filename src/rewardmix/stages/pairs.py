@@ -9,9 +9,9 @@ Sources, chosen by ``source``:
 
 With ``source: rationales``, ``label_swap`` and ``labeled`` add label-sensitive pairs to the train file only
 (same rationale under both labels; answer-only pairs from labeled rows), counted in ``stats.json``
-``pairs_added``. The held-out split is by prompt (record), so no prompt appears in both files. ``stats.json`` counts pairs
-per kind, skipped ties and, when ``task`` is set, the share of label- vs rationale-sensitive pairs
-(RLLR Fig. 2).
+``pairs_added``. The held-out split is by prompt (record), so no prompt appears in both files.
+``stats.json`` counts pairs per kind, skipped ties and, when ``task`` is set, the share of label- vs
+rationale-sensitive pairs (RLLR Fig. 2).
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ def run(cfg: Config) -> PairsStageResult:
         built[name] = []
         for record in splits[name]:
             built[name] += _pairs_of(cfg, record, counts)
-    added = _added_train_pairs(cfg, built["train"], records)
+    task = cfg.task or next((r.get("task") for r in records if r.get("task")), None)
+    added = _added_train_pairs(cfg, built["train"], task)
     built["train"] += added
 
     # step 4. write files and statistics
@@ -142,7 +143,6 @@ def run(cfg: Config) -> PairsStageResult:
         "pairs_added": {kind: sum(p.meta.get("augment") == kind for p in added) for kind in _AUGMENTS},
         **counts,
     }
-    task = cfg.task or next((r.get("task") for r in records if r.get("task")), None)
     if task is not None:
         spec = get_task(task)
         stats["pair_types"] = pair_type_stats(
@@ -163,13 +163,10 @@ def run(cfg: Config) -> PairsStageResult:
 _AUGMENTS = ("label_swap", "answer_only")
 
 
-def _added_train_pairs(
-    cfg: Config, train: list[PreferencePair], records: list[dict[str, Any]]
-) -> list[PreferencePair]:
+def _added_train_pairs(cfg: Config, train: list[PreferencePair], task: str | None) -> list[PreferencePair]:
     """The train-only pairs of ``label_swap`` and ``labeled`` (see their fields)."""
     added = label_swap_pairs(train) if cfg.label_swap else []
     if cfg.labeled is not None:
-        task = cfg.task or next((r.get("task") for r in records if r.get("task")), None)
         if task is None:
             raise DataError(f"{cfg.labeled}: labeled rows need the task (set `task`)")
         spec = get_task(task)
@@ -177,8 +174,15 @@ def _added_train_pairs(
             raise DataError(
                 f"labeled: task {task!r} has no label set (a scale task); answer-only pairs need one"
             )
+        labels = spec.labels
+
+        def gold(value: Any) -> Any:  # a label outside the task's set is a bad row at its line
+            if _present(value) not in labels:
+                raise ValueError(f"{value!r} is not a label of task {task!r} ({', '.join(map(str, labels))})")
+            return value
+
         rows, report = read_records(
-            cfg.labeled, fields={"question": as_str, "label": _present}, on_bad_row=cfg.on_bad_row
+            cfg.labeled, fields={"question": as_str, "label": gold}, on_bad_row=cfg.on_bad_row
         )
         if report.skipped:
             log.warning("labeled: %d of %d rows skipped (bad rows)", len(report.skipped), report.rows_in)
