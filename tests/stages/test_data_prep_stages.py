@@ -16,6 +16,7 @@ import pytest
 from rewardmix.config import ConfigError, from_dict
 from rewardmix.data.pairs import read_pairs
 from rewardmix.data.readers import DataError
+from rewardmix.scoring.rm_inputs import InputEncoder
 from rewardmix.stages import combine, oasst, sample
 
 
@@ -310,7 +311,7 @@ def test_oasst_files_feed_sft_reward_models_ppo_and_evaluation(tmp_path: Path, t
     )
     assert [m.role for m in convs[0]] == ["user", "assistant", "user", "assistant"]
 
-    encoder = rm.InputEncoder(tiny_tokenizer, "causal_lm", max_length=256, min_prompt_tokens=8)
+    encoder = InputEncoder(tiny_tokenizer, "causal_lm", max_length=256, min_prompt_tokens=8)
     ranking = rm.Config(output_dir=str(tmp_path / "rm"))
     ranking.objective.kind, ranking.data.train = "ranking", str(files["rankings_train"])
     items, _, report = rm.load_items(ranking, encoder)

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from rewardmix.algos.combine import bounded_to_logit, logit_to_bounded
+from rewardmix.models.tokens import pad_token_id
 from rewardmix.scoring.base import Prompt, ScoringBatch
 from rewardmix.scoring.rm_inputs import (
     DEFAULT_MAX_LENGTH,
@@ -52,7 +53,6 @@ from rewardmix.scoring.rm_inputs import (
     InputEncoder,
     ScoreTransform,
     head_output_of,
-    pad_token_id,
     prompt_messages,
     read_rm_meta,
     score_sequences,

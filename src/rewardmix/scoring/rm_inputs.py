@@ -52,7 +52,6 @@ from rewardmix.data.chat import (
     truncated_lengths,
 )
 from rewardmix.data.rm_items import prompt_text
-from rewardmix.models.tokens import pad_token_id as pad_token_id  # the id that pads scoring batches
 from rewardmix.rundir import atomic_write_text
 from rewardmix.scoring.base import Prompt
 from rewardmix.train.loop import chunk, pad_sequences

@@ -37,7 +37,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rewardmix.data.rm_items import AugmentConfig, BalanceConfig, DataConfig
-from rewardmix.scoring.rm_inputs import InputEncoder  # re-exported for tests/stages/test_data_prep_stages.py
 from rewardmix.stages.reward_model.config import (
     ObjectiveConfig,
     RmLoggingConfig,
@@ -63,7 +62,6 @@ __all__ = [
     "BalanceConfig",
     "Config",
     "DataConfig",
-    "InputEncoder",
     "ObjectiveConfig",
     "RewardModelResult",
     "RmLoggingConfig",
