@@ -1,4 +1,4 @@
-"""Tier-1 tests of rewardmix.algos.advantages (RLOO, GRPO / Dr. GRPO group baselines)."""
+"""Tier-1 tests of rewardmix.algos.advantages (RLOO, GRPO / Dr. GRPO group baselines, REINFORCE++)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rewardmix.algos.advantages import (
     broadcast_to_tokens,
     group_advantages,
     group_pair_accuracy,
+    reinforce_pp_advantages,
     rloo_advantages,
 )
 
@@ -94,6 +95,43 @@ def test_shape_errors():
         group_advantages(torch.zeros(4), 1)
     with pytest.raises(ValueError, match=r"\(B,\) scores"):
         rloo_advantages(torch.zeros(2, 2), 2)
+
+
+def test_reinforce_pp_hand_computed_returns_to_go():
+    # row 0: three tokens, rewards [-0.1, -0.2, 1.0 - 0.3]; row 1: one token then padding
+    rewards = torch.tensor([[-0.1, -0.2, 0.7], [2.0, 0.0, 0.0]], dtype=F64)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    got = reinforce_pp_advantages(rewards, mask)
+    expected = torch.tensor([[0.4, 0.5, 0.7], [2.0, 0.0, 0.0]], dtype=F64)  # A_t = sum_{s >= t} r_s
+    assert torch.allclose(got, expected)
+    # gamma 0.5: A_2 = 0.7, A_1 = -0.2 + 0.35 = 0.15, A_0 = -0.1 + 0.075 = -0.025
+    got = reinforce_pp_advantages(rewards, mask, gamma=0.5)
+    assert torch.allclose(got[0], torch.tensor([-0.025, 0.15, 0.7], dtype=F64))
+
+
+def test_reinforce_pp_baseline_subtracts_the_group_mean_total_reward():
+    # group of 2: totals 1.0 and 3.0, mean 2.0, subtracted at each response's last valid token
+    rewards = torch.tensor([[0.5, 0.5], [3.0, 0.0]], dtype=F64)
+    mask = torch.tensor([[True, True], [True, False]])
+    got = reinforce_pp_advantages(rewards, mask, group_size=2)
+    assert torch.allclose(got, torch.tensor([[-1.0, -1.5], [1.0, 0.0]], dtype=F64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(grouped_scores(), st.integers(1, 4), st.data())
+def test_reinforce_pp_first_token_advantages_sum_to_zero_per_group(data, width, draw):
+    scores, k = data
+    lengths = draw.draw(st.lists(st.integers(1, width), min_size=scores.numel(), max_size=scores.numel()))
+    mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    rewards = torch.where(mask, scores.unsqueeze(1) / width, 0.0)
+    adv = reinforce_pp_advantages(rewards, mask, group_size=k)
+    assert torch.allclose(
+        adv[:, 0].reshape(-1, k).sum(dim=1), torch.zeros(scores.numel() // k, dtype=F64), atol=1e-9
+    )
+    assert bool((adv[~mask] == 0).all())
+    # without a baseline the first token's advantage is the response's total reward
+    total = (rewards * mask).sum(dim=1)
+    assert torch.allclose(reinforce_pp_advantages(rewards, mask)[:, 0], total, atol=1e-9)
 
 
 def test_broadcast_to_tokens_masks_padding():

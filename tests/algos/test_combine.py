@@ -16,12 +16,14 @@ from rewardmix.algos.combine import (
     bounded_to_logit,
     calibrate,
     clip_scores_symmetric,
+    combine_constrained,
     combine_min,
     combine_sum,
     combine_threshold,
     combine_weighted,
     get_combinator,
     logit_to_bounded,
+    multiplier_step,
     register_combinator,
 )
 
@@ -249,6 +251,75 @@ def test_weighted_matches_python_loop(scores: torch.Tensor, weights: list[float]
 # ----------------------------------------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Constrained combinator and its dual ascent
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_constrained_hand() -> None:
+    scores = t([[4.0, 1.0], [2.0, 0.5]])
+    # mu = 0: the sum; mu_1 = 0.25 on the first: 0.75 * 4 + 1 = 4, 0.75 * 2 + 0.5 = 2
+    assert combine_constrained(scores, multipliers=[0.0, 0.0]).tolist() == [5.0, 2.5]
+    assert combine_constrained(scores, multipliers=[0.25, 0.0]).tolist() == [4.0, 2.0]
+    # mu_1 = 1.5 > 1: the capped component now lowers the score (-0.5 * 4 + 1 = -1)
+    assert combine_constrained(scores, multipliers=[1.5, 0.0]).tolist() == [-1.0, -0.5]
+
+
+def test_constrained_validation() -> None:
+    with pytest.raises(ValueError, match="one multiplier per component"):
+        combine_constrained(t([[1.0, 2.0]]), multipliers=[0.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        combine_constrained(t([[1.0, 2.0]]), multipliers=[-0.1, 0.0])
+    with pytest.raises(ValueError, match="finite"):
+        multiplier_step(0.0, math.nan, 1.0, lr=0.1)
+    with pytest.raises(ValueError, match="lr > 0"):
+        multiplier_step(0.0, 1.0, 1.0, lr=0.0)
+    with pytest.raises(ValueError, match="kp >= 0"):
+        multiplier_step(0.0, 1.0, 1.0, lr=0.1, kp=-1.0)
+
+
+def test_multiplier_step_hand() -> None:
+    # plain dual ascent (kp 0): above the target the multiplier rises by lr * gap; below it falls, never under 0
+    assert multiplier_step(0.0, 5.0, 3.0, lr=0.1) == pytest.approx((0.2, 0.2))
+    assert multiplier_step(0.5, 2.0, 3.0, lr=0.1) == pytest.approx((0.4, 0.4))
+    assert multiplier_step(0.05, 0.0, 3.0, lr=0.1) == (0.0, 0.0)
+    # PI: the proportional term adds kp * gap to the multiplier, not to the integral
+    assert multiplier_step(0.5, 4.0, 3.0, lr=0.1, kp=1.0) == pytest.approx((0.6, 1.6))
+    assert multiplier_step(0.5, 2.0, 3.0, lr=0.1, kp=1.0) == pytest.approx((0.4, 0.0))
+
+
+@SETTINGS
+@given(target=finite, start=st.floats(0.0, 5.0), lr=st.floats(0.01, 0.5), kp=st.floats(0.0, 0.5))
+def test_multiplier_holds_a_linear_response_at_its_target(
+    target: float, start: float, lr: float, kp: float
+) -> None:
+    # A "policy" whose mean score falls linearly with the multiplier, E[s](mu) = target + 2 - mu, is at its
+    # target where mu = 2: the iteration converges there with or without the proportional term. (Gains this
+    # large against a response this fast can cycle: lr = kp = 1 goes 0, 4, 0, 4 ...; real policies respond
+    # over many steps.)
+    integral, mu = start, start
+    for _ in range(3000):
+        integral, mu = multiplier_step(integral, target + 2.0 - mu, target, lr=lr, kp=kp)
+    assert mu == pytest.approx(2.0, abs=1e-5)
+
+
+@SETTINGS
+@given(scores=score_matrix(min_c=2), mu=st.floats(0.0, 1.0), data=st.data())
+def test_constrained_with_multipliers_up_to_one_is_monotone_and_at_most_sum(
+    scores: torch.Tensor, mu: float, data: st.DataObject
+) -> None:
+    c = scores.shape[1]
+    j = data.draw(st.integers(0, c - 1))
+    multipliers = [0.0] * c
+    multipliers[j] = mu
+    out = combine_constrained(scores, multipliers=multipliers)
+    expected = combine_sum(scores) - mu * scores[:, j]
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    bumped = scores.clone()
+    bumped[:, j] += 1.0
+    assert bool((combine_constrained(bumped, multipliers=multipliers) >= out - 1e-9).all())
 
 
 def test_registry_builtins() -> None:

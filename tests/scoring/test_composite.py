@@ -225,6 +225,72 @@ def test_resume_from_state_dict_continues_identically():
     assert resumed.state_dict() == uninterrupted.state_dict()
 
 
+def test_group_normalization_z_scores_each_component_within_its_prompts_answers():
+    # two prompts x K=2 answers; a 0/1 rule and a logit on another scale end up on the same +-0.707 scale
+    comps = [_fake_component("rule", normalize="group"), _fake_component("rm", normalize="group")]
+    scorers = {
+        "rule": FakeScorer("rule", [0.0, 1.0, 1.0, 1.0]),
+        "rm": FakeScorer("rm", [10.0, 30.0, -1.0, -3.0]),
+    }
+    reward = CompositeReward(_cfg(comps), scorers=scorers, group_size=2)
+    out = reward(_batch(4))
+    z = 1 / math.sqrt(2)  # (x - mean) / unbiased std of two values
+    _close(out.normalized["rule"], [-z, z, 0.0, 0.0], atol=1e-5)
+    _close(out.normalized["rm"], [-z, z, z, -z], atol=1e-5)
+    _close(out.scores, [-2 * z, 2 * z, z, -z], atol=1e-5)
+    with pytest.raises(ValueError, match="K >= 2"):
+        CompositeReward(_cfg(comps), scorers=scorers)
+
+
+def test_constrained_multiplier_follows_dual_ascent_and_resumes_exactly():
+    comps = [_fake_component("label", target=1.0), _fake_component("quality")]
+    label = [[3.0, 3.0], [2.0, 2.0], [0.0, 0.0], [0.0, 2.0]]
+    quality = [[0.5, 1.5]] * 4
+
+    def make(skip: int) -> CompositeReward:
+        return _composite(
+            comps,
+            {"label": FakeScorer("label", *label[skip:]), "quality": FakeScorer("quality", *quality[skip:])},
+            combinator="constrained",
+            multiplier_lr=0.25,
+            multiplier_kp=0.0,  # plain dual ascent: the multiplier is the integral
+        )
+
+    reward = make(0)
+    # batch 1: mu = 0 -> the sum; then mu <- max(0, 0 + 0.25 * (3 - 1)) = 0.5
+    _close(reward(_batch(2)).scores, [3.5, 4.5])
+    assert reward.metrics()["reward/label/multiplier"] == 0.0
+    assert reward.metrics()["reward/label/constraint_gap"] == 2.0
+    # batch 2: combined with mu = 0.5: 0.5 * 2 + q; then mu <- 0.5 + 0.25 * (2 - 1) = 0.75
+    _close(reward(_batch(2)).scores, [1.5, 2.5])
+    assert reward.metrics()["reward/label/multiplier"] == 0.5
+    # batch 3 below target: mu <- max(0, 0.75 + 0.25 * (0 - 1)) = 0.5
+    reward(_batch(2))
+    assert reward.state_dict()["multipliers"] == {"label": 0.5}
+    assert "reward/quality/multiplier" not in reward.metrics()
+    # evaluation (update_stats False) combines with the multiplier but does not move it
+    reward(_batch(2), update_stats=False)
+    assert reward.state_dict()["multipliers"] == {"label": 0.5}
+
+    first = make(0)
+    first(_batch(2))
+    state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint stores
+    resumed = make(1)
+    resumed.load_state_dict(state)
+    straight = make(0)
+    straight(_batch(2))
+    for _ in range(3):
+        assert torch.equal(resumed(_batch(2)).scores, straight(_batch(2)).scores)
+    assert resumed.state_dict() == straight.state_dict()
+    # a checkpoint of another combinator has no multipliers: refused, naming them
+    plain = _composite(
+        [_fake_component("label"), _fake_component("quality")],
+        {"label": FakeScorer("label", [1.0, 1.0]), "quality": FakeScorer("quality", [1.0, 1.0])},
+    )
+    with pytest.raises(ValueError, match="multipliers"):
+        resumed.load_state_dict(plain.state_dict())
+
+
 def test_load_state_dict_rejects_other_components():
     reward = _composite([_fake_component("a", normalize="running")], {"a": FakeScorer("a", [1.0])})
     other = _composite([_fake_component("b", normalize="running")], {"b": FakeScorer("b", [1.0])})
@@ -455,6 +521,30 @@ def test_user_registered_scorer_type_reads_params():
             "weighted",
             {},
             "'combinator_params'.*sum to zero",
+        ),
+        (
+            [{"name": "a", "type": "format", "format": {}}],
+            "constrained",
+            {},
+            "give at least one component a target",
+        ),
+        (
+            [{"name": "a", "type": "format", "format": {}, "target": 1.0}],
+            "sum",
+            {},
+            "'target' is read by combinator 'constrained' only",
+        ),
+        (
+            [{"name": "a", "type": "format", "format": {}, "target": 1.0}],
+            "constrained",
+            {"multiplier_lr": 0.0},
+            "multiplier_lr > 0",
+        ),
+        (
+            [{"name": "a", "type": "format", "format": {}, "target": 1.0}],
+            "constrained",
+            {"threshold": 1.0},
+            r"\['threshold'\] unknown to combinator 'constrained'",
         ),
     ],
 )

@@ -76,8 +76,8 @@ def spy(monkeypatch):
     seen: dict = {}
     original = roles.build_reward
 
-    def build(cfg, models, device):
-        result = original(cfg, models, device)  # reward-model roles are on the base from here on
+    def build(cfg, models, device, **kwargs):
+        result = original(cfg, models, device, **kwargs)  # reward-model roles are on the base from here on
         seen["models"], seen["reward"] = models, result
         seen["before"] = all_weights(models, result)
         return result

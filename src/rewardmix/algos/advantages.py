@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from rewardmix.algos.gae import compute_gae
+
 
 def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """(B,) scores as (B / K, K) groups, with the shape checks every estimator needs."""
@@ -47,6 +49,9 @@ def group_advantages(
 ) -> torch.Tensor:
     """GRPO: each score minus its group's mean, divided by the group's std when ``scale_by_std``.
 
+    The same z-score within a prompt's group is the per-component normalization ``normalize: group`` of the
+    composite reward (GDPO: each reward component standardized in its group before they are combined).
+
     Args:
         scores: (B,) sequence-level rewards, groups in consecutive rows.
         group_size: K (>= 2).
@@ -65,6 +70,43 @@ def group_advantages(
     if scale_by_std:
         centred = centred / (g.std(dim=1, keepdim=True) + eps)
     return centred.reshape(-1)
+
+
+def reinforce_pp_advantages(
+    rewards: torch.Tensor, response_mask: torch.Tensor, *, gamma: float = 1.0, group_size: int = 1
+) -> torch.Tensor:
+    """REINFORCE++: per-token returns-to-go of the KL-shaped rewards, no critic (normalize them afterwards).
+
+    Each token's advantage is the discounted sum of the per-token rewards from it to the end of its response,
+    ``A_t = sum_{s >= t} gamma^(s - t) r_s`` with ``r_s = -beta * KL_s`` plus the score on the last token: the
+    KL penalty stays per token, as in PPO, unlike RLOO/GRPO, which fold it into one sequence reward. The method
+    then normalizes the advantages over the whole batch (global batch normalization; the caller whitens).
+
+    With ``group_size`` K >= 2 the mean total reward of each prompt's group is subtracted from its responses'
+    last-token reward first (the "REINFORCE++-baseline" variant): every token's advantage then has the group
+    baseline removed, and the first token's advantages of a group sum to 0 when ``gamma`` is 1.
+
+    Args:
+        rewards: (B, T) per-token rewards (:func:`~rewardmix.algos.kl.kl_shaped_rewards`).
+        response_mask: (B, T) True on valid response tokens (right-padded; every row has >= 1).
+        gamma: Discount over response tokens, in [0, 1].
+        group_size: K responses per prompt in consecutive rows; 1: no baseline.
+
+    Returns:
+        (B, T) advantages, 0 on padding.
+
+    Reference: Hu 2025 (REINFORCE++, arXiv 2501.03262) §3: token-level KL penalty in the reward,
+        A_t = sum_{s >= t} gamma^(s-t) r_s, normalized over the global batch; its baseline variant subtracts
+        the group mean reward. Computed as GAE with V = 0 and lambda = 1 (Schulman et al. 2016 Eq. 18).
+    """
+    mask = response_mask.bool()
+    if group_size > 1:
+        totals = (rewards * mask).sum(dim=1)  # R_i = sum_t r_t = score_i - beta * sum_t KL_t
+        baseline = _groups(totals, group_size).mean(dim=1).repeat_interleave(group_size)  # mean_g(R)
+        last = mask.long().cumsum(dim=1) == mask.sum(dim=1, keepdim=True)  # the last valid token
+        rewards = rewards - torch.where(last & mask, baseline.unsqueeze(1), 0.0)  # r_T <- r_T - mean_g(R)
+    advantages, _ = compute_gae(rewards, torch.zeros_like(rewards), mask, gamma=gamma, lam=1.0)
+    return advantages
 
 
 def broadcast_to_tokens(advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

@@ -205,6 +205,84 @@ def combine_min(scores: torch.Tensor) -> torch.Tensor:
     return scores.min(dim=-1).values  # r = min_i s_i
 
 
+@register_combinator("constrained")
+def combine_constrained(scores: torch.Tensor, *, multipliers: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Lagrangian of "maximize the sum of the components, with each capped component's mean <= its target".
+
+    For capped components i (multiplier mu_i >= 0) and the others (mu = 0), the policy's reward is the
+    Lagrangian's integrand ``sum_c (1 - mu_c) * s_c``: a capped component counts fully while its multiplier is 0,
+    less as the multiplier grows, and is pushed down once ``mu_i > 1``. The multipliers are not hand-set: they
+    follow :func:`multiplier_step` during training, rising while the component's batch mean exceeds its
+    target, so the component is held at the target (RLLR's threshold holds it with a hand-set cap).
+
+    Args:
+        scores: (B, C) component scores.
+        multipliers: C values >= 0, one per component in the order of ``scores`` (0 for uncapped components).
+
+    Returns:
+        (B,) combined score.
+
+    Raises:
+        ValueError: If the number of multipliers is not C, or one is negative or not finite.
+
+    Reference:
+        Moskovitz et al. 2023 ("Confronting Reward Model Overoptimization with Constrained RLHF",
+        arXiv 2310.04373) §4: L(pi, mu) = E[sum_c s_c] - sum_i mu_i (E[s_i] - theta_i), mu_i >= 0.
+    """
+    _check_scores(scores)
+    mu = torch.as_tensor(multipliers, dtype=scores.dtype, device=scores.device)
+    if mu.ndim != 1 or mu.shape[0] != scores.shape[1]:
+        raise ValueError(
+            f"need one multiplier per component: C={scores.shape[1]}, got multipliers of shape {tuple(mu.shape)}"
+        )
+    if not bool(torch.isfinite(mu).all()) or bool((mu < 0).any()):
+        raise ValueError(f"multipliers must be finite and >= 0, got {mu.tolist()}")
+    return scores @ (1.0 - mu)  # r = sum_c (1 - mu_c) s_c
+
+
+def multiplier_step(
+    integral: float, mean: float, target: float, *, lr: float, kp: float = 0.0
+) -> tuple[float, float]:
+    """One step of the Lagrange multiplier of the constraint ``E[s] <= target``: projected dual ascent, plus an
+    optional proportional term that damps its oscillation.
+
+    The dual function is minimized over mu >= 0 by gradient steps; its gradient in mu is ``-(E[s] - target)``,
+    so the accumulated term rises while the constraint is violated and falls (to 0 at most) while it holds. With
+    ``kp = 0`` this is plain projected dual ascent (Moskovitz et al. 2023) and the multiplier is the integral;
+    ``kp > 0`` adds ``kp * gap``, the PI form of Stooke et al. 2020, which reacts to the current gap at once
+    instead of only through the accumulated one (plain dual ascent overshoots and oscillates around the target).
+    The gains must stay small against how fast the score responds to the multiplier: against a score that
+    follows it at once with slope -1, ``lr = kp = 1`` cycles, while ``lr, kp <= 0.5`` converge.
+
+    Args:
+        integral: I, the accumulated (integral) term so far (>= 0).
+        mean: E[s], the capped component's mean over the batch the policy was just scored on.
+        target: theta, the component's target.
+        lr: K_I > 0, the step size of the integral term (the dual learning rate).
+        kp: K_P >= 0, the gain of the proportional term.
+
+    Returns:
+        ``(integral, multiplier)``: ``I' = max(0, I + lr * gap)`` and ``mu = max(0, I' + kp * gap)`` with
+        ``gap = mean - target``; ``mu`` weighs the next batch.
+
+    Raises:
+        ValueError: On a non-finite input, a negative integral or gain, or ``lr <= 0``.
+
+    Reference:
+        Moskovitz et al. 2023 §4 (multipliers updated by gradient steps on the dual); Stooke, Achiam & Abbeel
+        2020 ("Responsive Safety in RL by PID Lagrangian Methods", arXiv 2007.03964) Alg. 2, PI control:
+        lambda = (K_P e + K_I sum e)_+.
+    """
+    for name, value in (("integral", integral), ("mean", mean), ("target", target), ("lr", lr), ("kp", kp)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+    if integral < 0 or kp < 0 or lr <= 0:
+        raise ValueError(f"need integral >= 0, kp >= 0 and lr > 0, got integral={integral}, kp={kp}, lr={lr}")
+    gap = mean - target
+    integral = max(0.0, integral + lr * gap)  # I <- max(0, I + K_I (E[s] - theta))
+    return integral, max(0.0, integral + kp * gap)  # mu = max(0, I + K_P (E[s] - theta))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Per-component transforms: (B,) -> (B,)
 # ---------------------------------------------------------------------------------------------------------

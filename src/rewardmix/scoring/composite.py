@@ -5,16 +5,23 @@ A reward is a list of components and a combinator (SPEC §6). For a batch of B s
 1. scores every sample with its scorer: ``raw[c]``, shape (B,) (a reward model already returns its logit
    or bounded score, as its ``output`` says; CRS §5.4);
 2. is normalized: ``none``; ``running`` (the running mean/std of every raw score seen so far, updated with
-   this batch first, then applied: ``(x - mean) / (std + 1e-8)``); or ``reference`` (mean/std of the scores
+   this batch first, then applied: ``(x - mean) / (std + 1e-8)``); ``reference`` (mean/std of the scores
    of fixed reference samples, given once to :meth:`CompositeReward.calibrate_reference`:
-   ``(x - mean) / std``; Ziegler et al. 2019 §2.2);
+   ``(x - mean) / std``; Ziegler et al. 2019 §2.2); or ``group`` (z-scored within each prompt's group of K
+   answers, ``(x - mean_g) / (std_g + 1e-6)``; GDPO: a component's scale and offset then cancel before the
+   components are combined);
 3. is clipped to ``[-clip, clip]`` when ``clip`` is set (CRS Table 8 "score clip 4"): ``normalized[c]``.
 
 The normalized components are stacked in config order into (B, C) and the combinator of
 :mod:`rewardmix.algos.combine` (``sum``, ``weighted``, ``threshold``, ``min``, or one registered with
 ``register_combinator``) turns them into one score per sample, (B,). Order matters: ``threshold`` caps the
 FIRST component (RLLR Eq. 4: r1 = the label-sensitive reward), ``weighted`` takes each component's
-``weight`` (CRS: ``w * pref + (1 - w) * abs``).
+``weight`` (CRS: ``w * pref + (1 - w) * abs``). ``constrained`` caps every component that has a ``target``
+with a Lagrange multiplier that training moves by dual ascent (``sum_c (1 - mu_c) s_c``, then
+``I <- max(0, I + multiplier_lr * gap)``, ``mu = max(0, I + multiplier_kp * gap)`` with ``gap = batch mean -
+target``; Moskovitz et al. 2023): the cap RLLR sets by hand
+with λ, found during training. A proportional term (``multiplier_kp``, the PI form of Stooke et al. 2020)
+damps the oscillation plain dual ascent shows.
 
 A config (every key checked; a component holds exactly the one section of its type)::
 
@@ -54,7 +61,14 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from rewardmix.algos.combine import COMBINATORS, RunningMeanStd, clip_scores_symmetric, get_combinator
+from rewardmix.algos.advantages import group_advantages
+from rewardmix.algos.combine import (
+    COMBINATORS,
+    RunningMeanStd,
+    clip_scores_symmetric,
+    get_combinator,
+    multiplier_step,
+)
 from rewardmix.config import from_dict
 from rewardmix.scoring.base import Scorer, ScoringBatch, check_score_tensor
 from rewardmix.scoring.reward_model import RewardModelParams, RewardModelScorer, ScoreOutput
@@ -85,7 +99,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NormalizeMode = Literal["none", "running", "reference"]
+NormalizeMode = Literal["none", "running", "reference", "group"]
+# combinator_params of ``constrained`` (read by the composite, not passed to the combinator) and their defaults
+CONSTRAINED_PARAMS = {"multiplier_lr": 0.1, "multiplier_kp": 1.0, "initial_multiplier": 0.0}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # The sections of ComponentConfig, one per built-in type, plus ``params`` for registered ones.
 _SECTIONS = ("reward_model", "label_correct", "length_penalty", "format", "contains", "params")
@@ -200,11 +216,18 @@ class ComponentConfig:
     (0, 1)); ``null`` -> ``logit``."""
     normalize: NormalizeMode = "none"
     """``none``; ``running`` (running mean/std of all raw scores so far, updated with each batch, then
-    applied); ``reference`` (mean/std of reference samples given once to ``calibrate_reference``)."""
+    applied: for scores whose scale drifts); ``reference`` (mean/std of the initial policy's samples, given once
+    to ``calibrate_reference``: a fixed scale, so the combined reward keeps its meaning across steps);
+    ``group`` (z-scored within each prompt's K answers, needs ``ppo.samples_per_prompt >= 2``: GDPO, for
+    critic-free estimators whose components have very different scales or resolutions, e.g. a 0/1 rule beside
+    a reward model's logit)."""
     clip: float | None = None
     """Clip the normalized score to ``[-clip, clip]`` (CRS Table 8: 4); ``null`` -> no clip."""
     weight: float = 1.0
     """Weight for combinators that take ``weights`` (``weighted``: divided by the sum of all weights)."""
+    target: float | None = None
+    """``combinator: constrained`` only: cap this component's batch mean (of the normalized score) at this
+    value with a Lagrange multiplier learned during training; null: not capped."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -230,6 +253,8 @@ class ComponentConfig:
             raise ValueError(f"'clip' must be a positive number or null, got {self.clip}")
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"'weight' must be finite and >= 0, got {self.weight}")
+        if self.target is not None and not math.isfinite(self.target):
+            raise ValueError(f"'target' must be a finite number or null, got {self.target}")
         self.settings()  # a registered type's params are checked now, at load time
 
     def settings(self) -> Any:
@@ -249,10 +274,13 @@ class CompositeConfig:
     """The score components, in the order the combinator sees them (``threshold`` caps the first)."""
     combinator: str = "sum"
     """Combinator name from ``rewardmix.algos.combine``: ``sum``, ``weighted`` (weights from the components'
-    ``weight``), ``threshold`` (RLLR Eq. 4), ``min``, or a registered one."""
+    ``weight``), ``threshold`` (RLLR Eq. 4), ``min``, ``constrained`` (components with a ``target`` capped by
+    learned Lagrange multipliers), or a registered one."""
     combinator_params: dict[str, float | bool] = field(default_factory=dict)
     """Keyword hyperparameters of the combinator, e.g. ``{threshold: 5.0}``; ``weights`` come from the
-    components."""
+    components. ``constrained`` takes ``multiplier_lr`` (K_I, the dual step size, default 0.1),
+    ``multiplier_kp`` (K_P, the proportional gain, default 1.0; 0 is plain dual ascent) and
+    ``initial_multiplier`` (default 0: the capped components start fully counted)."""
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.components]
@@ -263,6 +291,30 @@ class CompositeConfig:
             raise ValueError(f"'combinator': unknown {self.combinator!r}; known: {sorted(COMBINATORS)}")
         if "weights" in self.combinator_params:
             raise ValueError("'combinator_params': weights are set per component ('weight'), not here")
+        targets = [c.name for c in self.components if c.target is not None]
+        if self.combinator == "constrained":
+            unknown = sorted(set(self.combinator_params) - set(CONSTRAINED_PARAMS))
+            if unknown:
+                raise ValueError(
+                    f"'combinator_params': {unknown} unknown to combinator 'constrained'; it takes "
+                    f"{sorted(CONSTRAINED_PARAMS)}"
+                )
+            lr, kp, initial = self.constrained_params()
+            if not all(math.isfinite(x) for x in (lr, kp, initial)) or lr <= 0 or kp < 0 or initial < 0:
+                raise ValueError(
+                    "'combinator_params': constrained needs multiplier_lr > 0, multiplier_kp >= 0 and "
+                    f"initial_multiplier >= 0, got {lr}, {kp} and {initial}"
+                )
+            if self.components and not targets:
+                raise ValueError(
+                    "'combinator': constrained caps the components that have a 'target'; give at least one "
+                    "component a target"
+                )
+        elif targets:
+            raise ValueError(
+                f"components {targets}: 'target' is read by combinator 'constrained' only, not "
+                f"{self.combinator!r}"
+            )
         if self.components:
             # A trial call on zeros: missing or unknown hyperparameters fail at load time, not mid-run.
             try:
@@ -275,8 +327,18 @@ class CompositeConfig:
                     f"{self.combinator!r} with {len(self.components)} component(s): {e}"
                 ) from None
 
+    def constrained_params(self) -> tuple[float, float, float]:
+        """``(multiplier_lr, multiplier_kp, initial_multiplier)`` of the ``constrained`` combinator, defaults
+        filled in."""
+        params = CONSTRAINED_PARAMS | dict(self.combinator_params)
+        return tuple(float(params[k]) for k in ("multiplier_lr", "multiplier_kp", "initial_multiplier"))
+
     def combinator_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the combinator: ``combinator_params`` plus ``weights`` if it takes them."""
+        """Keyword arguments for the combinator: ``combinator_params`` plus ``weights`` if it takes them
+        (``constrained``: the initial ``multipliers``, 0 for components without a target)."""
+        if self.combinator == "constrained":
+            initial = self.constrained_params()[2]
+            return {"multipliers": [0.0 if c.target is None else initial for c in self.components]}
         kwargs: dict[str, Any] = dict(self.combinator_params)
         parameters = inspect.signature(get_combinator(self.combinator)).parameters
         if "weights" in parameters:
@@ -470,10 +532,12 @@ class CompositeReward:
             or fakes in tests); the other components are built from the config with the scorer-type registry.
         context: What builders need beside the config (device, shared base, tokenizer); scores are returned
             on ``context.device``.
+        group_size: K, answers per prompt in consecutive rows of every batch (``normalize: group`` needs
+            K >= 2 and batches of whole groups).
 
     Raises:
-        ValueError: No components, a scorer for an unknown component, or a given reward-model scorer whose
-            ``output`` disagrees with the config.
+        ValueError: No components, a scorer for an unknown component, a given reward-model scorer whose
+            ``output`` disagrees with the config, or ``normalize: group`` with ``group_size < 2``.
     """
 
     def __init__(
@@ -482,9 +546,17 @@ class CompositeReward:
         *,
         scorers: Mapping[str, Scorer] | None = None,
         context: BuildContext | None = None,
+        group_size: int = 1,
     ) -> None:
         if not cfg.components:
             raise ValueError("a composite reward needs at least one component")
+        grouped = [c.name for c in cfg.components if c.normalize == "group"]
+        if grouped and group_size < 2:
+            raise ValueError(
+                f"components {grouped} normalize within groups of answers to one prompt: that needs K >= 2 "
+                f"answers per prompt (ppo.samples_per_prompt), got {group_size}"
+            )
+        self.group_size = group_size
         given = dict(scorers or {})
         unknown = sorted(set(given) - {c.name for c in cfg.components})
         if unknown:
@@ -513,6 +585,17 @@ class CompositeReward:
         self._reference: dict[str, RunningMeanStd | None] = {
             c.name: None for c in cfg.components if c.normalize == "reference"
         }
+        # constrained combinator: component -> its Lagrange multiplier (the value the next batch is combined with)
+        # and the integral term it is computed from
+        self._multipliers: dict[str, float] = {}
+        self._integrals: dict[str, float] = {}
+        self._multiplier_lr = self._multiplier_kp = 0.0
+        self._gaps: dict[str, float] = {}
+        self._used: dict[str, float] = {}
+        if cfg.combinator == "constrained":
+            self._multiplier_lr, self._multiplier_kp, initial = cfg.constrained_params()
+            self._multipliers = {c.name: initial for c in cfg.components if c.target is not None}
+            self._integrals = dict(self._multipliers)
         self._last: CompositeScores | None = None
         self._clipfrac: dict[str, float] = {}
         logger.info(
@@ -585,7 +668,25 @@ class CompositeReward:
                 x = clip_scores_symmetric(x, clip=component.clip)  # s <- min(max(s, -c), c)
             normalized[component.name] = x
         stacked = torch.stack([normalized[name] for name in self.names], dim=1)  # (B, C), config order
-        combined = self._combine(stacked, **self._combine_kwargs)
+        kwargs = self._combine_kwargs
+        if self._multipliers:  # constrained: the current multipliers, then one dual step on this batch
+            kwargs = {"multipliers": [self._multipliers.get(name, 0.0) for name in self.names]}
+            self._used = dict(self._multipliers)
+            for component in self.cfg.components:
+                if component.target is None:
+                    continue
+                mean = float(normalized[component.name].double().mean())
+                self._gaps[component.name] = mean - component.target
+                if update_stats:
+                    name = component.name
+                    self._integrals[name], self._multipliers[name] = multiplier_step(
+                        self._integrals[name],
+                        mean,
+                        component.target,
+                        lr=self._multiplier_lr,
+                        kp=self._multiplier_kp,
+                    )
+        combined = self._combine(stacked, **kwargs)
         if isinstance(combined, torch.Tensor) and combined.shape == (B,):
             check_finite_scores(f"combinator {self.cfg.combinator}", combined, kind="combined")
         scores = check_score_tensor(f"combinator {self.cfg.combinator}", combined, B)
@@ -611,6 +712,8 @@ class CompositeReward:
                     "calibrate_reference(batch) first"
                 )
             return reference.normalize(x, eps=0.0)  # z = (x - mu_ref) / sigma_ref
+        if component.normalize == "group":
+            return group_advantages(x, self.group_size)  # z = (x - mean_g) / (std_g + eps), per prompt
         return x
 
     def calibrate_reference(self, batch: ScoringBatch) -> dict[str, dict[str, float]]:
@@ -656,8 +759,9 @@ class CompositeReward:
     def metrics(self) -> dict[str, float]:
         """Metrics of the last call (empty before the first): per-component ``reward/<name>/raw``,
         ``reward/<name>/normalized`` (means, plus ``_std``), ``reward/combined`` (+ ``_std``),
-        ``reward/<name>/clipfrac`` for clipped components and ``reward/<name>/running_mean``/``running_std``
-        for running normalization."""
+        ``reward/<name>/clipfrac`` for clipped components, ``reward/<name>/running_mean``/``running_std``
+        for running normalization, and for the constrained combinator ``reward/<name>/multiplier`` (the
+        multiplier this batch was combined with) and ``reward/<name>/constraint_gap`` (batch mean - target)."""
         if self._last is None:
             return {}
         out = self._last.metrics()
@@ -666,11 +770,15 @@ class CompositeReward:
         for name, stats in self._running.items():
             out[f"reward/{name}/running_mean"] = stats.mean
             out[f"reward/{name}/running_std"] = stats.std
+        for name, multiplier in self._used.items():
+            out[f"reward/{name}/multiplier"] = multiplier
+            out[f"reward/{name}/constraint_gap"] = self._gaps[name]
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Normalization statistics (plain floats, JSON-safe) for checkpoints."""
-        return {
+        """Normalization statistics and the constrained combinator's multipliers (plain floats, JSON-safe) for
+        checkpoints."""
+        state: dict[str, Any] = {
             "components": self.names,
             "running": {name: stats.state_dict() for name, stats in self._running.items()},
             "reference": {
@@ -678,6 +786,10 @@ class CompositeReward:
                 for name, stats in self._reference.items()
             },
         }
+        if self._multipliers:  # absent otherwise: checkpoints of other combinators are unchanged
+            state["multipliers"] = dict(self._multipliers)
+            state["multiplier_integrals"] = dict(self._integrals)
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore statistics saved by :meth:`state_dict` (the components must be the same).
@@ -693,6 +805,16 @@ class CompositeReward:
                 f"saved normalization (running {sorted(running)}, reference {sorted(reference)}) differs from "
                 f"the config's (running {sorted(self._running)}, reference {sorted(self._reference)})"
             )
+        multipliers = dict(state.get("multipliers", {}))
+        if set(multipliers) != set(self._multipliers):
+            raise ValueError(
+                f"saved constrained multipliers {sorted(multipliers)} differ from the config's capped components "
+                f"{sorted(self._multipliers)}"
+            )
+        self._multipliers = {name: float(value) for name, value in multipliers.items()}
+        self._integrals = {
+            name: float(v) for name, v in dict(state.get("multiplier_integrals", multipliers)).items()
+        }
         for name, saved in running.items():
             self._running[name].load_state_dict(saved)
         for name, saved in reference.items():

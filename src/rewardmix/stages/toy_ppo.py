@@ -9,7 +9,9 @@ EOS. Two rule scorers give the reward, as in RLLR:
 
 They are combined by the RLLR threshold mix ``min(r1, λ) + r2`` (RLLR Eq. 4), so once the label-like reward
 passes λ the policy is pushed to improve the second one. Switch ``reward.combinator=sum`` to see the first
-reward dominate instead. Every number printed comes from the run.
+reward dominate instead, or ``reward.combinator=constrained`` to hold r1 at the same target with a Lagrange
+multiplier learned by dual ascent instead of a hand-set cap (Moskovitz et al. 2023). Every number printed comes
+from the run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Literal, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from rewardmix.algos.combine import get_combinator
+from rewardmix.algos.combine import get_combinator, multiplier_step
 from rewardmix.algos.gae import compute_gae, whiten
 from rewardmix.algos.kl import AdaptiveKLController, FixedKLController, kl_shaped_rewards
 from rewardmix.algos.masked import masked_mean
@@ -40,10 +42,16 @@ EOS = 0
 class RewardConfig:
     target_token: int = 3
     """Token id rewarded by the ``target`` scorer (not 0, which is EOS)."""
-    combinator: Literal["sum", "weighted", "threshold", "min"] = "threshold"
+    combinator: Literal["sum", "weighted", "threshold", "min", "constrained"] = "threshold"
     """How the two components [target, distinct] become one score (see ``rewardmix.algos.combine``)."""
     threshold: float = 3.0
-    """λ of the threshold mix: the ``target`` reward counts up to this value (RLLR Eq. 4)."""
+    """λ of the threshold mix: the ``target`` reward counts up to this value (RLLR Eq. 4); with ``constrained``
+    the target its Lagrange multiplier holds the ``target`` reward's batch mean at."""
+    multiplier_lr: float = 0.1
+    """``constrained``: K_I, the multiplier's dual-ascent step size (it starts at 0: the plain sum)."""
+    multiplier_kp: float = 1.0
+    """``constrained``: K_P, the gain of the proportional term that damps the multiplier's oscillation (0: plain
+    dual ascent)."""
     weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
     """Component weights for ``combinator: weighted``, in the order [target, distinct]."""
 
@@ -152,9 +160,12 @@ def run(cfg: Config) -> DemoResult:
     combine = get_combinator(cfg.reward.combinator)
     params = {"threshold": {"threshold": cfg.reward.threshold}, "weighted": {"weights": cfg.reward.weights}}
     combine_params = params.get(cfg.reward.combinator, {})
+    integral = multiplier = 0.0  # constrained: the Lagrange multiplier of "mean target reward <= threshold"
     log.info("toy-ppo: toy PPO, %d steps, combinator=%s -> %s", cfg.ppo.steps, cfg.reward.combinator, out)
 
     def rollout(batch_size: int) -> Rollout:
+        if cfg.reward.combinator == "constrained":
+            combine_params["multipliers"] = [multiplier, 0.0]
         with torch.no_grad():
             logits = policy.expand(batch_size, -1, -1)
             tokens = torch.distributions.Categorical(logits=logits).sample()
@@ -188,9 +199,18 @@ def run(cfg: Config) -> DemoResult:
             advantages = whiten(advantages, ro.response_mask)
         # step 4. optimise: several epochs of clipped policy and value losses over minibatches
         stats = ppo_epochs(cfg.ppo, policy, value_table, optimizer, ro, advantages, returns)
-        # step 5. adapt β and log
+        # step 5. adapt β (and the constrained combinator's multiplier) and log
         seq_kl = (kl * ro.response_mask).sum(-1).mean().item()
         kl_ctl.update(seq_kl, cfg.ppo.batch_size)
+        used = multiplier
+        if cfg.reward.combinator == "constrained":
+            integral, multiplier = multiplier_step(
+                integral,
+                ro.components[:, 0].mean().item(),
+                cfg.reward.threshold,
+                lr=cfg.reward.multiplier_lr,
+                kp=cfg.reward.multiplier_kp,
+            )
         row = {
             "objective/score": ro.scores.mean().item(),
             "objective/kl": seq_kl,
@@ -200,6 +220,9 @@ def run(cfg: Config) -> DemoResult:
             **stats,
             "perf/samples_per_sec": (step + 1) * cfg.ppo.batch_size / (time.perf_counter() - start),
         }
+        if cfg.reward.combinator == "constrained":
+            row["reward/target/multiplier"] = used
+            row["reward/target/constraint_gap"] = ro.components[:, 0].mean().item() - cfg.reward.threshold
         metrics.log(step, row)
     after = summarize(rollout(1024))
     summary = {"before": before, "after": after, "combinator": cfg.reward.combinator}

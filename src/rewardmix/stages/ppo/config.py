@@ -140,13 +140,16 @@ class PPOConfig:
     lam: float = 0.95
     """GAE lambda."""
     whiten_advantages: bool = True
-    """Normalize advantages to mean 0, std 1 over the batch's response tokens."""
-    advantage: Literal["gae", "rloo", "grpo"] = "gae"
+    """Normalize advantages to mean 0, std 1 over the batch's response tokens (``reinforce_pp`` always does:
+    it is that method's global batch normalization)."""
+    advantage: Literal["gae", "rloo", "grpo", "reinforce_pp"] = "gae"
     """How advantages are estimated. ``gae``: per-token GAE with the value role (PPO as in RLLR / CRS).
     ``rloo``: critic-free, each response's sequence reward (score - beta * its KL) minus the mean of the other
     answers to the same prompt (Ahmadian et al. 2024). ``grpo``: the same reward minus its group's mean, divided
-    by the group's std when ``scale_by_std`` (Shao et al. 2024). Critic-free estimators need
-    ``samples_per_prompt >= 2``; they train no value role and skip its forward passes."""
+    by the group's std when ``scale_by_std`` (Shao et al. 2024; Dr. GRPO without it). ``reinforce_pp``:
+    REINFORCE++ (Hu 2025), per-token returns-to-go of the KL-shaped rewards normalized over the whole batch,
+    with the group's mean reward as baseline when ``samples_per_prompt >= 2``. ``rloo`` and ``grpo`` need
+    ``samples_per_prompt >= 2``; no critic-free estimator loads, trains or runs a value role."""
     samples_per_prompt: int = 1
     """K responses sampled per prompt (each with its own seed): an iteration answers ``batch_size / K`` prompts
     K times. The group of a critic-free baseline; with ``gae`` it only changes which prompts a batch holds."""
@@ -224,7 +227,7 @@ class Config:
                 f"ppo.samples_per_prompt must be >= 1 and divide ppo.batch_size ({p.batch_size}), "
                 f"got {p.samples_per_prompt}"
             )
-        if p.advantage != "gae" and p.samples_per_prompt < 2:
+        if p.advantage in ("rloo", "grpo") and p.samples_per_prompt < 2:
             raise ValueError(
                 f"ppo.advantage: {p.advantage} needs ppo.samples_per_prompt >= 2 (its group baseline)"
             )
@@ -240,5 +243,11 @@ class Config:
             raise ValueError("data.format: task needs data.task")
         if not self.reward.components:
             raise ValueError("reward.components: give at least one component")
+        grouped = [c.name for c in self.reward.components if c.normalize == "group"]
+        if grouped and p.samples_per_prompt < 2:
+            raise ValueError(
+                f"reward.components {grouped}: normalize: group z-scores each component within a prompt's answers "
+                f"and needs ppo.samples_per_prompt >= 2, got {p.samples_per_prompt}"
+            )
         if g.backend == "vllm" and self.model.name == "tiny":
             raise ValueError("generation.backend: vllm loads the base from a folder; tiny is built in memory")

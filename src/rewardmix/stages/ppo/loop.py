@@ -13,7 +13,12 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from rewardmix.algos.advantages import broadcast_to_tokens, group_advantages, rloo_advantages
+from rewardmix.algos.advantages import (
+    broadcast_to_tokens,
+    group_advantages,
+    reinforce_pp_advantages,
+    rloo_advantages,
+)
 from rewardmix.algos.gae import compute_gae, whiten
 from rewardmix.algos.kl import AdaptiveKLController, FixedKLController, KLController, kl_shaped_rewards
 from rewardmix.algos.ppo import policy_loss, value_loss
@@ -92,7 +97,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     log.info("trainable parameters (policy + value): %d; shared base: %d", n_train, n_base)
 
     # step 3. the composite reward; reward models with a role become roles on the shared base
-    reward = roles.build_reward(cfg.reward, models, accelerator.device)
+    reward = roles.build_reward(cfg.reward, models, accelerator.device, group_size=cfg.ppo.samples_per_prompt)
 
     # step 4. the prompt pool
     prompts = load_prompts(cfg.data, models.tokenizer, out=out if is_main else None)
@@ -269,8 +274,10 @@ def estimate_advantages(
 
     ``gae``: GAE(gamma, lambda) over the per-token rewards with the value role's estimates. ``rloo`` / ``grpo``:
     each response's sequence reward, the sum of its per-token rewards (score - beta * its KL), against the
-    other answers to its prompt (groups of ``samples_per_prompt`` consecutive rows), given to every token;
-    the returns are then 0 (no value role trains). Advantages are whitened over the batch when configured.
+    other answers to its prompt (groups of ``samples_per_prompt`` consecutive rows), given to every token.
+    ``reinforce_pp``: per-token returns-to-go of the per-token rewards (the KL stays per token), minus the
+    group's mean reward when ``samples_per_prompt >= 2``, always whitened over the batch. Critic-free, the
+    returns are 0 (no value role trains). Advantages are whitened over the batch when configured.
 
     Args:
         p: The ``ppo`` config section.
@@ -283,6 +290,12 @@ def estimate_advantages(
     """
     if p.advantage == "gae":
         advantages, returns = compute_gae(rewards, values, response_mask, gamma=p.gamma, lam=p.lam)
+    elif p.advantage == "reinforce_pp":
+        advantages = reinforce_pp_advantages(
+            rewards, response_mask, gamma=p.gamma, group_size=p.samples_per_prompt
+        )
+        # REINFORCE++'s global batch normalization is part of the estimator, whatever whiten_advantages says
+        return whiten(advantages, response_mask), torch.zeros_like(rewards)
     else:
         sequence_rewards = (rewards * response_mask).sum(dim=1)  # r_i = score_i - beta * sum_t KL_t
         if p.advantage == "rloo":

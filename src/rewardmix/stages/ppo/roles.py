@@ -99,15 +99,18 @@ def load_models(model: PolicyModelConfig, lora: PPOLoraConfig, device: torch.dev
     return Models(tokenizer, policy, shared, value, policy_role, params)
 
 
-def build_reward(reward: CompositeConfig, models: Models, device: torch.device) -> CompositeReward:
+def build_reward(
+    reward: CompositeConfig, models: Models, device: torch.device, *, group_size: int = 1
+) -> CompositeReward:
     """The composite reward of the ``reward`` section; reward models with a ``role`` are loaded onto the shared
-    base (with full fine-tuning: onto the frozen reference copy)."""
+    base (with full fine-tuning: onto the frozen reference copy). ``group_size``: ``ppo.samples_per_prompt``
+    (``normalize: group``)."""
     context = BuildContext(device=device, shared_backbone=models.shared, tokenizer=models.tokenizer)
     if models.policy_role is None and any(c.reward_model and c.reward_model.role for c in reward.components):
         log.info("full fine-tuning: reward-model roles are loaded onto the frozen reference copy")
     # the composite checks every raw score (NonFiniteScoreError names the component, the samples, the text)
     scorers = {c.name: build_scorer(c, context) for c in reward.components}
-    return CompositeReward(reward, scorers=scorers, context=context)
+    return CompositeReward(reward, scorers=scorers, context=context, group_size=group_size)
 
 
 def with_rollout_engine(

@@ -1,0 +1,105 @@
+"""The PPO stage's estimators and reward options on the tiny model: REINFORCE++, ``normalize: group`` (GDPO) and
+the ``constrained`` combinator (multipliers logged per step, checkpointed and resumed exactly)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewardmix.rundir import read_jsonl
+from rewardmix.stages import ppo
+from rewardmix.stages.ppo.loop import estimate_advantages
+from tests.stages.test_ppo import CONTAINS_E, tiny_config
+from tests.stages.test_ppo import reward as reward_config
+
+CONTAINS_A = {"name": "a_count", "type": "contains", "contains": {"substring": "a", "mode": "count"}}
+
+
+def test_reinforce_pp_keeps_the_kl_per_token_and_whitens_over_the_batch():
+    p = ppo.PPOConfig(advantage="reinforce_pp", samples_per_prompt=1, whiten_advantages=False)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    rewards = torch.tensor([[-0.1, -0.2, 1.0], [-0.3, 2.0, 0.0]])
+    advantages, returns = estimate_advantages(p, rewards, torch.full((2, 3), 9.0), mask)
+    # returns-to-go [0.7, 0.8, 1.0] and [1.7, 2.0]: whitened over the 5 valid tokens although
+    # whiten_advantages is false (global batch normalization is part of REINFORCE++)
+    togo = torch.tensor([0.7, 0.8, 1.0, 1.7, 2.0])
+    expected = (togo - togo.mean()) / togo.var(correction=1).sqrt()
+    assert torch.allclose(advantages[mask], expected, atol=1e-5)
+    assert advantages[1, 2] == 0.0 and torch.equal(returns, torch.zeros(2, 3))
+    # tokens of one response get different advantages: the KL penalty stays per token
+    assert advantages[0, 0] < advantages[0, 1] < advantages[0, 2]
+
+
+def test_a_reinforce_pp_run_trains_the_policy_with_one_answer_per_prompt(tmp_path):
+    cfg = tiny_config(tmp_path / "run", steps=2)
+    cfg.ppo.advantage = "reinforce_pp"
+    result = ppo.run(cfg)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert math.isfinite(result.metrics["loss/policy"]) and result.metrics["policy/approx_kl"] != 0.0
+    assert "loss/value" not in result.metrics
+
+
+def test_group_normalization_needs_several_answers_per_prompt():
+    with pytest.raises(ValueError, match=r"normalize: group.*ppo.samples_per_prompt >= 2"):
+        ppo.Config(reward=reward_config([{**CONTAINS_E, "normalize": "group"}]))
+
+
+def test_a_grpo_run_with_group_normalized_components(tmp_path):
+    components = [{**CONTAINS_E, "normalize": "group"}, {**CONTAINS_A, "normalize": "group"}]
+    cfg = tiny_config(tmp_path / "run", steps=1, components=components)
+    cfg.ppo.advantage, cfg.ppo.samples_per_prompt = "grpo", 2
+    cfg.logging.num_samples, cfg.logging.sample_every = 4, 1
+    ppo.run(cfg)
+    samples = [r for r in read_jsonl(tmp_path / "run" / "samples.jsonl") if r["step"] == 1]
+    for name in ("e_count", "a_count"):
+        z = [r[f"reward/{name}/normalized"] for r in samples]
+        # each pair of answers to one prompt: z-scores of two values are +-0.707 or both 0
+        for i in (0, 2):
+            assert z[i] + z[i + 1] == pytest.approx(0.0, abs=1e-5)
+            assert abs(z[i]) == pytest.approx(1 / math.sqrt(2), abs=1e-4) or z[i] == pytest.approx(
+                0.0, abs=1e-5
+            )
+
+
+def _constrained_config(out: Path, steps: int) -> ppo.Config:
+    components = [{**CONTAINS_E, "target": 0.5}, CONTAINS_A]
+    cfg = tiny_config(
+        out,
+        steps=steps,
+        components=components,
+        combinator="constrained",
+        multiplier_lr=0.5,
+        multiplier_kp=0.0,
+    )
+    cfg.logging.checkpoint_every = 2
+    return cfg
+
+
+def test_constrained_multipliers_are_logged_checkpointed_and_resumed_exactly(tmp_path):
+    ppo.run(_constrained_config(tmp_path / "straight", 4))
+
+    def kill(step: int, row: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ppo.run(_constrained_config(tmp_path / "killed", 4), on_step=kill)
+    ppo.run(_constrained_config(tmp_path / "killed", 4))  # resumes from step 2's checkpoint
+    rows = [read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("straight", "killed")]
+    assert [r["step"] for r in rows[1]] == [1, 2, 3, 4]
+    multipliers = [r["reward/e_count/multiplier"] for r in rows[0]]
+    assert multipliers[0] == 0.0 and max(multipliers) > 0.0  # starts at initial_multiplier, then moves
+    # each step's multiplier is the previous one moved by the dual step on the previous batch's gap
+    for before, after in zip(rows[0], rows[0][1:], strict=False):
+        expected = max(
+            0.0, before["reward/e_count/multiplier"] + 0.5 * before["reward/e_count/constraint_gap"]
+        )
+        assert after["reward/e_count/multiplier"] == pytest.approx(expected, abs=1e-9)
+    for a, b in zip(*rows, strict=True):
+        for key in ("reward/e_count/multiplier", "reward/e_count/constraint_gap", "objective/score"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert "reward/a_count/multiplier" not in rows[0][0]
