@@ -26,6 +26,7 @@ __all__ = [
     "PPOLoggingConfig",
     "PPOLoraConfig",
     "PolicyModelConfig",
+    "needs_value",
 ]
 
 
@@ -44,7 +45,7 @@ class PPOLoraConfig(LoraConfig):
 
     enabled: bool = True
     """Policy = LoRA role ``policy`` on the frozen base (true), or every weight trains (false: full fine-tuning;
-    the reference is then a frozen copy of the base, which also carries the value role)."""
+    the reference is then a frozen copy of the base, which also carries the value role when there is one)."""
     merge_lora: bool = False
     """At the end also merge the policy adapter into the base: ``<output_dir>/model`` is then a plain model and
     the adapter goes to ``<output_dir>/adapter``."""
@@ -146,7 +147,8 @@ class PPOConfig:
     ``rloo``: critic-free, each response's sequence reward (score - beta * its KL) minus the mean of the other
     answers to the same prompt (Ahmadian et al. 2024). ``grpo``: the same reward minus its group's mean, divided
     by the group's std when ``scale_by_std`` (Shao et al. 2024). Critic-free estimators need
-    ``samples_per_prompt >= 2``; they train no value role and skip its forward passes."""
+    ``samples_per_prompt >= 2``; they load no value model (no ``value`` role, no head) and skip its forward
+    passes."""
     samples_per_prompt: int = 1
     """K responses sampled per prompt (each with its own seed): an iteration answers ``batch_size / K`` prompts
     K times. The group of a critic-free baseline; with ``gae`` it only changes which prompts a batch holds."""
@@ -161,6 +163,11 @@ class PPOConfig:
     with ``normalize: reference``; unused otherwise."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast through Accelerate; ``no`` computes in the weights' dtype."""
+
+
+def needs_value(p: PPOConfig) -> bool:
+    """Whether the advantage estimator needs value estimates (GAE); every other estimator is critic-free."""
+    return p.advantage == "gae"
 
 
 def _default_reward() -> CompositeConfig:
@@ -224,7 +231,7 @@ class Config:
                 f"ppo.samples_per_prompt must be >= 1 and divide ppo.batch_size ({p.batch_size}), "
                 f"got {p.samples_per_prompt}"
             )
-        if p.advantage != "gae" and p.samples_per_prompt < 2:
+        if not needs_value(p) and p.samples_per_prompt < 2:
             raise ValueError(
                 f"ppo.advantage: {p.advantage} needs ppo.samples_per_prompt >= 2 (its group baseline)"
             )

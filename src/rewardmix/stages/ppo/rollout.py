@@ -27,7 +27,7 @@ from rewardmix.data.prompts import PromptExample
 from rewardmix.models.tokens import pad_token_id, stop_token_ids
 from rewardmix.scoring import CompositeReward, CompositeScores, NonFiniteScoreError, ScoringBatch
 from rewardmix.stages.ppo import roles
-from rewardmix.stages.ppo.config import GenerationConfig, PPOConfig
+from rewardmix.stages.ppo.config import GenerationConfig, PPOConfig, needs_value
 from rewardmix.stages.ppo.metrics import PhaseTimes
 from rewardmix.stages.ppo.roles import Models
 from rewardmix.train.distributed import any_process, gather_objects, gather_rows
@@ -113,7 +113,7 @@ def rollout(
             response_mask,
             temperature=generation.temperature,
             batch_size=ppo.forward_batch_size,
-            with_values=ppo.advantage == "gae",
+            with_values=needs_value(ppo),
         )
     entropy = gather_mean(accelerator, entropy, response_mask.sum())
     texts = gather_objects(accelerator, texts)
