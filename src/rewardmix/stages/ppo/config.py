@@ -149,6 +149,12 @@ class PPOConfig:
     by the group's std when ``scale_by_std`` (Shao et al. 2024). Critic-free estimators need
     ``samples_per_prompt >= 2``; they load no value model (no ``value`` role, no head) and skip its forward
     passes."""
+    value_model: Literal["role", "policy_head"] = "role"
+    """``advantage: gae``: where V(s_t) comes from. ``role``: a scalar head on its own LoRA role ``value`` of the
+    shared base (a separate forward pass; the value loss trains only that role and head). ``policy_head``: a
+    scalar head on the policy's own final hidden states, computed in the policy's forward pass (one forward
+    fewer at rollout, one forward-and-backward per micro-batch); a shared-trunk actor-critic: the value loss
+    also trains the policy's weights (LoRA or full)."""
     samples_per_prompt: int = 1
     """K responses sampled per prompt (each with its own seed): an iteration answers ``batch_size / K`` prompts
     K times. The group of a critic-free baseline; with ``gae`` it only changes which prompts a batch holds."""
@@ -234,6 +240,10 @@ class Config:
         if not needs_value(p) and p.samples_per_prompt < 2:
             raise ValueError(
                 f"ppo.advantage: {p.advantage} needs ppo.samples_per_prompt >= 2 (its group baseline)"
+            )
+        if p.value_model == "policy_head" and not needs_value(p):
+            raise ValueError(
+                f"ppo.value_model: policy_head needs ppo.advantage: gae (ppo.advantage: {p.advantage} is critic-free)"
             )
         if p.minibatch_size > p.batch_size:
             raise ValueError("ppo.minibatch_size must be <= ppo.batch_size")

@@ -28,6 +28,7 @@ from rewardmix.stages.ppo.rollout import (
     Trajectory,
     calibrate_reward,
     policy_logits_logprobs,
+    policy_logits_logprobs_values,
     rollout,
     value_estimates,
 )
@@ -82,7 +83,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     accelerator, out, is_main = ctx
 
     # step 2. tokenizer, base and roles: policy, value (GAE only), reference (= adapters disabled)
-    value_model = "role" if needs_value(cfg.ppo) else None
+    value_model = cfg.ppo.value_model if needs_value(cfg.ppo) else None
     models = roles.load_models(
         cfg.model, cfg.lora, accelerator.device, seed=cfg.seed, value_model=value_model
     )
@@ -119,6 +120,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     }
     if group > 1 or not needs_value(cfg.ppo):  # absent from plans written before these keys existed
         plan |= {"samples_per_prompt": group, "advantage": cfg.ppo.advantage}
+    if cfg.ppo.value_model != "role":  # a checkpoint holds one kind of value model
+        plan["value_model"] = cfg.ppo.value_model
 
     label_monitor = make_label_monitor(cfg.data, prompts)
 
@@ -327,6 +330,10 @@ def ppo_update(
     ``policy_loss + vf_coef * value_loss``; a micro-batch contributes its masked mean times
     ``(its tokens / the minibatch's tokens)``, so accumulation gives the update of one large pass.
 
+    With ``ppo.value_model: policy_head`` the values come from the policy's own forward pass, so a micro-batch
+    is one forward and one backward of ``policy_loss + vf_coef * value_loss``, and the value loss's gradient
+    reaches the policy's weights too (a shared-trunk actor-critic, as in Schulman et al. 2017 Eq. 9).
+
     With N processes every process holds the whole batch (``trajectory``), a minibatch has
     ``minibatch_size * N`` responses, each process runs its share of them, and the gradients are summed across
     processes before clipping: the update of one process running the whole minibatch.
@@ -365,6 +372,13 @@ def ppo_update(
                 rows = list(micro)
                 mask = t.response_mask[rows]
                 weight = float(mask.sum()) / n_tokens  # this micro-batch's share of the minibatch's tokens
+                if models.policy_value_head is not None:  # value head on the policy: one pass for both losses
+                    losses = _shared_trunk_backward(
+                        models, t, rows, advantages, returns, p, temperature, weight, accelerator
+                    )
+                    for key, value in losses.items():
+                        totals[key] += value * weight
+                    continue
                 # L = L_clip + c1 * L_V, backpropagated one term at a time: the policy and value roles train
                 # disjoint weights, so the gradients are the same, and the policy's activations are freed
                 # before the value's forward pass (the peak holds one role's activations, not two).
@@ -410,3 +424,40 @@ def ppo_update(
     # Token-weighted shares summed over processes; the gradient norm is the same on every process already.
     totals = {k: v if k == "grad_norm" else global_sum(accelerator, v) for k, v in totals.items()}
     return PPOStats(**{key: value / n_optimizer_steps for key, value in totals.items()})
+
+
+def _shared_trunk_backward(
+    models: Models,
+    t: Trajectory,
+    rows: list[int],
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    p: PPOConfig,
+    temperature: float,
+    weight: float,
+    accelerator: Accelerator,
+) -> dict[str, float]:
+    """``value_model: policy_head``: one forward and one backward of ``weight * (L_clip + c1 * L_V)``.
+
+    Returns:
+        The micro-batch's unweighted statistics by :class:`PPOStats` field.
+    """
+    R, mask = t.response_mask.shape[1], t.response_mask[rows]
+    with accelerator.autocast(), roles.policy_context(models):
+        _, logprobs, values = policy_logits_logprobs_values(
+            models, t.query_responses[rows], t.attention_mask[rows], R, temperature
+        )
+    pg_loss, clipfrac, approx_kl = policy_loss(
+        logprobs, t.logprobs[rows], advantages[rows], mask, clip_range=p.clip_range
+    )
+    vf_loss, vf_clipfrac = value_loss(
+        values.float(), t.values[rows], returns[rows], mask, clip_range_value=p.clip_range_value
+    )
+    accelerator.backward((pg_loss + p.vf_coef * vf_loss) * weight)  # L = L_clip + c1 * L_V (PPO Eq. 9)
+    return {
+        "loss_policy": float(pg_loss.detach()),
+        "clipfrac": float(clipfrac),
+        "approx_kl": float(approx_kl),
+        "loss_value": float(vf_loss.detach()),
+        "value_clipfrac": float(vf_clipfrac),
+    }

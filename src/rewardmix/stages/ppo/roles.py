@@ -1,7 +1,8 @@
 """Every PPO role on one shared base: loading them, switching between them, their trained tensors, saving.
 
 The policy is the LoRA role ``policy``, the value model a scalar head on its own LoRA role ``value`` (only
-when the advantage estimator needs values: GAE), the reference the same base with every adapter disabled, and
+when the advantage estimator needs values: GAE; with ``ppo.value_model: policy_head`` a scalar head on the
+policy's own hidden states instead), the reference the same base with every adapter disabled, and
 reward models given with a ``role`` further LoRA roles on it: one copy of the weights serves them all. With
 ``lora.enabled: false`` the policy trains every weight and a frozen copy of the base is the reference and carries
 the value and reward-model roles.
@@ -51,6 +52,9 @@ class Models(NamedTuple):
     """``generation.backend: vllm``: the :class:`~rewardmix.models.vllm_rollout.VllmRollout` engine that samples
     the rollouts with a copy of the policy's weights (synced by :func:`sync_rollout_weights`); None: the policy
     samples them itself."""
+    policy_value_head: torch.nn.Module | None = None
+    """``ppo.value_model: policy_head``: the :class:`~rewardmix.models.heads.PolicyValueHead` reading the policy's
+    final hidden states in its own forward pass (``value`` is then None); None otherwise."""
 
 
 def load_models(
@@ -59,7 +63,7 @@ def load_models(
     device: torch.device,
     *,
     seed: int,
-    value_model: Literal["role"] | None = "role",
+    value_model: Literal["role", "policy_head"] | None = "role",
 ) -> Models:
     """The tokenizer and every role on one base, dropout off everywhere.
 
@@ -68,7 +72,8 @@ def load_models(
         lora: The ``lora`` section: LoRA roles (rank, targets) or full fine-tuning.
         device: Where every role goes.
         seed: The run seed (the tiny model's weights; the value head draws from ``seed + 1``).
-        value_model: ``"role"``: a value model on its own LoRA role ``value``; None: no value model (critic-free
+        value_model: ``"role"``: a value model on its own LoRA role ``value``; ``"policy_head"``: a scalar head
+            on the policy's final hidden states (no ``value`` role); None: no value model (critic-free
             estimators, :func:`~rewardmix.stages.ppo.config.needs_value`): no ``value`` adapter, no head.
     """
     from rewardmix.models import heads, loading, tiny
@@ -102,11 +107,13 @@ def load_models(
         policy, policy_role = base, None
         for param in policy.parameters():
             param.requires_grad_(True)
-    value = None
+    value, policy_value_head = None, None
+    # seed: the value head is drawn from its own stream, so adding it does not shift the run's random state.
     if value_model == "role":
-        # seed: the value head is drawn from its own stream, so adding it does not shift the run's random state.
         value = heads.ScalarHeadModel(shared, pooling="last", role=VALUE_ROLE, seed=seed + 1)
-    for module in (policy, shared, value):
+    elif value_model == "policy_head":
+        policy_value_head = heads.PolicyValueHead(base.config.hidden_size, seed=seed + 1)
+    for module in (policy, shared, value, policy_value_head):
         if module is not None:
             module.to(device)
             disable_dropout(module)
@@ -116,7 +123,9 @@ def load_models(
         params = list(policy.parameters())
     if value is not None:
         params += lora_roles.trainable_parameters(value, VALUE_ROLE)
-    return Models(tokenizer, policy, shared, value, policy_role, params)
+    if policy_value_head is not None:
+        params += list(policy_value_head.parameters())
+    return Models(tokenizer, policy, shared, value, policy_role, params, policy_value_head=policy_value_head)
 
 
 def build_reward(reward: CompositeConfig, models: Models, device: torch.device) -> CompositeReward:
@@ -206,14 +215,16 @@ def reference_context(models: Models) -> Iterator[None]:
 def named_trainable(models: Models) -> dict[str, torch.nn.Parameter]:
     """Checkpoint name -> parameter for every trained tensor (policy, value role, value head).
 
-    The names (``policy.*``, ``shared.*``, ``value_head.*``) are what checkpoints store: changing them would
-    make earlier checkpoints unreadable.
+    The names (``policy.*``, ``shared.*``, ``value_head.*``; ``policy_value_head.*`` for the head on the policy's
+    hidden states) are what checkpoints store: changing them would make earlier checkpoints unreadable.
     """
     wanted = {id(p) for p in models.params}
     out: dict[str, torch.nn.Parameter] = {}
     modules = [("policy", models.policy), ("shared", models.shared)]
     if models.value is not None:
         modules.append(("value_head", models.value.head))
+    if models.policy_value_head is not None:
+        modules.append(("policy_value_head", models.policy_value_head.head))
     for prefix, module in modules:
         for name, param in module.named_parameters():
             if id(param) in wanted:
@@ -258,7 +269,7 @@ def drop_stale_value_state(
         ``(state, optimizer_state, scheduler_state)`` for this run's trained parameters.
     """
     unchanged = dict(state), optimizer_state, scheduler_state
-    if models.value is not None:
+    if models.value is not None or models.policy_value_head is not None:
         return unchanged
     names = named_trainable(models)
     stale = [name for name in state if name not in names and is_value_role_entry(name)]
@@ -321,8 +332,9 @@ def save_final_models(
 
     LoRA: the policy adapter in ``<out>/model`` (with ``merge_lora``: the merged model there and the adapter in
     ``<out>/adapter``). Full fine-tuning: the full model in ``<out>/model``. The value role (adapter and head)
-    goes to ``<out>/value``; without a value model (critic-free) nothing is written there and ``value_dir`` is
-    None.
+    goes to ``<out>/value``; so does the head on the policy's hidden states (``head.safetensors`` and a json
+    saying what it reads: it needs the policy in ``<out>/model``); without a value model (critic-free) nothing
+    is written there and ``value_dir`` is None.
     """
     from rewardmix.models import loading, lora
 
@@ -337,8 +349,11 @@ def save_final_models(
             lora.merge_and_save(models.policy, POLICY_ROLE, model_dir, tokenizer=models.tokenizer)
         else:
             adapter_dir = None
-    if models.value is None:
-        return model_dir, adapter_dir, None
     value_dir = out / "value"
-    lora.save_adapter(models.value, VALUE_ROLE, value_dir)
+    if models.value is not None:
+        lora.save_adapter(models.value, VALUE_ROLE, value_dir)
+    elif models.policy_value_head is not None:
+        models.policy_value_head.save_head(value_dir)
+    else:
+        return model_dir, adapter_dir, None
     return model_dir, adapter_dir, value_dir
