@@ -223,10 +223,16 @@ def child_ppo(args: argparse.Namespace, *, separate: bool = False) -> dict[str, 
     }
 
 
-def _load_models_separate(model: Any, lora_cfg: Any, device: torch.device, *, seed: int) -> Any:
+def _load_models_separate(
+    model: Any, lora_cfg: Any, device: torch.device, *, seed: int, value_model: str | None = "role"
+) -> Any:
     """(c) The stage's roles, each on its own copy: policy (LoRA, copy 1), reference (copy 2, frozen, no
     adapter), value (LoRA + head, copy 3). Same signature, LoRA settings and dropout handling as
-    ``roles.load_models``."""
+    ``roles.load_models`` (GAE only: the value model is a role)."""
+    if value_model != "role":
+        raise ValueError(
+            f"the separate-copies layout measures the value role, not value_model={value_model!r}"
+        )
     from rewardmix.models import heads, lora
     from rewardmix.models.dropout import disable_dropout
     from rewardmix.models.loading import load_causal_lm, load_tokenizer

@@ -24,6 +24,7 @@ from rewardmix.data.readers import DataError
 from rewardmix.models.dropout import disable_dropout
 from rewardmix.models.heads import ScalarHeadModel
 from rewardmix.models.lora import LoraSettings, add_adapters, save_adapter
+from rewardmix.models.lora import trainable_parameters as lora_trainable_parameters
 from rewardmix.models.tiny import build_tiny_causal_lm, build_tiny_tokenizer
 from rewardmix.rundir import read_jsonl
 from rewardmix.scoring import (
@@ -90,7 +91,8 @@ def all_weights(models: ppo.Models, composite) -> dict[str, torch.Tensor]:
     """Every tensor of every role: shared base (+ LoRA roles), policy, value head, reward-model heads."""
     weights = {f"shared.{k}": v.detach().clone() for k, v in models.shared.named_parameters()}
     weights |= {f"policy.{k}": v.detach().clone() for k, v in models.policy.named_parameters()}
-    weights |= {f"value_head.{k}": v.detach().clone() for k, v in models.value.head.named_parameters()}
+    if models.value is not None:
+        weights |= {f"value_head.{k}": v.detach().clone() for k, v in models.value.head.named_parameters()}
     for name, scorer in composite.scorers.items():
         model = getattr(scorer, "model", None)
         if model is not None:
@@ -503,19 +505,99 @@ def test_critic_free_estimators_train_the_policy_only_and_answer_each_prompt_k_t
     cfg = tiny_config(tmp_path / "run", steps=2)
     cfg.ppo.advantage, cfg.ppo.samples_per_prompt = advantage, 2
     cfg.logging.num_samples, cfg.logging.sample_every = 4, 1
-    ppo.run(cfg)
+    result = ppo.run(cfg)
     models, before = spy["models"], spy["before"]
     after = all_weights(models, spy["reward"])
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(".policy." in k for k in changed)
     # no value loss: the value role and its head keep their initial weights
     assert not any(".value." in k or k.startswith("value_head.") for k in changed), sorted(changed)[:5]
+    # no value model at all: no value adapter on the shared base, no head, the policy's LoRA is all that trains
+    assert models.value is None and list(models.shared.peft_config) == ["policy"]
+    assert not any(".value." in k or k.startswith("value_head.") for k in before)
+    policy_lora = lora_trainable_parameters(models.shared, "policy")
+    assert sum(p.numel() for p in models.params) == sum(p.numel() for p in policy_lora)
+    assert {id(p) for p in models.params} == {id(p) for p in policy_lora}
+    assert result.value_dir is None and not (tmp_path / "run" / "value").exists()
     row = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
     assert "value/explained_variance" not in row and "loss/value" not in row
     assert math.isfinite(row["loss/policy"]) and row["policy/approx_kl"] != 0.0
     # consecutive pairs of rows answer the same prompt, each with its own sample
     prompts = [r["prompt"] for r in read_jsonl(tmp_path / "run" / "samples.jsonl") if r["step"] == 1]
     assert prompts[0] == prompts[1] and prompts[2] == prompts[3] and prompts[0] != prompts[2]
+
+
+def test_a_critic_free_run_checkpointed_with_an_idle_value_role_resumes(tmp_path, monkeypatch, caplog):
+    """Critic-free runs of earlier versions still held an (untrained) value role: their checkpoints resume.
+
+    The old layout is made by loading the value role anyway; its idle LoRA and head are in the checkpoint and
+    in the optimizer's state, and are dropped on resume: the run then ends as a run that never held them.
+    """
+
+    def config(out: Path) -> ppo.Config:
+        cfg = tiny_config(out, steps=4)
+        cfg.ppo.advantage, cfg.ppo.samples_per_prompt = "rloo", 2
+        cfg.logging.checkpoint_every = 2
+        return cfg
+
+    ppo.run(config(tmp_path / "straight"))
+    new_load = roles.load_models
+
+    def old_load(*args, value_model=None, **kwargs):
+        return new_load(
+            *args, value_model="role", **kwargs
+        )  # earlier versions: a value role whatever the estimator
+
+    def kill(step: int, row: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(roles, "load_models", old_load)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.run(config(tmp_path / "old"), on_step=kill)
+    monkeypatch.setattr(roles, "load_models", new_load)
+    old = load_file(str(tmp_path / "old/checkpoints/step-00000002/trainable.safetensors"))
+    assert "value_head.weight" in old and any(".lora_A.value." in k for k in old)
+
+    with caplog.at_level("INFO", logger="rewardmix.stages.ppo.roles"):
+        ppo.run(config(tmp_path / "old"))  # resumes from step 2 without the value role, redoes 3, does 4
+    assert "dropping its" in caplog.text
+    final = "checkpoints/step-00000004/trainable.safetensors"
+    straight, resumed = (
+        load_file(str(tmp_path / "straight" / final)),
+        load_file(str(tmp_path / "old" / final)),
+    )
+    assert straight.keys() == resumed.keys() and not any(".value." in k for k in resumed)
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0)
+
+
+def test_resume_still_refuses_other_mismatched_tensors(tmp_path):
+    """Only the idle value role's tensors are dropped: any other unknown tensor still stops the resume."""
+    cfg = tiny_config(tmp_path / "run", steps=1)
+    cfg.ppo.advantage, cfg.ppo.samples_per_prompt = "rloo", 2
+    models = roles.load_models(cfg.model, cfg.lora, torch.device("cpu"), seed=0, value_model=None)
+    state = {name: p.detach().clone() for name, p in roles.named_trainable(models).items()}
+    state["value_head.weight"] = torch.zeros(1, 32)
+    kept, _, _ = roles.drop_stale_value_state(models, state, {"state": {}, "param_groups": []}, {})
+    roles.load_named_state(models, kept)  # the value head alone is dropped
+    state["policy.something.else"] = torch.zeros(1)
+    kept, _, _ = roles.drop_stale_value_state(models, state, {"state": {}, "param_groups": []}, {})
+    with pytest.raises(KeyError, match="something.else"):
+        roles.load_named_state(models, kept)
+
+
+def test_full_fine_tuning_without_a_value_model_keeps_a_plain_reference(tmp_path, spy):
+    cfg = tiny_config(tmp_path / "run", steps=2, lora=False)
+    cfg.ppo.advantage, cfg.ppo.samples_per_prompt = "grpo", 2
+    result = ppo.run(cfg)
+    models = spy["models"]
+    assert models.value is None and not hasattr(models.shared, "peft_config")
+    assert not any(p.requires_grad for p in models.shared.parameters())
+    assert sum(p.numel() for p in models.params) == sum(p.numel() for p in models.policy.parameters())
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert rows[0]["objective/kl"] == 0.0 and rows[1]["objective/kl"] != 0.0
+    assert result.value_dir is None and (result.model_dir / "model.safetensors").is_file()
 
 
 def test_critic_free_advantages_rank_answers_within_their_group():

@@ -31,6 +31,8 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +48,9 @@ __all__ = [
     "HEAD_CONFIG_NAME",
     "HEAD_WEIGHTS_NAME",
     "Pooling",
+    "PolicyValueHead",
     "ScalarHeadModel",
+    "capture_last_hidden_state",
     "first_token_index",
     "last_token_index",
     "pool_hidden",
@@ -318,6 +322,74 @@ class ScalarHeadModel(torch.nn.Module):
             kwargs["use_cache"] = False
         out = _body(self.backbone)(**kwargs)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+class PolicyValueHead(torch.nn.Module):
+    """A scalar head on a causal LM's own final hidden states: ``V = w . h_t + b`` at every token.
+
+    It has no backbone of its own: the hidden states come from the LM's forward pass
+    (:func:`capture_last_hidden_state`), so one pass gives both the logits and the values. Initialised as
+    :class:`ScalarHeadModel`'s head: ``Linear(H, 1)`` in float32, weights ~ N(0, 1/(H+1)), bias 0.
+
+    Args:
+        hidden_size: H, the width of the LM's final hidden states.
+        seed: Seed for the initialisation (the global RNG is left untouched).
+    """
+
+    def __init__(self, hidden_size: int, *, seed: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        # The same draws, in the same order, as ScalarHeadModel's head with this seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.head = torch.nn.Linear(hidden_size, 1, dtype=torch.float32)
+            torch.nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden_size + 1))
+            torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) hidden states -> (...) float32 values."""
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+
+    def save_head(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``head.safetensors`` and ``rewardmix_head.json`` (saying it reads the policy's hidden states)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.head.state_dict().items()}
+        save_file(state, str(folder / HEAD_WEIGHTS_NAME), metadata={"format": "pt"})
+        meta = {
+            "format": _POLICY_HEAD_FORMAT,
+            "format_version": 1,
+            "reads": "the policy's final hidden states (its own forward pass), at every token",
+            "hidden_size": self.hidden_size,
+        }
+        (folder / HEAD_CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        return folder
+
+
+_POLICY_HEAD_FORMAT = "rewardmix.policy_value_head"
+
+
+@contextmanager
+def capture_last_hidden_state(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the final hidden states of ``model``'s body while the block runs (a forward hook).
+
+    The body is the transformer under the LM head (a ``PeftModel`` wrapper skipped, LoRA layers in place), so
+    the captured (B, T, H) tensor is the ``last_hidden_state`` the LM head reads, in the autograd graph when
+    gradients are on.
+
+    Yields:
+        A list that gets one (B, T, H) tensor per forward pass of the body.
+    """
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = _body(model).register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 class _HeadModelWriter:

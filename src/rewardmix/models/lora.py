@@ -40,6 +40,7 @@ __all__ = [
     "active_role",
     "adapters_disabled",
     "add_adapters",
+    "is_adapter_param",
     "load_adapter",
     "merge_and_save",
     "role_names",
@@ -190,7 +191,7 @@ def trainable_parameters(model: torch.nn.Module, role: str | None = None) -> lis
         return [p for p in model.parameters() if p.requires_grad]
     role = role if role is not None else peft_model.active_adapter
     _check_role(peft_model, role)
-    params = [p for name, p in peft_model.named_parameters() if _is_adapter_param(name, role)]
+    params = [p for name, p in peft_model.named_parameters() if is_adapter_param(name, role)]
     head = _head_of(model, role)
     if head is not None:
         params += list(head.parameters())
@@ -337,7 +338,8 @@ def _head_of(model: torch.nn.Module, role: str) -> torch.nn.Module | None:
     return head if bound in (None, role) else None
 
 
-def _is_adapter_param(name: str, role: str) -> bool:
+def is_adapter_param(name: str, role: str) -> bool:
+    """Whether a parameter name (as ``named_parameters`` gives it) belongs to the LoRA adapter of ``role``."""
     # peft names adapter weights "<module>.lora_A.<role>.weight", "...lora_magnitude_vector.<role>...", etc.
     parts = name.split(".")
     return any(

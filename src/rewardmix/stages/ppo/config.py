@@ -26,6 +26,7 @@ __all__ = [
     "PPOLoggingConfig",
     "PPOLoraConfig",
     "PolicyModelConfig",
+    "needs_value",
 ]
 
 
@@ -44,7 +45,7 @@ class PPOLoraConfig(LoraConfig):
 
     enabled: bool = True
     """Policy = LoRA role ``policy`` on the frozen base (true), or every weight trains (false: full fine-tuning;
-    the reference is then a frozen copy of the base, which also carries the value role)."""
+    the reference is then a frozen copy of the base, which also carries the value role when there is one)."""
     merge_lora: bool = False
     """At the end also merge the policy adapter into the base: ``<output_dir>/model`` is then a plain model and
     the adapter goes to ``<output_dir>/adapter``."""
@@ -149,7 +150,14 @@ class PPOConfig:
     by the group's std when ``scale_by_std`` (Shao et al. 2024; Dr. GRPO without it). ``reinforce_pp``:
     REINFORCE++ (Hu 2025), per-token returns-to-go of the KL-shaped rewards normalized over the whole batch,
     with the group's mean reward as baseline when ``samples_per_prompt >= 2``. ``rloo`` and ``grpo`` need
-    ``samples_per_prompt >= 2``; no critic-free estimator loads, trains or runs a value role."""
+    ``samples_per_prompt >= 2``; no critic-free estimator loads a value model (no ``value`` role, no head) or
+    runs its forward passes."""
+    value_model: Literal["role", "policy_head"] = "role"
+    """``advantage: gae``: where V(s_t) comes from. ``role``: a scalar head on its own LoRA role ``value`` of the
+    shared base (a separate forward pass; the value loss trains only that role and head). ``policy_head``: a
+    scalar head on the policy's own final hidden states, computed in the policy's forward pass (one forward
+    fewer at rollout, one forward-and-backward per micro-batch); a shared-trunk actor-critic: the value loss
+    also trains the policy's weights (LoRA or full)."""
     samples_per_prompt: int = 1
     """K responses sampled per prompt (each with its own seed): an iteration answers ``batch_size / K`` prompts
     K times. The group of a critic-free baseline; with ``gae`` it only changes which prompts a batch holds."""
@@ -164,6 +172,11 @@ class PPOConfig:
     with ``normalize: reference``; unused otherwise."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast through Accelerate; ``no`` computes in the weights' dtype."""
+
+
+def needs_value(p: PPOConfig) -> bool:
+    """Whether the advantage estimator needs value estimates (GAE); every other estimator is critic-free."""
+    return p.advantage == "gae"
 
 
 def _default_reward() -> CompositeConfig:
@@ -230,6 +243,10 @@ class Config:
         if p.advantage in ("rloo", "grpo") and p.samples_per_prompt < 2:
             raise ValueError(
                 f"ppo.advantage: {p.advantage} needs ppo.samples_per_prompt >= 2 (its group baseline)"
+            )
+        if p.value_model == "policy_head" and not needs_value(p):
+            raise ValueError(
+                f"ppo.value_model: policy_head needs ppo.advantage: gae (ppo.advantage: {p.advantage} is critic-free)"
             )
         if p.minibatch_size > p.batch_size:
             raise ValueError("ppo.minibatch_size must be <= ppo.batch_size")

@@ -26,13 +26,14 @@ from rewardmix.algos.sequences import batch_indices, epoch_order, rollout_seeds
 from rewardmix.config import to_dict
 from rewardmix.data.prompts import load_prompts, prompt_hash
 from rewardmix.stages.ppo import roles
-from rewardmix.stages.ppo.config import Config, KLConfig, PPOConfig
+from rewardmix.stages.ppo.config import Config, KLConfig, PPOConfig, needs_value
 from rewardmix.stages.ppo.metrics import PhaseTimes, make_label_monitor, sample_rows, step_metrics
 from rewardmix.stages.ppo.roles import Models
 from rewardmix.stages.ppo.rollout import (
     Trajectory,
     calibrate_reward,
     policy_logits_logprobs,
+    policy_logits_logprobs_values,
     rollout,
     value_estimates,
 )
@@ -52,8 +53,8 @@ class PPOResult(NamedTuple):
     adapter_dir: Path | None
     """The policy adapter when it was merged into ``model_dir``; None otherwise (``model_dir`` is then the adapter or
     the full model)."""
-    value_dir: Path
-    """The value role's adapter and head."""
+    value_dir: Path | None
+    """The value role's adapter and head; None when the run trained no value model (critic-free)."""
     global_step: int
     """PPO iterations done."""
     metrics: dict[str, float]
@@ -86,15 +87,19 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     ctx = start_run(cfg, stage="ppo", mixed_precision=cfg.ppo.mixed_precision)
     accelerator, out, is_main = ctx
 
-    # step 2. tokenizer, base and roles: policy, value, reference (= adapters disabled)
-    models = roles.load_models(cfg.model, cfg.lora, accelerator.device, seed=cfg.seed)
+    # step 2. tokenizer, base and roles: policy, value (GAE only), reference (= adapters disabled)
+    value_model = cfg.ppo.value_model if needs_value(cfg.ppo) else None
+    models = roles.load_models(
+        cfg.model, cfg.lora, accelerator.device, seed=cfg.seed, value_model=value_model
+    )
     broadcast_parameters(accelerator, models.params)  # every replica starts from the main process's weights
     models = roles.with_rollout_engine(  # generation.backend vllm: an engine with the policy's weights
         models, cfg.model, cfg.generation, seed=cfg.seed, max_prompt_tokens=cfg.data.max_prompt_tokens
     )
     n_train = sum(p.numel() for p in models.params)
     n_base = sum(p.numel() for p in models.shared.parameters())
-    log.info("trainable parameters (policy + value): %d; shared base: %d", n_train, n_base)
+    trained = "policy + value" if value_model else "policy"
+    log.info("trainable parameters (%s): %d; shared base: %d", trained, n_train, n_base)
 
     # step 3. the composite reward; reward models with a role become roles on the shared base
     reward = roles.build_reward(cfg.reward, models, accelerator.device, group_size=cfg.ppo.samples_per_prompt)
@@ -118,8 +123,10 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         "steps": total_steps,
         "components": reward.names,
     }
-    if group > 1 or cfg.ppo.advantage != "gae":  # absent from plans written before these keys existed
+    if group > 1 or not needs_value(cfg.ppo):  # absent from plans written before these keys existed
         plan |= {"samples_per_prompt": group, "advantage": cfg.ppo.advantage}
+    if cfg.ppo.value_model != "role":  # a checkpoint holds one kind of value model
+        plan["value_model"] = cfg.ppo.value_model
 
     label_monitor = make_label_monitor(cfg.data, prompts)
 
@@ -127,10 +134,14 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     checkpoint, metrics, samples = resume(ctx, plan, logging=cfg.logging, config=to_dict(cfg))
     done = 0
     if checkpoint is not None:
-        roles.load_named_state(models, checkpoint.trainable_state)
+        # a critic-free run of an earlier version also checkpointed its idle value role: dropped (logged)
+        trainable_state, optimizer_state, scheduler_state = roles.drop_stale_value_state(
+            models, checkpoint.trainable_state, checkpoint.optimizer_state, checkpoint.scheduler_state
+        )
+        roles.load_named_state(models, trainable_state)
         roles.sync_rollout_weights(models)  # the vLLM engine (if any) samples with the resumed policy
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-        scheduler.load_state_dict(checkpoint.scheduler_state)
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
         kl_ctl.load_state_dict(checkpoint.extra["kl"])
         reward.load_state_dict(checkpoint.extra["reward"])
         done = checkpoint.step
@@ -235,9 +246,10 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         row = {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
 
-    # step 7. save the policy (adapter, merged or full model) with its tokenizer, and the value role
+    # step 7. save the policy (adapter, merged or full model) with its tokenizer, and the value model (if any)
     merged = cfg.lora.enabled and cfg.lora.merge_lora
-    model_dir, adapter_dir, value_dir = out / "model", (out / "adapter" if merged else None), out / "value"
+    model_dir, adapter_dir = out / "model", (out / "adapter" if merged else None)
+    value_dir = out / "value" if value_model else None
     if is_main:
         model_dir, adapter_dir, value_dir = roles.save_final_models(
             models, out, merge_lora=cfg.lora.merge_lora
@@ -288,7 +300,7 @@ def estimate_advantages(
     Returns:
         ``(advantages (B, R), returns (B, R))``.
     """
-    if p.advantage == "gae":
+    if needs_value(p):
         advantages, returns = compute_gae(rewards, values, response_mask, gamma=p.gamma, lam=p.lam)
     elif p.advantage == "reinforce_pp":
         advantages = reinforce_pp_advantages(
@@ -331,6 +343,10 @@ def ppo_update(
     ``policy_loss + vf_coef * value_loss``; a micro-batch contributes its masked mean times
     ``(its tokens / the minibatch's tokens)``, so accumulation gives the update of one large pass.
 
+    With ``ppo.value_model: policy_head`` the values come from the policy's own forward pass, so a micro-batch
+    is one forward and one backward of ``policy_loss + vf_coef * value_loss``, and the value loss's gradient
+    reaches the policy's weights too (a shared-trunk actor-critic, as in Schulman et al. 2017 Eq. 9).
+
     With N processes every process holds the whole batch (``trajectory``), a minibatch has
     ``minibatch_size * N`` responses, each process runs its share of them, and the gradients are summed across
     processes before clipping: the update of one process running the whole minibatch.
@@ -355,7 +371,8 @@ def ppo_update(
     R = t.response_mask.shape[1]
     rank, world = accelerator.process_index, accelerator.num_processes
     models.policy.train()  # dropout is zeroed: training mode only enables gradient checkpointing
-    models.value.train()
+    if models.value is not None:
+        models.value.train()
     totals = dict.fromkeys(PPOStats._fields, 0.0)
     n_optimizer_steps = 0
     for epoch in range(p.ppo_epochs):
@@ -368,6 +385,13 @@ def ppo_update(
                 rows = list(micro)
                 mask = t.response_mask[rows]
                 weight = float(mask.sum()) / n_tokens  # this micro-batch's share of the minibatch's tokens
+                if models.policy_value_head is not None:  # value head on the policy: one pass for both losses
+                    losses = _shared_trunk_backward(
+                        models, t, rows, advantages, returns, p, temperature, weight, accelerator
+                    )
+                    for key, value in losses.items():
+                        totals[key] += value * weight
+                    continue
                 # L = L_clip + c1 * L_V, backpropagated one term at a time: the policy and value roles train
                 # disjoint weights, so the gradients are the same, and the policy's activations are freed
                 # before the value's forward pass (the peak holds one role's activations, not two).
@@ -383,7 +407,7 @@ def ppo_update(
                 totals["loss_policy"] += float(pg_loss.detach()) * weight
                 totals["clipfrac"] += float(clipfrac) * weight
                 totals["approx_kl"] += float(approx_kl) * weight
-                if p.advantage != "gae":  # critic-free: no value role to train
+                if not needs_value(p):  # critic-free: no value model to train
                     continue
                 with accelerator.autocast():
                     values = value_estimates(models, t.query_responses[rows], t.attention_mask[rows], R)
@@ -408,7 +432,45 @@ def ppo_update(
             totals["grad_norm"] += grad_norm if grad_norm is not None else math.nan
             n_optimizer_steps += 1
     models.policy.eval()
-    models.value.eval()
+    if models.value is not None:
+        models.value.eval()
     # Token-weighted shares summed over processes; the gradient norm is the same on every process already.
     totals = {k: v if k == "grad_norm" else global_sum(accelerator, v) for k, v in totals.items()}
     return PPOStats(**{key: value / n_optimizer_steps for key, value in totals.items()})
+
+
+def _shared_trunk_backward(
+    models: Models,
+    t: Trajectory,
+    rows: list[int],
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    p: PPOConfig,
+    temperature: float,
+    weight: float,
+    accelerator: Accelerator,
+) -> dict[str, float]:
+    """``value_model: policy_head``: one forward and one backward of ``weight * (L_clip + c1 * L_V)``.
+
+    Returns:
+        The micro-batch's unweighted statistics by :class:`PPOStats` field.
+    """
+    R, mask = t.response_mask.shape[1], t.response_mask[rows]
+    with accelerator.autocast(), roles.policy_context(models):
+        _, logprobs, values = policy_logits_logprobs_values(
+            models, t.query_responses[rows], t.attention_mask[rows], R, temperature
+        )
+    pg_loss, clipfrac, approx_kl = policy_loss(
+        logprobs, t.logprobs[rows], advantages[rows], mask, clip_range=p.clip_range
+    )
+    vf_loss, vf_clipfrac = value_loss(
+        values.float(), t.values[rows], returns[rows], mask, clip_range_value=p.clip_range_value
+    )
+    accelerator.backward((pg_loss + p.vf_coef * vf_loss) * weight)  # L = L_clip + c1 * L_V (PPO Eq. 9)
+    return {
+        "loss_policy": float(pg_loss.detach()),
+        "clipfrac": float(clipfrac),
+        "approx_kl": float(approx_kl),
+        "loss_value": float(vf_loss.detach()),
+        "value_clipfrac": float(vf_clipfrac),
+    }

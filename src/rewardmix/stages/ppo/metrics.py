@@ -19,6 +19,7 @@ from rewardmix.algos.ppo import explained_variance
 from rewardmix.algos.stats import clustered_standard_error
 from rewardmix.data.prompts import DataConfig, PromptExample
 from rewardmix.scoring import CompositeReward, ScoringBatch
+from rewardmix.stages.ppo.config import needs_value
 
 if TYPE_CHECKING:
     from rewardmix.stages.ppo.config import PPOConfig
@@ -96,7 +97,7 @@ def step_metrics(
         "grad_norm": stats.grad_norm,
         "lr": lr,
     }
-    if ppo.advantage == "gae":  # critic-free estimators train no value role
+    if needs_value(ppo):  # critic-free estimators train no value role
         row |= {
             "loss/value": stats.loss_value,
             "value/clipfrac": stats.value_clipfrac,

@@ -1,9 +1,11 @@
 """Every PPO role on one shared base: loading them, switching between them, their trained tensors, saving.
 
-The policy is the LoRA role ``policy``, the value model a scalar head on its own LoRA role ``value``, the
-reference the same base with every adapter disabled, and reward models given with a ``role`` further LoRA roles
-on it: one copy of the weights serves them all. With ``lora.enabled: false`` the policy trains every weight and
-a frozen copy of the base is the reference and carries the value and reward-model roles.
+The policy is the LoRA role ``policy``, the value model a scalar head on its own LoRA role ``value`` (only
+when the advantage estimator needs values: GAE; with ``ppo.value_model: policy_head`` a scalar head on the
+policy's own hidden states instead), the reference the same base with every adapter disabled, and
+reward models given with a ``role`` further LoRA roles on it: one copy of the weights serves them all. With
+``lora.enabled: false`` the policy trains every weight and a frozen copy of the base is the reference and carries
+the value and reward-model roles.
 
 The run loop calls these functions through this module (``roles.load_models(...)``), so a benchmark may swap
 the layout (e.g. one model copy per role) by replacing them here.
@@ -16,7 +18,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -39,19 +41,30 @@ class Models(NamedTuple):
     shared: torch.nn.Module
     """The ``PeftModel`` on the frozen base: reference (adapters disabled), value role, reward-model roles. With
     LoRA it is ``policy`` itself."""
-    value: torch.nn.Module
-    """``ScalarHeadModel`` over ``shared`` bound to the role ``value``."""
+    value: torch.nn.Module | None
+    """``ScalarHeadModel`` over ``shared`` bound to the role ``value``; None when no value role is needed
+    (critic-free estimators)."""
     policy_role: str | None
     """``"policy"`` with LoRA, None with full fine-tuning."""
     params: list[torch.nn.Parameter]
-    """What the optimizer trains: the policy's and the value role's weights, nothing else."""
+    """What the optimizer trains: the policy's and the value role's weights (if any), nothing else."""
     rollout: Any = None
     """``generation.backend: vllm``: the :class:`~rewardmix.models.vllm_rollout.VllmRollout` engine that samples
     the rollouts with a copy of the policy's weights (synced by :func:`sync_rollout_weights`); None: the policy
     samples them itself."""
+    policy_value_head: torch.nn.Module | None = None
+    """``ppo.value_model: policy_head``: the :class:`~rewardmix.models.heads.PolicyValueHead` reading the policy's
+    final hidden states in its own forward pass (``value`` is then None); None otherwise."""
 
 
-def load_models(model: PolicyModelConfig, lora: PPOLoraConfig, device: torch.device, *, seed: int) -> Models:
+def load_models(
+    model: PolicyModelConfig,
+    lora: PPOLoraConfig,
+    device: torch.device,
+    *,
+    seed: int,
+    value_model: Literal["role", "policy_head"] | None = "role",
+) -> Models:
     """The tokenizer and every role on one base, dropout off everywhere.
 
     Args:
@@ -59,6 +72,9 @@ def load_models(model: PolicyModelConfig, lora: PPOLoraConfig, device: torch.dev
         lora: The ``lora`` section: LoRA roles (rank, targets) or full fine-tuning.
         device: Where every role goes.
         seed: The run seed (the tiny model's weights; the value head draws from ``seed + 1``).
+        value_model: ``"role"``: a value model on its own LoRA role ``value``; ``"policy_head"``: a scalar head
+            on the policy's final hidden states (no ``value`` role); None: no value model (critic-free
+            estimators, :func:`~rewardmix.stages.ppo.config.needs_value`): no ``value`` adapter, no head.
     """
     from rewardmix.models import heads, loading, tiny
     from rewardmix.models import lora as lora_roles
@@ -76,27 +92,40 @@ def load_models(model: PolicyModelConfig, lora: PPOLoraConfig, device: torch.dev
     settings = lora_roles.LoraSettings(
         r=lora.r, alpha=lora.alpha, dropout=0.0, target_modules=lora.target_modules
     )
+    value_roles = [VALUE_ROLE] if value_model == "role" else []
     if lora.enabled:
-        shared = lora_roles.add_adapters(base, [POLICY_ROLE, VALUE_ROLE], settings)
+        shared = lora_roles.add_adapters(base, [POLICY_ROLE, *value_roles], settings)
         policy, policy_role = shared, POLICY_ROLE
     else:
         # Full fine-tuning changes the base itself: the reference (and the value / reward-model roles) need a
         # frozen copy of it.
-        shared = lora_roles.add_adapters(copy.deepcopy(base), [VALUE_ROLE], settings)
+        shared = copy.deepcopy(base)
+        if value_roles:
+            shared = lora_roles.add_adapters(shared, value_roles, settings)
+        else:  # no role on the copy: it is the reference as it stands
+            shared.requires_grad_(False)
         policy, policy_role = base, None
         for param in policy.parameters():
             param.requires_grad_(True)
+    value, policy_value_head = None, None
     # seed: the value head is drawn from its own stream, so adding it does not shift the run's random state.
-    value = heads.ScalarHeadModel(shared, pooling="last", role=VALUE_ROLE, seed=seed + 1)
-    for module in (policy, shared, value):
-        module.to(device)
-        disable_dropout(module)
+    if value_model == "role":
+        value = heads.ScalarHeadModel(shared, pooling="last", role=VALUE_ROLE, seed=seed + 1)
+    elif value_model == "policy_head":
+        policy_value_head = heads.PolicyValueHead(base.config.hidden_size, seed=seed + 1)
+    for module in (policy, shared, value, policy_value_head):
+        if module is not None:
+            module.to(device)
+            disable_dropout(module)
     if lora.enabled:
         params = lora_roles.trainable_parameters(shared, POLICY_ROLE)
     else:
         params = list(policy.parameters())
-    params += lora_roles.trainable_parameters(value, VALUE_ROLE)
-    return Models(tokenizer, policy, shared, value, policy_role, params)
+    if value is not None:
+        params += lora_roles.trainable_parameters(value, VALUE_ROLE)
+    if policy_value_head is not None:
+        params += list(policy_value_head.parameters())
+    return Models(tokenizer, policy, shared, value, policy_role, params, policy_value_head=policy_value_head)
 
 
 def build_reward(
@@ -107,6 +136,13 @@ def build_reward(
     (``normalize: group``)."""
     context = BuildContext(device=device, shared_backbone=models.shared, tokenizer=models.tokenizer)
     if models.policy_role is None and any(c.reward_model and c.reward_model.role for c in reward.components):
+        from peft import PeftModel
+
+        if not isinstance(models.shared, PeftModel):
+            raise ValueError(
+                "lora.enabled: false with a critic-free ppo.advantage keeps no LoRA role on the frozen reference "
+                "copy, so reward models cannot be loaded onto it with a role: give them without reward_model.role"
+            )
         log.info("full fine-tuning: reward-model roles are loaded onto the frozen reference copy")
     # the composite checks every raw score (NonFiniteScoreError names the component, the samples, the text)
     scorers = {c.name: build_scorer(c, context) for c in reward.components}
@@ -167,31 +203,116 @@ def policy_context(models: Models) -> Iterator[None]:
 
 @contextmanager
 def reference_context(models: Models) -> Iterator[None]:
-    """Run a block on the reference: the shared base with every adapter disabled (flags kept)."""
+    """Run a block on the reference: the shared base with every adapter disabled (flags kept).
+
+    With full fine-tuning and no value role the frozen copy has no adapter: it is the reference as it stands.
+    """
+    from peft import PeftModel
+
     from rewardmix.models.lora import adapters_disabled
 
-    with adapters_disabled(models.shared):
+    with adapters_disabled(models.shared) if isinstance(models.shared, PeftModel) else nullcontext():
         yield
 
 
 def named_trainable(models: Models) -> dict[str, torch.nn.Parameter]:
     """Checkpoint name -> parameter for every trained tensor (policy, value role, value head).
 
-    The names (``policy.*``, ``shared.*``, ``value_head.*``) are what checkpoints store: changing them would
-    make earlier checkpoints unreadable.
+    The names (``policy.*``, ``shared.*``, ``value_head.*``; ``policy_value_head.*`` for the head on the policy's
+    hidden states) are what checkpoints store: changing them would make earlier checkpoints unreadable.
     """
     wanted = {id(p) for p in models.params}
     out: dict[str, torch.nn.Parameter] = {}
-    for prefix, module in (
-        ("policy", models.policy),
-        ("shared", models.shared),
-        ("value_head", models.value.head),
-    ):
+    modules = [("policy", models.policy), ("shared", models.shared)]
+    if models.value is not None:
+        modules.append(("value_head", models.value.head))
+    if models.policy_value_head is not None:
+        modules.append(("policy_value_head", models.policy_value_head.head))
+    for prefix, module in modules:
         for name, param in module.named_parameters():
             if id(param) in wanted:
                 wanted.discard(id(param))  # each tensor once, under its first name
                 out[f"{prefix}.{name}"] = param
     return out
+
+
+def is_value_role_entry(name: str) -> bool:
+    """Whether a checkpoint name is a tensor of the value role: its LoRA (``policy.*`` with LoRA, where the
+    roles share the policy's ``PeftModel``; ``shared.*`` with full fine-tuning) or its head (``value_head.*``)."""
+    from rewardmix.models.lora import is_adapter_param
+
+    prefix, _, rest = name.partition(".")
+    if prefix == "value_head":
+        return True
+    return prefix in ("policy", "shared") and is_adapter_param(rest, VALUE_ROLE)
+
+
+def drop_stale_value_state(
+    models: Models,
+    state: Mapping[str, torch.Tensor],
+    optimizer_state: Mapping[str, Any],
+    scheduler_state: Mapping[str, Any],
+) -> tuple[dict[str, torch.Tensor], Mapping[str, Any], Mapping[str, Any]]:
+    """A checkpoint of a run that trained no value model but still held one, without its value tensors.
+
+    Critic-free runs of earlier versions carried an idle value role (never trained): their checkpoints hold its
+    LoRA and head, and their optimizer state has its tensors after the policy's (``params`` listed the policy
+    first, and the optimizer's two groups, matrices then vectors, keep that order; a group left with none of
+    this run's tensors goes, with its entry in the schedule's state). Those entries are dropped (logged); with a
+    value role, or when there is nothing to drop, everything comes back unchanged, and any other mismatch is
+    left for :func:`load_named_state` and ``optimizer.load_state_dict`` to refuse.
+
+    Args:
+        models: The roles being resumed.
+        state: The checkpoint's trained tensors by name.
+        optimizer_state: The checkpoint's optimizer ``state_dict``.
+        scheduler_state: The checkpoint's schedule ``state_dict`` (per-group lists).
+
+    Returns:
+        ``(state, optimizer_state, scheduler_state)`` for this run's trained parameters.
+    """
+    unchanged = dict(state), optimizer_state, scheduler_state
+    if models.value is not None or models.policy_value_head is not None:
+        return unchanged
+    names = named_trainable(models)
+    stale = [name for name in state if name not in names and is_value_role_entry(name)]
+    if not stale:
+        return unchanged
+    log.info(
+        "checkpoint of a critic-free run that still held a value role: dropping its %d value tensors (%s, ...)",
+        len(stale),
+        stale[0],
+    )
+    kept = {name: tensor for name, tensor in state.items() if name not in stale}
+    # Old groups: [matrices, vectors] of (this run's params + the dropped ones), empty groups left out.
+    new_counts = [sum(p.ndim >= 2 for p in models.params), sum(p.ndim < 2 for p in models.params)]
+    old_counts = [
+        new_counts[0] + sum(state[n].ndim >= 2 for n in stale),
+        new_counts[1] + sum(state[n].ndim < 2 for n in stale),
+    ]
+    old_kinds = [kind for kind, n in enumerate(old_counts) if n]
+    groups = optimizer_state["param_groups"]
+    if [len(g["params"]) for g in groups] != [old_counts[kind] for kind in old_kinds]:
+        return kept, optimizer_state, scheduler_state  # another layout: the optimizer refuses it
+    new_groups, new_state, kept_groups, index = [], {}, [], 0
+    for i, (kind, group) in enumerate(zip(old_kinds, groups, strict=True)):
+        if not new_counts[kind]:
+            continue
+        kept_groups.append(i)
+        ids = []
+        for old_id in group["params"][: new_counts[kind]]:  # this run's params come first in each group
+            if old_id in optimizer_state["state"]:
+                new_state[index] = optimizer_state["state"][old_id]
+            ids.append(index)
+            index += 1
+        new_groups.append({**group, "params": ids})
+    schedule = {
+        key: [value[i] for i in kept_groups]
+        if isinstance(value, list) and len(value) == len(groups)
+        else value
+        for key, value in scheduler_state.items()
+    }
+    return kept, {"state": new_state, "param_groups": new_groups}, schedule
 
 
 def load_named_state(models: Models, state: Mapping[str, torch.Tensor]) -> None:
@@ -207,16 +328,20 @@ def load_named_state(models: Models, state: Mapping[str, torch.Tensor]) -> None:
             param.copy_(state[name])
 
 
-def save_final_models(models: Models, out: Path, *, merge_lora: bool) -> tuple[Path, Path | None, Path]:
-    """Write the policy with its tokenizer and the value role; returns ``(model_dir, adapter_dir, value_dir)``.
+def save_final_models(
+    models: Models, out: Path, *, merge_lora: bool
+) -> tuple[Path, Path | None, Path | None]:
+    """Write the policy with its tokenizer and the value model; returns ``(model_dir, adapter_dir, value_dir)``.
 
     LoRA: the policy adapter in ``<out>/model`` (with ``merge_lora``: the merged model there and the adapter in
     ``<out>/adapter``). Full fine-tuning: the full model in ``<out>/model``. The value role (adapter and head)
-    always goes to ``<out>/value``.
+    goes to ``<out>/value``; so does the head on the policy's hidden states (``head.safetensors`` and a json
+    saying what it reads: it needs the policy in ``<out>/model``); without a value model (critic-free) nothing
+    is written there and ``value_dir`` is None.
     """
     from rewardmix.models import loading, lora
 
-    model_dir, adapter_dir, value_dir = out / "model", None, out / "value"
+    model_dir, adapter_dir = out / "model", None
     if models.policy_role is None:
         loading.save_pretrained_atomic(models.policy, model_dir, tokenizer=models.tokenizer)
     else:
@@ -227,5 +352,11 @@ def save_final_models(models: Models, out: Path, *, merge_lora: bool) -> tuple[P
             lora.merge_and_save(models.policy, POLICY_ROLE, model_dir, tokenizer=models.tokenizer)
         else:
             adapter_dir = None
-    lora.save_adapter(models.value, VALUE_ROLE, value_dir)
+    value_dir = out / "value"
+    if models.value is not None:
+        lora.save_adapter(models.value, VALUE_ROLE, value_dir)
+    elif models.policy_value_head is not None:
+        models.policy_value_head.save_head(value_dir)
+    else:
+        return model_dir, adapter_dir, None
     return model_dir, adapter_dir, value_dir

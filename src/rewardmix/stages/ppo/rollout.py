@@ -27,7 +27,7 @@ from rewardmix.data.prompts import PromptExample
 from rewardmix.models.tokens import pad_token_id, stop_token_ids
 from rewardmix.scoring import CompositeReward, CompositeScores, NonFiniteScoreError, ScoringBatch
 from rewardmix.stages.ppo import roles
-from rewardmix.stages.ppo.config import GenerationConfig, PPOConfig
+from rewardmix.stages.ppo.config import GenerationConfig, PPOConfig, needs_value
 from rewardmix.stages.ppo.metrics import PhaseTimes
 from rewardmix.stages.ppo.roles import Models
 from rewardmix.train.distributed import any_process, gather_objects, gather_rows
@@ -113,7 +113,7 @@ def rollout(
             response_mask,
             temperature=generation.temperature,
             batch_size=ppo.forward_batch_size,
-            with_values=ppo.advantage == "gae",
+            with_values=needs_value(ppo),
         )
     entropy = gather_mean(accelerator, entropy, response_mask.sum())
     texts = gather_objects(accelerator, texts)
@@ -412,6 +412,41 @@ def value_estimates(
     return models.value.token_scores(query_responses, attention_mask)[:, P - 1 : P - 1 + R]
 
 
+def policy_logits_logprobs_values(
+    models: Models,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_width: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ppo.value_model: policy_head``: the policy's logits, log-probabilities and values from ONE forward pass.
+
+    The value head reads the policy's final hidden states (captured by a hook on its body) at the positions
+    whose logits chose each response token, ``P - 1 ... P + R - 2`` (as :func:`value_estimates`): V(s_t).
+    Run it with the policy active (:func:`~rewardmix.stages.ppo.roles.policy_context`).
+
+    Args:
+        models: The roles (``models.policy_value_head`` set).
+        query_responses: (B, P + R) ids.
+        attention_mask: (B, P + R) mask.
+        response_width: R.
+        temperature: The sampling temperature.
+
+    Returns:
+        ``(logits (B, R, V) float32, logprobs (B, R) float32, values (B, R) float32)``.
+    """
+    from rewardmix.models.heads import capture_last_hidden_state
+
+    R = response_width
+    P = query_responses.shape[1] - R
+    with capture_last_hidden_state(models.policy) as hidden:
+        logits, logprobs = policy_logits_logprobs(
+            models.policy, query_responses, attention_mask, R, temperature
+        )
+    values = models.policy_value_head(hidden[-1][:, P - 1 : P - 1 + R])  # V(s_t) = w . h_{P-1+t} + b
+    return logits, logprobs, values
+
+
 @torch.no_grad()
 def rollout_forward(
     models: Models,
@@ -426,7 +461,9 @@ def rollout_forward(
     """Policy and reference log-probabilities, values and the policy's mean entropy, in no-grad chunks.
 
     Policy and reference run on the same chunks (same shapes), so while the policy adapter is still the
-    identity the two are bit-identical and the KL is exactly 0.
+    identity the two are bit-identical and the KL is exactly 0. Per chunk: the policy, the reference and the
+    value role, three forward passes; with a value head on the policy (``ppo.value_model: policy_head``) the
+    values come out of the policy's pass, two.
 
     Args:
         models: The roles.
@@ -442,17 +479,23 @@ def rollout_forward(
     """
     R = response_mask.shape[1]
     logprobs, ref_logprobs, values, entropies = [], [], [], []
+    head_values = with_values and models.policy_value_head is not None
     for rows in chunk(range(query_responses.shape[0]), batch_size):
         ids, mask = query_responses[list(rows)], attention_mask[list(rows)]
         with roles.policy_context(models):
-            logits, lp = policy_logits_logprobs(models.policy, ids, mask, R, temperature)
+            if head_values:  # one pass: the logits and the head on the policy's hidden states
+                logits, lp, v = policy_logits_logprobs_values(models, ids, mask, R, temperature)
+            else:
+                logits, lp = policy_logits_logprobs(models.policy, ids, mask, R, temperature)
         entropies.append(entropy_from_logits(logits))
         del logits
         with roles.reference_context(models):
             _, ref_lp = policy_logits_logprobs(models.shared, ids, mask, R, temperature)
         logprobs.append(lp)
         ref_logprobs.append(ref_lp)
-        if with_values:
+        if head_values:
+            values.append(v.float())
+        elif with_values:
             values.append(value_estimates(models, ids, mask, R).float())
         else:
             values.append(torch.zeros_like(lp))
