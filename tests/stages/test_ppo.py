@@ -600,6 +600,19 @@ def test_full_fine_tuning_without_a_value_model_keeps_a_plain_reference(tmp_path
     assert result.value_dir is None and (result.model_dir / "model.safetensors").is_file()
 
 
+def test_full_fine_tuning_without_a_value_model_still_loads_reward_model_roles(tmp_path, spy):
+    rm = {"name": "rm_a", "type": "reward_model", "reward_model": {"path": str(save_rm_adapter(tmp_path / "a", 1)), "role": "rm_a"}}  # fmt: skip
+    cfg = tiny_config(tmp_path / "run", steps=1, lora=False, components=[rm])
+    cfg.ppo.advantage, cfg.ppo.samples_per_prompt = "grpo", 2
+    ppo.run(cfg)
+    models = spy["models"]
+    # the frozen copy carries the reward model's role beside one inert container role, no value role or head
+    assert models.value is None and set(models.shared.peft_config) == {roles.CONTAINER_ROLE, "rm_a"}
+    assert not any(p.requires_grad for p in models.shared.parameters())
+    row = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
+    assert math.isfinite(row["reward/rm_a/raw"]) and row["objective/kl"] == 0.0
+
+
 def test_critic_free_advantages_rank_answers_within_their_group():
     p = ppo.PPOConfig(advantage="rloo", samples_per_prompt=2, whiten_advantages=False)
     mask = torch.tensor([[True, True, False], [True, False, False], [True, True, True], [True, True, True]])

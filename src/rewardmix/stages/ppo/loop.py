@@ -89,8 +89,14 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
 
     # step 2. tokenizer, base and roles: policy, value (GAE only), reference (= adapters disabled)
     value_model = cfg.ppo.value_model if needs_value(cfg.ppo) else None
+    reward_roles = any(c.reward_model is not None and c.reward_model.role for c in cfg.reward.components)
     models = roles.load_models(
-        cfg.model, cfg.lora, accelerator.device, seed=cfg.seed, value_model=value_model
+        cfg.model,
+        cfg.lora,
+        accelerator.device,
+        seed=cfg.seed,
+        value_model=value_model,
+        reward_roles=reward_roles,
     )
     broadcast_parameters(accelerator, models.params)  # every replica starts from the main process's weights
     models = roles.with_rollout_engine(  # generation.backend vllm: an engine with the policy's weights

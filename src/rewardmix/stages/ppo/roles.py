@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 POLICY_ROLE = "policy"
 VALUE_ROLE = "value"
+# Full fine-tuning without a value role: the inert LoRA role that makes the frozen copy a PeftModel, so reward
+# models can be loaded onto it as roles (never trained, never active: the reference disables every adapter).
+CONTAINER_ROLE = "container"
 
 
 class Models(NamedTuple):
@@ -64,6 +67,7 @@ def load_models(
     *,
     seed: int,
     value_model: Literal["role", "policy_head"] | None = "role",
+    reward_roles: bool = False,
 ) -> Models:
     """The tokenizer and every role on one base, dropout off everywhere.
 
@@ -75,6 +79,9 @@ def load_models(
         value_model: ``"role"``: a value model on its own LoRA role ``value``; ``"policy_head"``: a scalar head
             on the policy's final hidden states (no ``value`` role); None: no value model (critic-free
             estimators, :func:`~rewardmix.stages.ppo.config.needs_value`): no ``value`` adapter, no head.
+        reward_roles: Some reward model is loaded as a LoRA role (``reward_model.role``). With full fine-tuning
+            and no ``value`` role, the frozen copy then still becomes a ``PeftModel`` (holding one inert,
+            untrained role, ``CONTAINER_ROLE``) so that the reward-model roles can be loaded onto it.
     """
     from rewardmix.models import heads, loading, tiny
     from rewardmix.models import lora as lora_roles
@@ -100,8 +107,10 @@ def load_models(
         # Full fine-tuning changes the base itself: the reference (and the value / reward-model roles) need a
         # frozen copy of it.
         shared = copy.deepcopy(base)
-        if value_roles:
-            shared = lora_roles.add_adapters(shared, value_roles, settings)
+        if value_roles or reward_roles:
+            shared = lora_roles.add_adapters(shared, value_roles or [CONTAINER_ROLE], settings)
+            if not value_roles:
+                shared.requires_grad_(False)  # the container role never trains
         else:  # no role on the copy: it is the reference as it stands
             shared.requires_grad_(False)
         policy, policy_role = base, None
