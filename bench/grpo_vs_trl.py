@@ -47,8 +47,8 @@ shapes; median of 3), i.e. how far the update is from the least a trainer must d
 
 Usage (from the repository root; TRL is the ``bench`` extra: ``.venv/bin/pip install -c constraints.txt trl``)::
 
-    .venv/bin/python bench/grpo_vs_trl.py                     # SmolLM2, 4 systems x 3 runs (~20-30 min)
-    .venv/bin/python bench/grpo_vs_trl.py --models tiny       # the tiny model (~3 min)
+    .venv/bin/python bench/grpo_vs_trl.py                     # SmolLM2, 4 systems x 3 runs (~15-25 min)
+    .venv/bin/python bench/grpo_vs_trl.py --models tiny       # the tiny model (~2.5 min)
     .venv/bin/python bench/grpo_vs_trl.py --models tiny --quick --systems rewardmix_grpo,trl_grpo
 """
 
