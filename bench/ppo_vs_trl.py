@@ -57,24 +57,15 @@ from typing import Any
 import benchlib
 
 SYSTEMS = ("rewardmix", "trl_rloo", "trl_grpo")
-MODELS = {"tiny": "tiny", "smollm2": "offline:smollm2"}
+MODELS, LORA_R = benchlib.MODELS, benchlib.LORA_R
 # Per model: completions per update, response tokens, updates per run, runs per system. SmolLM2 settings are
 # small so that the 6 runs fit in ~4-8 minutes on 2 shared cores (an update of 8 x 32 tokens takes ~40-70 s).
 DEFAULTS = {
     "tiny": {"batch": 8, "max_new_tokens": 32, "steps": 10, "repeats": 3},
     "smollm2": {"batch": 4, "max_new_tokens": 16, "steps": 4, "repeats": 2},
 }
-LORA_R = 16
 KL_BETA = 0.05
 LR = 1e-5
-# rewardmix's phases: the per-step timings its PPO stage logs (docs/metrics.md)
-PHASE_METRICS = {
-    "generate": "perf/generate_time",
-    "reward": "perf/reward_time",
-    "rollout_forward": "perf/forward_time",
-    "ppo_update": "perf/update_time",
-}
-
 log = logging.getLogger("bench.ppo_vs_trl")
 
 
@@ -82,31 +73,9 @@ log = logging.getLogger("bench.ppo_vs_trl")
 # Shared set-up (runs inside each child)
 
 
-def load_base(model: str) -> tuple[Any, Any, str | None]:
-    """(tokenizer, causal LM, folder or None for tiny): the very weights every system starts from."""
-    from rewardmix.models import loading, tiny
-
-    if model == "tiny":
-        tokenizer = tiny.build_tiny_tokenizer()
-        return tokenizer, tiny.build_tiny_causal_lm(tokenizer, seed=0), None  # seed 0 = the PPO stage's
-    path = loading.resolve_model_path(MODELS[model])
-    return loading.load_tokenizer(path), loading.load_causal_lm(path), path
-
-
-def stop_ids(tokenizer: Any) -> list[int]:
-    from rewardmix.models.tokens import stop_token_ids
-
-    return stop_token_ids(tokenizer)
-
-
 def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Write the reward model as a LoRA role folder (identity adapter + a seeded head) for rewardmix."""
-    from rewardmix.models.heads import ScalarHeadModel
-    from rewardmix.models.lora import LoraSettings, add_adapters, save_adapter
-
-    _, base, _ = load_base(args.model)
-    peft = add_adapters(base, ["rm"], LoraSettings(r=LORA_R, alpha=2 * LORA_R))
-    save_adapter(ScalarHeadModel(peft, role="rm", seed=1), "rm", Path(args.workdir) / "rm")
+    benchlib.write_reward_roles(args.model, Path(args.workdir), {"rm": 1})
     return {}
 
 
@@ -118,23 +87,6 @@ def child_rewardmix(args: argparse.Namespace) -> dict[str, Any]:
     """``rewardmix.stages.ppo.run`` itself; its phase times are the ``perf/*_time`` metrics it logs."""
     from rewardmix.config import from_dict
     from rewardmix.stages import ppo
-    from rewardmix.stages.ppo import roles
-
-    original_load, original_reward = roles.load_models, roles.build_reward
-    loaded: dict[str, float] = {}
-
-    def load_models(*a: Any, **k: Any) -> Any:
-        models = original_load(*a, **k)
-        # Every response exactly max_new_tokens long (see the module docstring).
-        models.policy.get_base_model().generation_config.suppress_tokens = stop_ids(models.tokenizer)
-        return models
-
-    def build_reward(*a: Any, **k: Any) -> Any:
-        reward = original_reward(*a, **k)
-        loaded["rss"] = benchlib.rss_mb()
-        return reward
-
-    roles.load_models, roles.build_reward = load_models, build_reward
 
     workdir = Path(args.workdir)
     out = workdir / f"rewardmix-{time.monotonic_ns()}"
@@ -167,57 +119,18 @@ def child_rewardmix(args: argparse.Namespace) -> dict[str, Any]:
         "logging": {"sample_every": 0, "num_samples": 0, "checkpoint_every": 10_000},
     }
     cfg = from_dict(ppo.Config, data)
-    ends: list[float] = []
-    lengths: list[float] = []
-    phases: dict[str, list[float]] = {name: [] for name in PHASE_METRICS}
-    peaks: list[float] = []  # peak RSS after each update: when the peak is reached
-
-    def on_step(step: int, row: dict[str, float]) -> None:
-        ends.append(time.perf_counter())
-        lengths.append(row["response/length_mean"])
-        for name, key in PHASE_METRICS.items():
-            phases[name].append(row[key])
-        peaks.append(round(benchlib.peak_rss_mb()))
-
-    ppo.run(cfg, on_step=on_step)
+    with benchlib.RewardmixProbe() as probe:
+        ppo.run(cfg, on_step=probe)
     shutil.rmtree(out, ignore_errors=True)
-    return {
-        "rss_after_load_mb": loaded["rss"],
-        "peak_rss_mb": benchlib.peak_rss_mb(),
-        "update_intervals_s": [b - a for a, b in zip(ends, ends[1:], strict=False)][:-1],
-        "completion_length_mean": sum(lengths) / len(lengths),
-        "phases_s": {k: v[1:] for k, v in phases.items()},  # the first is the warm-up update
-        "peak_rss_after_update_mb": peaks,
-    }
+    return probe.result()
 
 
 # ---------------------------------------------------------------------------------------------------------
 # TRL
 
 
-def trl_reward_model(model: str, base: Any, path: str | None, workdir: Path, tokenizer: Any) -> Any:
-    """TRL's reward model: a sequence classifier with the base's weights and the rewardmix head's weights."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
-
-    if path is None:
-        rm = LlamaForSequenceClassification(
-            base.config.__class__(**{**base.config.to_dict(), "num_labels": 1})
-        )
-        rm.model.load_state_dict(base.model.state_dict())
-    else:
-        rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    rm.config.pad_token_id = tokenizer.pad_token_id
-    head = load_file(str(workdir / "rm" / "head.safetensors"))
-    with __import__("torch").no_grad():
-        rm.score.weight.copy_(head["weight"])  # ScalarHeadModel's head bias is 0; TRL's score has none
-    return rm.eval()
-
-
 def child_trl(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import TrainerCallback
 
     from rewardmix.data.prompts import DataConfig, load_prompts
 
@@ -229,49 +142,25 @@ def child_trl(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         from trl import RLOOTrainer as Trainer
 
     workdir = Path(args.workdir)
-    tokenizer, base, path = load_base(args.model)
-    rm = trl_reward_model(args.model, base, path, workdir, tokenizer)
+    tokenizer, base, path = benchlib.load_base(args.model)
+    rm = benchlib.trl_reward_model(base, path, workdir / "rm", tokenizer)
     prompts = [tokenizer.decode(p.input_ids) for p in load_prompts(DataConfig(), tokenizer)]
     dataset = Dataset.from_dict({"prompt": prompts})
     loaded = benchlib.rss_mb()
 
-    class Timer(TrainerCallback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-            self.logs: list[dict[str, float]] = []
-
-        def on_step_end(self, *a: Any, **k: Any) -> None:
-            self.ends.append(time.perf_counter())
-
-        def on_log(self, *a: Any, logs: dict[str, float] | None = None, **k: Any) -> None:
-            self.logs.append(dict(logs or {}))
-
-    timer = Timer()
+    timer = benchlib.trl_timer()
     out = workdir / f"trl-{kind}-{time.monotonic_ns()}"
     trainer_args = TrainerConfig(
-        output_dir=str(out),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        disable_dropout=True,
-        per_device_train_batch_size=args.batch,
-        gradient_accumulation_steps=1,
+        **benchlib.trl_trainer_kwargs(
+            out,
+            batch=args.batch,
+            max_new_tokens=args.max_new_tokens,
+            steps=args.steps,
+            tokenizer=tokenizer,
+            beta=KL_BETA,
+            lr=LR,
+        ),
         num_generations=2,
-        num_iterations=1,
-        max_completion_length=args.max_new_tokens,
-        generation_kwargs={"suppress_tokens": stop_ids(tokenizer)},
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        beta=KL_BETA,
-        learning_rate=LR,
-        max_steps=args.steps,
-        logging_steps=args.steps,
-        save_strategy="no",
-        report_to=[],
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
     trainer = Trainer(
         model=base,
@@ -280,29 +169,17 @@ def child_trl(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         train_dataset=dataset,
         processing_class=tokenizer,
         reward_processing_classes=tokenizer,
-        peft_config=LoraConfig(
-            r=LORA_R, lora_alpha=2 * LORA_R, target_modules="all-linear", lora_dropout=0.0
-        ),
+        peft_config=benchlib.trl_lora_config(),
         callbacks=[timer],
     )
-    generate_times: list[float] = []
-    generate = trainer._generate
-
-    def timed_generate(*a: Any, **k: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return generate(*a, **k)
-        finally:
-            generate_times.append(time.perf_counter() - t0)
-
-    trainer._generate = timed_generate
+    generate_times = benchlib.time_calls(trainer, "_generate")
     trainer.train()
     shutil.rmtree(out, ignore_errors=True)
     lengths = [row["completions/mean_length"] for row in timer.logs if "completions/mean_length" in row]
     return {
         "rss_after_load_mb": loaded,
         "peak_rss_mb": benchlib.peak_rss_mb(),
-        "update_intervals_s": [b - a for a, b in zip(timer.ends, timer.ends[1:], strict=False)][:-1],
+        "update_intervals_s": benchlib.intervals(timer.ends),
         "completion_length_mean": lengths[-1] if lengths else None,
         "phases_s": {"generate": generate_times[1:]},
     }
@@ -320,31 +197,8 @@ CHILDREN = {
 # Parent
 
 
-def summarize(runs: list[dict[str, Any]], batch: int) -> dict[str, Any]:
-    intervals = [benchlib.median(r["update_intervals_s"]) for r in runs]
-    generate = [benchlib.median(r["phases_s"]["generate"]) for r in runs]
-    out: dict[str, Any] = {
-        "runs": len(runs),
-        "update_s_median": benchlib.median(intervals),
-        "update_s_per_run": intervals,
-        "samples_per_s": batch / benchlib.median(intervals),
-        "peak_rss_mb_median": benchlib.median([r["peak_rss_mb"] for r in runs]),
-        "peak_rss_mb_per_run": [r["peak_rss_mb"] for r in runs],
-        "rss_after_load_mb_median": benchlib.median([r["rss_after_load_mb"] for r in runs]),
-        "generate_s_median": benchlib.median(generate),
-        "completion_length_mean": [r["completion_length_mean"] for r in runs],
-    }
-    phases = runs[0]["phases_s"].keys()
-    out["phases_s_median"] = {
-        p: benchlib.median([benchlib.median(r["phases_s"][p]) for r in runs]) for p in phases
-    }
-    return out
-
-
 def settings_for(args: argparse.Namespace, model: str) -> dict[str, int]:
-    """The model's defaults, overridden by the command line's ``--batch`` etc. when given."""
-    given = {k: getattr(args, k) for k in DEFAULTS[model] if getattr(args, k, None) is not None}
-    return DEFAULTS[model] | given
+    return benchlib.settings_for(args, model, DEFAULTS)
 
 
 def bench_model(args: argparse.Namespace, model: str, workdir: Path) -> dict[str, Any]:
@@ -359,14 +213,10 @@ def bench_model(args: argparse.Namespace, model: str, workdir: Path) -> dict[str
     }
     script = Path(__file__).resolve()
     benchlib.run_child(script, "prepare", options, workdir)
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
-    repeats = settings["repeats"]
-    for rep in range(repeats):
-        order = SYSTEMS[rep % len(SYSTEMS) :] + SYSTEMS[: rep % len(SYSTEMS)]  # rotate who goes first
-        for system in order:
-            log.info("%s: %s, repeat %d/%d", model, system, rep + 1, repeats)
-            runs[system].append(benchlib.run_child(script, system, options, workdir))
-    summary = {s: summarize(runs[s], settings["batch"]) for s in SYSTEMS}
+    runs = benchlib.alternate_runs(
+        script, SYSTEMS, options, workdir, repeats=settings["repeats"], label=model
+    )
+    summary = {s: benchlib.summarize_runs(runs[s], settings["batch"]) for s in SYSTEMS}
     ours = summary["rewardmix"]
     ratios = {}
     for other in ("trl_rloo", "trl_grpo"):
