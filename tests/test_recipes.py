@@ -13,6 +13,7 @@ are not pinned here.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,21 @@ def test_crs_judge_and_the_weight_profile(crs: dict[str, Any]) -> None:
     other = resolved(CRS, "weight_0625")["ppo_crs"].config
     assert [c.weight for c in other.reward.components] == [0.625, 0.375]
     assert other.ppo == crs["ppo_crs"].ppo
+
+
+def test_rllr_sentiment_grpo_profile_changes_only_the_estimator() -> None:
+    path = REPO / "recipes" / "rllr-sentiment.yaml"
+    full, grpo = resolved(path), resolved(path, "grpo")
+    roots = [str(Path(steps["split"].config.output_dir).parent) for steps in (full, grpo)]
+    assert roots[0] != roots[1] and list(full) == list(grpo)
+    ppo_steps = [name for name in full if full[name].stage == "ppo"]
+    assert len(ppo_steps) == 8
+    for name in full:
+        a = json.loads(json.dumps(to_dict(full[name].config)).replace(roots[0], roots[1]))
+        b = json.loads(json.dumps(to_dict(grpo[name].config)))
+        if name in ppo_steps:
+            assert a["ppo"].pop("advantage") == "rloo" and b["ppo"].pop("advantage") == "grpo", name
+        assert a == b, name
 
 
 @pytest.mark.parametrize("profile", [None, "repro"])

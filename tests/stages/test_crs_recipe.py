@@ -38,7 +38,7 @@ def resolved(profile: str | None) -> dict[str, object]:
     return {step.name: step.config for step in run.resolve_steps(recipe(profile))}
 
 
-@pytest.mark.parametrize("profile", [None, "small"])
+@pytest.mark.parametrize("profile", [None, "small", "small-grpo"])
 def test_every_step_resolves_and_is_wired_to_the_steps_before_it(profile):
     steps = resolved(profile)
     assert list(steps) == STEPS
@@ -94,6 +94,24 @@ def test_the_small_profile_is_the_same_chain_smaller_in_its_own_directory():
         assert small[name].reward.combinator == full[name].reward.combinator
     assert small["evaluate"].win_rate.limit < 128 and small["judge"].phases[0].max_steps is not None
     assert all(getattr(cfg, "cpu", True) for cfg in small.values())
+
+
+def test_the_small_grpo_profile_is_the_small_chain_with_grpo_in_its_own_directory():
+    small, grpo = resolved("small"), resolved("small-grpo")
+    roots = [str(Path(steps["ratings"].output_dir).parent) for steps in (small, grpo)]
+    assert roots[0] != roots[1]
+    for name in STEPS:
+        # the same config once the run directory is renamed ...
+        a = json.loads(json.dumps(dataclasses.asdict(small[name])).replace(roots[0], roots[1]))
+        b = json.loads(json.dumps(dataclasses.asdict(grpo[name])))
+        if name not in PPO:
+            assert a == b, name
+            continue
+        # ... except the estimator of the PPO steps
+        assert {k for k in a if a[k] != b[k]} == {"ppo"}, name
+        p, q = a["ppo"], b["ppo"]
+        assert {k for k in p if p[k] != q[k]} == {"advantage", "samples_per_prompt", "minibatch_size"}
+        assert q["advantage"] == "grpo" and q["samples_per_prompt"] == 4 and p["advantage"] == "gae"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -41,7 +41,12 @@ from rewardmix.stages.ppo.metrics import label_metrics, make_label_monitor
 from rewardmix.stages.ppo.rollout import final_scores
 
 REPO = Path(__file__).resolve().parents[2]
-PPO_CONFIGS = ["configs/ppo.yaml", "configs/ppo-rllr-mixed.yaml", "configs/ppo-crs.yaml"]
+PPO_CONFIGS = [
+    "configs/ppo.yaml",
+    "configs/ppo-rllr-mixed.yaml",
+    "configs/ppo-crs.yaml",
+    "configs/grpo-crs.yaml",
+]
 
 
 def reward(components: list[dict], combinator: str = "sum", **params: float) -> CompositeConfig:

@@ -103,3 +103,5 @@ def test_constrained_multipliers_are_logged_checkpointed_and_resumed_exactly(tmp
         for key in ("reward/e_count/multiplier", "reward/e_count/constraint_gap", "objective/score"):
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
     assert "reward/a_count/multiplier" not in rows[0][0]
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    assert "`reward/<component>/multiplier`" in doc and "`reward/<component>/constraint_gap`" in doc
