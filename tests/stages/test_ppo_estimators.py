@@ -105,3 +105,71 @@ def test_constrained_multipliers_are_logged_checkpointed_and_resumed_exactly(tmp
     assert "reward/a_count/multiplier" not in rows[0][0]
     doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
     assert "`reward/<component>/multiplier`" in doc and "`reward/<component>/constraint_gap`" in doc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One update per rollout: the update's forward pass gives the rollout's log-probabilities
+
+
+def _one_update_config(out: Path, **ppo_changes) -> ppo.Config:
+    cfg = tiny_config(out, steps=3, components=[CONTAINS_E, CONTAINS_A])
+    cfg.ppo.ppo_epochs, cfg.ppo.minibatch_size, cfg.ppo.micro_batch_size = 1, 4, 4
+    cfg.logging.checkpoint_every = 3
+    for key, value in ppo_changes.items():
+        setattr(cfg.ppo, key, value)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"advantage": "grpo", "samples_per_prompt": 2}, {"advantage": "gae", "value_model": "policy_head"}],
+    ids=["grpo", "gae-policy-head"],
+)
+def test_one_pass_per_update_equals_the_separate_rollout_pass(tmp_path, monkeypatch, changes):
+    from safetensors.torch import load_file
+
+    from rewardmix.stages.ppo import loop, rollout
+
+    assert loop.single_pass(_one_update_config(tmp_path / "x", **changes).ppo, 1)
+    calls = {"policy": 0}
+    original = rollout.policy_logits_logprobs
+
+    def counted(model, *args, **kwargs):
+        calls["policy"] += 1
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(rollout, "policy_logits_logprobs", counted)  # the rollout's passes ...
+    monkeypatch.setattr(loop, "policy_logits_logprobs", counted)  # ... and the update's
+    ppo.run(_one_update_config(tmp_path / "one", **changes))
+    one_pass_calls = calls["policy"]
+    with monkeypatch.context() as m:
+        m.setattr(loop, "single_pass", lambda p, n: False)
+        calls["policy"] = 0
+        ppo.run(_one_update_config(tmp_path / "two", **changes))
+    # per step: reference + update (2) instead of policy + reference + update (3)
+    assert (one_pass_calls, calls["policy"]) == (2 * 3, 3 * 3)
+    final = "checkpoints/step-00000003/trainable.safetensors"
+    a, b = load_file(str(tmp_path / "one" / final)), load_file(str(tmp_path / "two" / final))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    rows = [read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("one", "two")]
+    keys = ["objective/score", "objective/kl", "loss/policy", "policy/entropy", "policy/approx_kl"]
+    if changes["advantage"] == "gae":
+        keys += ["loss/value", "value/mean"]
+    for x, y in zip(*rows, strict=True):
+        for key in keys:
+            assert x[key] == pytest.approx(y[key], abs=1e-5), key
+    assert rows[0][1]["objective/kl"] != 0.0  # the policy did move
+
+
+def test_one_pass_is_taken_only_where_it_is_exact():
+    cfg = _one_update_config(Path("unused"), advantage="grpo", samples_per_prompt=2)
+    from rewardmix.stages.ppo.loop import single_pass
+
+    assert single_pass(cfg.ppo, 1) and not single_pass(cfg.ppo, 2)
+    for changes in ({"ppo_epochs": 2}, {"minibatch_size": 2}, {"micro_batch_size": 2}):
+        other = _one_update_config(Path("unused"), advantage="grpo", samples_per_prompt=2, **changes)
+        assert not single_pass(other.ppo, 1), changes
+    # a value role needs its own forward pass: not held beside the policy's
+    assert not single_pass(_one_update_config(Path("unused"), advantage="gae").ppo, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -21,7 +22,8 @@ from rewardmix.algos.advantages import (
 )
 from rewardmix.algos.gae import compute_gae, whiten
 from rewardmix.algos.kl import AdaptiveKLController, FixedKLController, KLController, kl_shaped_rewards
-from rewardmix.algos.ppo import policy_loss, value_loss
+from rewardmix.algos.masked import masked_mean
+from rewardmix.algos.ppo import entropy_from_logits, policy_loss, value_loss
 from rewardmix.algos.sequences import batch_indices, epoch_order, rollout_seeds
 from rewardmix.config import to_dict
 from rewardmix.data.prompts import load_prompts, prompt_hash
@@ -135,6 +137,13 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         plan["value_model"] = cfg.ppo.value_model
 
     label_monitor = make_label_monitor(cfg.data, prompts)
+    one_pass = single_pass(cfg.ppo, accelerator.num_processes)
+    if one_pass:
+        log.info(
+            "one optimizer step per rollout batch: the update's forward pass gives the rollout's log-probabilities%s "
+            "(no separate no-grad policy pass)",
+            " and values" if models.policy_value_head is not None else "",
+        )
 
     # step 5. resume from the latest valid checkpoint, or calibrate reference-normalized components afresh
     checkpoint, metrics, samples = resume(ctx, plan, logging=cfg.logging, config=to_dict(cfg))
@@ -178,7 +187,14 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
             accelerator=accelerator,
             step=step,
             timer=timer,
+            policy_pass=not one_pass,
         )
+        held = None
+        if one_pass:  # the update's forward pass, taken now, gives the rollout's log-probabilities (exact)
+            with timer("update"):
+                held, trajectory = hold_policy_pass(
+                    models, trajectory, temperature=cfg.generation.temperature, accelerator=accelerator
+                )
         # 6.2 per-token rewards: -beta * KL_t, plus the score on the last token (RLLR Eq. 5)
         kl_coef = kl_ctl.value
         rewards, kl = kl_shaped_rewards(
@@ -210,6 +226,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
                 accelerator=accelerator,
                 guard=guard,
                 step=step,
+                held=held,
             )
         roles.sync_rollout_weights(models)  # the vLLM engine (if any) samples with the new weights
         kl_ctl.update(float(kl.sum(dim=1).mean()), global_batch)
@@ -285,6 +302,67 @@ def make_kl_controller(kl: KLConfig) -> KLController:
 # Advantages and the update
 
 
+class HeldPass(NamedTuple):
+    """The policy's forward pass over the whole rollout batch, with its autograd graph, held for the update."""
+
+    logprobs: torch.Tensor
+    """(B, R) log pi(token), requires grad."""
+    values: torch.Tensor | None
+    """(B, R) V(s_t) of ``value_model: policy_head`` (requires grad), or None."""
+
+
+def single_pass(p: PPOConfig, num_processes: int) -> bool:
+    """Whether an iteration's update is ONE forward-and-backward over the whole rollout batch that can also give
+    the rollout's log-probabilities: one epoch, one minibatch, one micro-batch, one process, and no value role
+    (a value role's forward pass would have to be held beside the policy's).
+
+    Then the "old" log-probabilities of the PPO ratio are those of the very weights that will be updated, i.e.
+    the update's own forward pass, detached: taking them there instead of in a separate no-grad pass at rollout
+    time is exact (the ratio is 1 at the only optimizer step either way) and saves one forward pass of the
+    policy per iteration. TRL's GRPO does the same when ``num_iterations`` is 1.
+    """
+    return (
+        p.ppo_epochs == 1
+        and p.minibatch_size >= p.batch_size
+        and p.micro_batch_size >= p.batch_size
+        and num_processes == 1
+        and (not needs_value(p) or p.value_model == "policy_head")
+    )
+
+
+def hold_policy_pass(
+    models: Models, t: Trajectory, *, temperature: float, accelerator: Accelerator
+) -> tuple[HeldPass, Trajectory]:
+    """:func:`single_pass`: the policy's forward pass (with gradients) over the whole batch, and ``t`` with the
+    log-probabilities, values and entropy it gives (detached) filled in.
+
+    Returns:
+        ``(held, trajectory)``: the pass to backpropagate in :func:`ppo_update`, and the completed rollout.
+    """
+    R = t.response_mask.shape[1]
+    models.policy.train()  # as in ppo_update: dropout is zeroed, training mode only enables checkpointing
+    values = None
+    with accelerator.autocast(), roles.policy_context(models):
+        if models.policy_value_head is not None:
+            logits, logprobs, values = policy_logits_logprobs_values(
+                models, t.query_responses, t.attention_mask, R, temperature
+            )
+        else:
+            logits, logprobs = policy_logits_logprobs(
+                models.policy, t.query_responses, t.attention_mask, R, temperature
+            )
+    with torch.no_grad():
+        entropy = masked_mean(entropy_from_logits(logits.detach()), t.response_mask)
+    del logits
+    filled = dataclasses.replace(
+        t,
+        logprobs=logprobs.detach(),
+        values=values.detach().float() if values is not None else t.values,
+        entropy=entropy,
+    )
+    return HeldPass(logprobs, values), filled
+
+
 def estimate_advantages(
     p: PPOConfig, rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,6 +420,7 @@ def ppo_update(
     accelerator: Accelerator,
     guard: NonFiniteGuard,
     step: int,
+    held: HeldPass | None = None,
 ) -> PPOStats:
     """``ppo_epochs`` passes over the rollout batch in shuffled minibatches, one optimizer step each.
 
@@ -370,10 +449,14 @@ def ppo_update(
         accelerator: The stage's accelerator.
         guard: Skips an optimizer step with a non-finite gradient.
         step: The iteration, 1-based.
+        held: :func:`single_pass`: the policy's forward pass over the whole batch, already taken
+            (:func:`hold_policy_pass`); the single micro-batch backpropagates it instead of a new pass.
 
     Reference: Schulman et al. 2017 (PPO) Eq. 7 and 9 (clipped surrogate, value loss with weight c1).
     """
     t = trajectory
+    if held is not None and not single_pass(p, accelerator.num_processes):
+        raise ValueError("a held forward pass serves only an update of one micro-batch (see single_pass)")
     R = t.response_mask.shape[1]
     rank, world = accelerator.process_index, accelerator.num_processes
     models.policy.train()  # dropout is zeroed: training mode only enables gradient checkpointing
@@ -393,7 +476,7 @@ def ppo_update(
                 weight = float(mask.sum()) / n_tokens  # this micro-batch's share of the minibatch's tokens
                 if models.policy_value_head is not None:  # value head on the policy: one pass for both losses
                     losses = _shared_trunk_backward(
-                        models, t, rows, advantages, returns, p, temperature, weight, accelerator
+                        models, t, rows, advantages, returns, p, temperature, weight, accelerator, held=held
                     )
                     for key, value in losses.items():
                         totals[key] += value * weight
@@ -401,10 +484,13 @@ def ppo_update(
                 # L = L_clip + c1 * L_V, backpropagated one term at a time: the policy and value roles train
                 # disjoint weights, so the gradients are the same, and the policy's activations are freed
                 # before the value's forward pass (the peak holds one role's activations, not two).
-                with accelerator.autocast(), roles.policy_context(models):
-                    _, logprobs = policy_logits_logprobs(
-                        models.policy, t.query_responses[rows], t.attention_mask[rows], R, temperature
-                    )
+                if held is not None:
+                    logprobs = held.logprobs[rows]
+                else:
+                    with accelerator.autocast(), roles.policy_context(models):
+                        _, logprobs = policy_logits_logprobs(
+                            models.policy, t.query_responses[rows], t.attention_mask[rows], R, temperature
+                        )
                 pg_loss, clipfrac, approx_kl = policy_loss(
                     logprobs, t.logprobs[rows], advantages[rows], mask, clip_range=p.clip_range
                 )
@@ -455,6 +541,8 @@ def _shared_trunk_backward(
     temperature: float,
     weight: float,
     accelerator: Accelerator,
+    *,
+    held: HeldPass | None = None,
 ) -> dict[str, float]:
     """``value_model: policy_head``: one forward and one backward of ``weight * (L_clip + c1 * L_V)``.
 
@@ -462,10 +550,13 @@ def _shared_trunk_backward(
         The micro-batch's unweighted statistics by :class:`PPOStats` field.
     """
     R, mask = t.response_mask.shape[1], t.response_mask[rows]
-    with accelerator.autocast(), roles.policy_context(models):
-        _, logprobs, values = policy_logits_logprobs_values(
-            models, t.query_responses[rows], t.attention_mask[rows], R, temperature
-        )
+    if held is not None and held.values is not None:
+        logprobs, values = held.logprobs[rows], held.values[rows]
+    else:
+        with accelerator.autocast(), roles.policy_context(models):
+            _, logprobs, values = policy_logits_logprobs_values(
+                models, t.query_responses[rows], t.attention_mask[rows], R, temperature
+            )
     pg_loss, clipfrac, approx_kl = policy_loss(
         logprobs, t.logprobs[rows], advantages[rows], mask, clip_range=p.clip_range
     )

@@ -77,6 +77,7 @@ def rollout(
     accelerator: Accelerator,
     step: int,
     timer: PhaseTimes,
+    policy_pass: bool = True,
 ) -> Trajectory:
     """Generate, score and evaluate one rollout batch; every process returns the whole batch.
 
@@ -90,6 +91,9 @@ def rollout(
         accelerator: The stage's accelerator.
         step: The iteration, 1-based (named in errors).
         timer: Collects ``generate``, ``reward`` and ``forward`` seconds.
+        policy_pass: Run the policy's no-grad forward pass here (False: one update per rollout, whose own
+            forward pass fills in the log-probabilities, values and entropy: :func:`~rewardmix.stages.ppo.loop.
+            single_pass`).
 
     Raises:
         NonFiniteScoreError: A reward component returned NaN or inf on any process (no weight changed yet).
@@ -113,7 +117,8 @@ def rollout(
             response_mask,
             temperature=generation.temperature,
             batch_size=ppo.forward_batch_size,
-            with_values=needs_value(ppo),
+            with_values=needs_value(ppo) and policy_pass,
+            with_policy=policy_pass,
         )
     entropy = gather_mean(accelerator, entropy, response_mask.sum())
     texts = gather_objects(accelerator, texts)
@@ -457,6 +462,7 @@ def rollout_forward(
     temperature: float,
     batch_size: int,
     with_values: bool = True,
+    with_policy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Policy and reference log-probabilities, values and the policy's mean entropy, in no-grad chunks.
 
@@ -473,10 +479,22 @@ def rollout_forward(
         temperature: ``generation.temperature``.
         batch_size: Responses per forward pass (``ppo.forward_batch_size``).
         with_values: Run the value role (False: critic-free estimators; the values are zeros).
+        with_policy: Run the policy (False: the update's own forward pass gives its log-probabilities, values
+            and entropy, see :func:`~rewardmix.stages.ppo.loop.single_pass`; they are zeros / NaN here).
 
     Returns:
         ``(logprobs (B, R), ref_logprobs (B, R), values (B, R), entropy ())``.
     """
+    if not with_policy:
+        ref_logprobs = []
+        for rows in chunk(range(query_responses.shape[0]), batch_size):
+            ids, mask = query_responses[list(rows)], attention_mask[list(rows)]
+            with roles.reference_context(models):
+                ref_logprobs.append(
+                    policy_logits_logprobs(models.shared, ids, mask, response_mask.shape[1], temperature)[1]
+                )
+        ref = torch.cat(ref_logprobs)
+        return torch.zeros_like(ref), ref, torch.zeros_like(ref), torch.tensor(math.nan)
     R = response_mask.shape[1]
     logprobs, ref_logprobs, values, entropies = [], [], [], []
     head_values = with_values and models.policy_value_head is not None
