@@ -44,6 +44,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
+    if any(math.isnan(v) for v in values):  # e.g. no multiplier outside the constrained combinator
+        return math.nan, math.nan
     mean = statistics.fmean(values)
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
     return mean, se

@@ -78,6 +78,21 @@ def test_threshold_mix_caps_the_first_reward_where_sum_does_not(runs):
     assert runs["threshold"].after["reward/distinct/raw"] > runs["sum"].after["reward/distinct/raw"] + 0.2
 
 
+def test_constrained_combinator_holds_the_target_reward_without_a_hand_set_cap(runs, tmp_path):
+    # The multiplier starts at 0 (the plain sum, which runs to 8 target tokens) and is learned: the target
+    # reward's batch mean settles near the target, as with the hand-set threshold (bench/constrained_toy.py).
+    cfg = toy_ppo.Config(output_dir=str(tmp_path / "constrained"))
+    cfg.ppo.steps = 120
+    cfg.reward.combinator = "constrained"
+    result = toy_ppo.run(cfg)
+    rows = read_jsonl(result.output_dir / "metrics.jsonl")
+    last = rows[-30:]
+    target = sum(r["reward/target/raw"] for r in last) / len(last)
+    assert abs(target - cfg.reward.threshold) < 0.6
+    assert rows[0]["reward/target/multiplier"] == 0.0 and max(r["reward/target/multiplier"] for r in rows) > 0.5
+    assert result.after["reward/distinct/raw"] > runs["sum"].after["reward/distinct/raw"] + 0.2
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="0 is EOS"):
         toy_ppo.Config(reward=toy_ppo.RewardConfig(target_token=0))
