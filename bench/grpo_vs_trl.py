@@ -30,13 +30,13 @@ Matched on both sides (the CRS setting, CRS §5.4):
 
 Not the same by design: rewardmix puts the KL into the reward (score - beta * sum_t KL_t, k1, before the group
 baseline, RLLR Eq. 5); TRL's GRPO adds beta * KL_t (k3) to the loss. Both need the same reference forward
-pass. rewardmix also computes the old log-probabilities with a policy forward at rollout; TRL reuses the
-training pass when ``num_iterations`` is 1.
+pass. With one optimizer step per update both take the old log-probabilities from the training pass (TRL when
+``num_iterations`` is 1; rewardmix ``loop.single_pass``), so neither runs a separate policy pass at rollout.
 
 rewardmix PPO (``advantage: gae``, 1 sample per prompt, the same batch, whitened advantages as usual) runs
 as ``rewardmix_ppo`` (value model = its own LoRA role + head) and ``rewardmix_ppo_head`` (``ppo.value_model:
-policy_head``, the value head on the policy's own pass; the bench skips it, with a note, when this rewardmix
-has no such field).
+policy_head``, the value head on the policy's own pass, which with one optimizer step per update is also the
+update's pass; the bench skips it, with a note, on a rewardmix without that field).
 
 Measured: samples/s (``--batch`` / the median interval between update ends, first and last update not
 timed), peak RSS (``ru_maxrss`` of the run's process), rewardmix's phases (its ``perf/*_time`` metrics, read

@@ -173,3 +173,23 @@ def test_one_pass_is_taken_only_where_it_is_exact():
         assert not single_pass(other.ppo, 1), changes
     # a value role needs its own forward pass: not held beside the policy's
     assert not single_pass(_one_update_config(Path("unused"), advantage="gae").ppo, 1)
+
+
+def test_the_readme_grpo_command_trains(tmp_path):
+    import shlex
+
+    from rewardmix import cli
+
+    repo = Path(__file__).resolve().parents[2]
+    line = next(x for x in (repo / "README.md").read_text().splitlines() if "output_dir=runs/grpo-smoke" in x)
+    argv = shlex.split(line.split("   #")[0])[1:]  # drop ".venv/bin/rewardmix"
+    argv = [a if not a.startswith("output_dir=") else f"output_dir={tmp_path / 'grpo'}" for a in argv]
+    argv[1] = str(repo / argv[1])
+    assert cli.main(argv) in (0, None)
+    rows = read_jsonl(tmp_path / "grpo" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert not (tmp_path / "grpo" / "value").exists()  # critic-free: no value model
+    # GDPO: each component z-scored within its prompt's 4 answers, so its batch mean is 0
+    assert all(
+        abs(r["reward/five/normalized"]) < 1e-5 and abs(r["reward/short/normalized"]) < 1e-5 for r in rows
+    )

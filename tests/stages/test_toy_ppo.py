@@ -89,7 +89,9 @@ def test_constrained_combinator_holds_the_target_reward_without_a_hand_set_cap(r
     last = rows[-30:]
     target = sum(r["reward/target/raw"] for r in last) / len(last)
     assert abs(target - cfg.reward.threshold) < 0.6
-    assert rows[0]["reward/target/multiplier"] == 0.0 and max(r["reward/target/multiplier"] for r in rows) > 0.5
+    assert (
+        rows[0]["reward/target/multiplier"] == 0.0 and max(r["reward/target/multiplier"] for r in rows) > 0.5
+    )
     assert result.after["reward/distinct/raw"] > runs["sum"].after["reward/distinct/raw"] + 0.2
 
 
