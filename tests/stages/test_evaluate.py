@@ -352,8 +352,66 @@ def test_bad_prompt_row_names_file_and_record(tmp_path, inputs, chat_server):
     assert ev["eval/sft/response_length/mean"] == 8.0  # the good prompt only
 
 
+# Gold scores of each model's answer per prompt p0..p3 (the gold-reward-model protocol; no LLM judge).
+GOLD = {"sft": [1.0, 2.0, 3.0, 4.0], "rlhf": [2.0, 2.0, 1.0, 5.0], "rllr": [3.0, 3.0, 3.0, 3.0]}
+
+
+def gold_or_length_scorer(entry):
+    if entry.name != "gold":
+        return length_scorer(entry)
+    return lambda prompts, responses: [
+        GOLD[m][int(pid[1:])] for m, pid in (TAG.findall(r)[0] for r in responses)
+    ]
+
+
+def test_gold_reward_model_scores_compares_and_checks_the_proxies(tmp_path, inputs):
+    cfg = from_dict(
+        evaluate.Config,
+        {
+            "output_dir": str(tmp_path / "eval-gold"),
+            "models": [{"name": n, "path": f"unused/{n}"} for n in ("sft", "rlhf", "rllr")],
+            "reward_models": [{"name": n, "path": "unused"} for n in ("len", "neg", "gold")],
+            "win_rate": {"prompts": str(inputs["prompts"]), "use_judge": False},
+            "gold": {"reward_model": "gold"},
+        },
+    )
+    result = evaluate.run(cfg, generator_factory=fake_factory([]), scorer_factory=gold_or_length_scorer)
+    ev = json.loads(result.eval_path.read_text())
+    assert not (result.output_dir / "judgments.jsonl").exists()  # no LLM judge was asked
+    # means and SE (ddof 1) over the 4 prompts: sft 2.5 +- sqrt(5/12), rlhf 2.5 +- sqrt(3/4), rllr 3 +- 0
+    for model, mean, se in (
+        ("sft", 2.5, math.sqrt(5 / 12)),
+        ("rlhf", 2.5, math.sqrt(3 / 4)),
+        ("rllr", 3.0, 0.0),
+    ):
+        assert ev[f"eval/gold/{model}/mean"] == pytest.approx(mean)
+        assert ev[f"eval/gold/{model}/se"] == pytest.approx(se)
+        assert ev[f"eval/gold/{model}/n"] == 4
+    # by gold score, a tie counting 1/2: rlhf vs sft W T L W; rllr vs sft W W T L; rllr vs rlhf W W W L
+    assert ev["eval/gold_win_rate/rlhf/sft"] == pytest.approx(0.625)
+    assert ev["eval/gold_win_rate/sft/rlhf"] == pytest.approx(0.375)
+    assert ev["eval/gold_win_rate/rllr/sft"] == pytest.approx(0.625)
+    assert ev["eval/gold_win_rate/rllr/rlhf"] == pytest.approx(0.75)
+    assert ev["eval/gold_win_rate/rllr/rlhf/n"] == 4
+    assert ev["eval/gold_win_rate_by_dataset/koala/rllr/rlhf"] == pytest.approx(0.5)  # p2 W, p3 L
+    # proxies against the 10 non-tie gold comparisons: length agrees on 6 (equal lengths count 1/2), -length on 4
+    assert ev["eval/rm/len/gold_agreement"] == pytest.approx(0.6)
+    assert ev["eval/rm/neg/gold_agreement"] == pytest.approx(0.4)
+    assert ev["eval/rm/len/gold_agreement/n"] == 10
+    assert "eval/rm/gold/gold_agreement" not in ev
+    tables = result.tables_path.read_text()
+    assert "Gold reward model" in tables and "62.5%" in tables
+
+
 def test_config_validation():
     base = {"models": [{"name": "a", "path": "tiny"}]}
+    with pytest.raises(ConfigError, match="gold.reward_model 'g' is not the name of a reward_models entry"):
+        from_dict(evaluate.Config, {**base, "gold": {"reward_model": "g"}})
+    with pytest.raises(ConfigError, match="needs win_rate.prompts"):
+        from_dict(
+            evaluate.Config,
+            {**base, "reward_models": [{"name": "g", "path": "x"}], "gold": {"reward_model": "g"}},
+        )
     with pytest.raises(ConfigError, match="not the name of a model"):
         from_dict(evaluate.Config, {**base, "win_rate": {"baseline": "b"}})
     with pytest.raises(ConfigError, match="reserved"):

@@ -252,7 +252,9 @@ def win_rate_cell(ev: Mapping[str, Any], prefix: str, a: str, b: str) -> str:
     return f"{100.0 * rate:.1f}% ± {100.0 * half:.1f} (n={int(ev[f'{prefix}/{a}/{b}/n'])})"
 
 
-def win_rate_table(ev: Mapping[str, Any], prefix: str = "eval/win_rate", title: str = "") -> Table | None:
+def win_rate_table(
+    ev: Mapping[str, Any], prefix: str = "eval/win_rate", title: str = "", *, by: str = "the judge prefers"
+) -> Table | None:
     """CRS Tables 10, 16: the win rate of the row model against the column model, ± the 95% CI half-width."""
     models = ev.get("eval/models") or []
     if not any(f"{prefix}/{a}/{b}" in ev for a in models for b in models):
@@ -262,7 +264,7 @@ def win_rate_table(ev: Mapping[str, Any], prefix: str = "eval/win_rate", title: 
         title or "Win rates (row vs column)",
         ["Model (vs)", *models],
         rows,
-        "Share of prompts where the judge prefers the row model's answer (a tie counts 1/2), ± 1.96 SE "
+        f"Share of prompts where {by} the row model's answer (a tie counts 1/2), ± 1.96 SE "
         "(CRS Eq. 7.1), n judged prompts.",
     )
 
@@ -367,6 +369,31 @@ def rm_agreement_table(ev: Mapping[str, Any]) -> Table | None:
         rows,
         "Share of the judge's (or humans') non-tie preferences where the reward model scores the preferred "
         "answer higher (equal scores count 1/2); n comparisons in brackets.",
+    )
+
+
+def gold_table(ev: Mapping[str, Any]) -> Table | None:
+    """The gold-reward-model protocol: each model's mean gold score ± SE, and each proxy's agreement with it."""
+    gold, models = ev.get("eval/gold_reward_model"), ev.get("eval/models") or []
+    if gold is None:
+        return None
+    rows = [
+        [
+            m,
+            f"{_fmt(ev.get(f'eval/gold/{m}/mean'))} ± {_fmt(ev.get(f'eval/gold/{m}/se'))}",
+            str(ev.get(f"eval/gold/{m}/n", "")),
+        ]
+        for m in models
+    ]
+    proxies = [r for r in ev.get("eval/reward_models") or [] if f"eval/rm/{r}/gold_agreement" in ev]
+    rows += [[f"{r} (agreement)", _agreement_cell(ev, f"eval/rm/{r}/gold_agreement"), ""] for r in proxies]
+    return Table(
+        f"Gold reward model ({gold})",
+        ["Model", "Gold score ± SE", "n"],
+        rows,
+        "Mean gold score of each model's answers to the win-rate prompts ± its standard error over prompts "
+        "(Gao et al. 2022: a reward model trained on data no proxy saw stands in for human judgement); "
+        "'(agreement)' rows: share of the non-tie gold comparisons a proxy reward model orders the same way.",
     )
 
 
@@ -486,6 +513,13 @@ def eval_tables(ev: Mapping[str, Any]) -> list[Table]:
         unparseable_table(ev),
         paired_table(ev),
         win_rate_table(ev),
+        gold_table(ev),
+        win_rate_table(
+            ev,
+            "eval/gold_win_rate",
+            "Gold win rates (row vs column)",
+            by="the gold reward model scores higher",
+        ),
         vs_baseline_table(ev),
         breakdown_table(ev, "dataset"),
         breakdown_table(ev, "category"),

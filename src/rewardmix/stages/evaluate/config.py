@@ -14,7 +14,7 @@ RESERVED_NAMES = frozenset(
     {
         "models", "tasks", "task_info", "baseline", "reward_models", "datasets", "categories", "judge_prompt",
         "judge", "rm", "vs_baseline", "paired", "win_rate", "win_rate_by_dataset", "win_rate_by_category",
-        "win_rate_by_dataset_category",
+        "win_rate_by_dataset_category", "gold", "gold_win_rate", "gold_reward_model",
     }
 )  # fmt: skip
 """Names a model cannot take: they are key segments of ``eval.json`` (``eval/<name>/...``)."""
@@ -93,8 +93,22 @@ class WinRateConfig:
     """Credit of a tie in a win rate (0.5 splits it)."""
     ddof: int = 0
     """0: SE = sqrt(p(1-p)/n), CRS Eq. 7.1 as written; 1 reproduces the numbers printed in CRS Table 23."""
+    use_judge: bool = True
+    """Ask the judge about every pair of answers; false: no LLM judge (e.g. ``gold.reward_model`` compares the
+    answers instead)."""
     judge: LLMConfig = field(default_factory=_judge_defaults)
     """The judge: an OpenAI-compatible endpoint (GPT-4 in both papers) or a local model."""
+
+
+@dataclass
+class GoldConfig:
+    reward_model: str | None = None
+    """Name of the ``reward_models`` entry that stands in for human judgement (Gao et al. 2022: a reward model
+    trained on data no proxy saw). Per model: mean gold score ± SE over the win-rate prompts; the gold
+    win-rate matrix (the answer with the higher gold score wins; SE, 95% CI); every other reward model's
+    agreement with the gold comparisons. Null: no gold evaluation."""
+    tie_tolerance: float = 0.0
+    """Gold scores at most this far apart are a tie (0: only equal scores)."""
 
 
 @dataclass
@@ -132,6 +146,8 @@ class Config:
     """Generation quality: prompts, judge, baseline."""
     paired: PairedConfig = field(default_factory=PairedConfig)
     """Paired tests between models on the same NLU items (McNemar, bootstrap)."""
+    gold: GoldConfig = field(default_factory=GoldConfig)
+    """The gold-reward-model evaluation (needs ``win_rate.prompts`` and the gold model in ``reward_models``)."""
 
     def __post_init__(self) -> None:
         for kind, names in (
@@ -159,3 +175,11 @@ class Config:
             raise ValueError("generation.batch_size and histogram_bins must be >= 1")
         if self.paired.bootstrap_resamples < 1:
             raise ValueError("paired.bootstrap_resamples must be >= 1")
+        gold = self.gold.reward_model
+        if gold is not None:
+            if gold not in [r.name for r in self.reward_models]:
+                raise ValueError(f"gold.reward_model {gold!r} is not the name of a reward_models entry")
+            if self.win_rate.prompts is None:
+                raise ValueError("gold.reward_model needs win_rate.prompts: the prompts the models answer")
+        if not (0.0 <= self.gold.tie_tolerance < float("inf")):
+            raise ValueError("gold.tie_tolerance must be finite and >= 0")

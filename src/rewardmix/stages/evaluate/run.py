@@ -25,6 +25,7 @@ from rewardmix.evaluation.generation import (
     generate_all,
     load_generator,
 )
+from rewardmix.evaluation.gold import gold_judgments, gold_scores
 from rewardmix.evaluation.nlu import nlu_requests, score_task, table4_average
 from rewardmix.evaluation.rewards import distribution, human_agreement, judge_agreement, length_correlation
 from rewardmix.evaluation.tables import eval_tables, tables_markdown
@@ -132,11 +133,11 @@ def run(
         for m in names:
             lengths = [len(answers[m]["prompts"][p.id]) for p in prompts]
             metrics[f"eval/{m}/response_length/mean"] = sum(lengths) / len(lengths)
-        if len(names) >= 2:
+        if len(names) >= 2 and cfg.win_rate.use_judge:
             judgments, judge_stats = judge_all(cfg, prompts, answers, out)
             metrics.update(judge_stats)
             metrics.update(win_rate_metrics(cfg, judgments, prompts))
-        else:
+        elif len(names) < 2:
             log.info("one model only: no win rates")
 
     # step 5. reward models: agreement with the judge and humans, length correlation, distributions
@@ -505,6 +506,7 @@ def reward_model_metrics(
     answered = [(m, p, answers[m]["prompts"][p.id]) for m in names for p in prompts]
     metrics: dict[str, Any] = {}
     score_rows = []
+    all_scores: dict[str, dict[tuple[str, str], float]] = {}
     for entry in cfg.reward_models:
         scorer = make_scorer(entry)
         prefix = f"eval/rm/{entry.name}"
@@ -512,6 +514,7 @@ def reward_model_metrics(
             raw = scorer([p.text for _, p, _ in answered], [text for _, _, text in answered])
             values = _checked(raw, len(answered), entry.name)
             scores = {(m, p.id): v for (m, p, _), v in zip(answered, values, strict=True)}
+            all_scores[entry.name] = scores
             lengths = [len(text) for _, _, text in answered]
             metrics.update(rm_answer_metrics(prefix, cfg, judgments, prompts, scores, lengths))
             score_rows += [
@@ -529,6 +532,45 @@ def reward_model_metrics(
     if score_rows:
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in score_rows)
         atomic_write_text(out / "rm_scores.jsonl", text)
+    if cfg.gold.reward_model is not None and all_scores:
+        metrics.update(gold_metrics(cfg, prompts, all_scores))
+    return metrics
+
+
+def gold_metrics(
+    cfg: Config, prompts: Sequence[EvalPrompt], scores: Mapping[str, Mapping[tuple[str, str], float]]
+) -> dict[str, Any]:
+    """The gold-reward-model protocol (:mod:`rewardmix.evaluation.gold`): each model's mean gold score ± SE, the
+    gold win-rate matrix (overall and per dataset / category), and every other reward model's agreement with the
+    gold comparisons (``eval/rm/<rm>/gold_agreement``).
+
+    Args:
+        cfg: The stage config (``gold``, models, win-rate settings).
+        prompts: The win-rate prompts every model answered.
+        scores: Reward model -> ``(model, prompt_id) -> score``; holds ``cfg.gold.reward_model``.
+    """
+    gold_name = cfg.gold.reward_model
+    assert gold_name is not None
+    names = [m.name for m in cfg.models]
+    gold = scores[gold_name]
+    metrics: dict[str, Any] = {"eval/gold_reward_model": gold_name}
+    for model, g in gold_scores(gold, names, [p.id for p in prompts]).items():
+        metrics |= {
+            f"eval/gold/{model}/mean": g.mean,
+            f"eval/gold/{model}/se": g.se,
+            f"eval/gold/{model}/n": g.n,
+        }
+    if len(names) < 2:
+        return metrics
+    judged = gold_judgments(gold, names, prompts, tolerance=cfg.gold.tie_tolerance)
+    kw = {"tie_value": cfg.win_rate.tie_value, "ddof": cfg.win_rate.ddof}
+    metrics.update(flatten_matrix("eval/gold_win_rate", win_rates(judged, names, **kw)))
+    for by, key in (("dataset", lambda j: j.dataset), ("category", lambda j: j.category)):
+        for group, matrix in group_matrices(judged, names, key, **kw).items():
+            metrics.update(flatten_matrix(f"eval/gold_win_rate_by_{by}/{group}", matrix))
+    for rm, rm_scores in scores.items():
+        if rm != gold_name:
+            _put_agreement(metrics, f"eval/rm/{rm}/gold_agreement", judge_agreement(judged, rm_scores))
     return metrics
 
 
