@@ -291,6 +291,42 @@ def test_constrained_multiplier_follows_dual_ascent_and_resumes_exactly():
         resumed.load_state_dict(plain.state_dict())
 
 
+def test_monitor_components_are_scored_and_logged_but_not_combined():
+    comps = [
+        _fake_component("a", weight=0.25),
+        _fake_component("gold", monitor=True),
+        _fake_component("b", weight=0.75),
+    ]
+    scorers = {
+        "a": FakeScorer("a", [4.0, 0.0]),
+        "gold": FakeScorer("gold", [100.0, -100.0]),
+        "b": FakeScorer("b", [0.0, 4.0]),
+    }
+    reward = _composite(comps, scorers, combinator="weighted")
+    out = reward(_batch(2))
+    _close(out.scores, [1.0, 3.0])  # 0.25 * a + 0.75 * b: the weights of a and b only, gold left out
+    assert out.stacked.shape == (2, 2)
+    _close(out.raw["gold"], [100.0, -100.0])
+    assert reward.metrics()["reward/gold/raw"] == 0.0  # its mean, logged like any component
+    assert "reward/gold/raw" in out.rows()[0]
+    # threshold caps the first combined component, whatever monitors come before it
+    capped = _composite(
+        [_fake_component("gold", monitor=True), _fake_component("a"), _fake_component("b")],
+        {
+            "gold": FakeScorer("gold", [9.0, 9.0]),
+            "a": FakeScorer("a", [4.0, 0.0]),
+            "b": FakeScorer("b", [1.0, 1.0]),
+        },
+        combinator="threshold",
+        threshold=2.0,
+    )
+    _close(capped(_batch(2)).scores, [3.0, 1.0])
+    with pytest.raises(ConfigError, match="every component is a monitor"):
+        _cfg([_fake_component("gold", monitor=True)])
+    with pytest.raises(ConfigError, match="cannot be capped"):
+        _cfg([_fake_component("a"), _fake_component("gold", monitor=True, target=1.0)], "constrained")
+
+
 def test_load_state_dict_rejects_other_components():
     reward = _composite([_fake_component("a", normalize="running")], {"a": FakeScorer("a", [1.0])})
     other = _composite([_fake_component("b", normalize="running")], {"b": FakeScorer("b", [1.0])})

@@ -189,6 +189,21 @@ def test_the_split_is_by_distinct_text_seeded_and_disjoint(tmp_path, corpus):
     assert {r["response"] for r in read_jsonl(other.eval_path)} != set(texts["eval"])
 
 
+def test_a_gold_split_holds_texts_no_proxy_split_has(tmp_path, corpus):
+    result = ratings.run(config(tmp_path, corpus, gold_fraction=0.5))
+    # 40 distinct texts: 10 held out, 20 for the gold reward model, 10 left for the proxies
+    assert result.stats["texts"] == {"train": 10, "eval": 10, "gold": 20}
+    texts = {
+        name: {r["response"] for r in read_jsonl(result.output_dir / f"ratings_{name}.jsonl")}
+        for name in ("train", "eval", "gold")
+    }
+    assert len(texts["gold"]) == 20 and not texts["gold"] & (texts["train"] | texts["eval"])
+    proxies = {r["responses"][0] for r in read_jsonl(result.groups_train_path)}
+    assert not proxies & texts["gold"]  # preference pairs come from the proxy split only
+    with pytest.raises(ConfigError, match="gold_fraction"):
+        config(tmp_path, corpus, gold_fraction=0.75)
+
+
 def test_groups_share_a_prompt_and_become_pairs_with_the_pairs_stage(tmp_path, corpus):
     result = ratings.run(config(tmp_path, corpus))
     train = read_jsonl(result.train_path)

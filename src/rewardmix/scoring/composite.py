@@ -228,6 +228,10 @@ class ComponentConfig:
     target: float | None = None
     """``combinator: constrained`` only: cap this component's batch mean (of the normalized score) at this
     value with a Lagrange multiplier learned during training; null: not capped."""
+    monitor: bool = False
+    """Score and log this component (``reward/<name>/raw``, with every sample) but leave it out of the reward:
+    e.g. a gold reward model watched during training (Gao et al. 2022), or a proxy the run does not optimize.
+    Combinators see the other components only."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -255,6 +259,10 @@ class ComponentConfig:
             raise ValueError(f"'weight' must be finite and >= 0, got {self.weight}")
         if self.target is not None and not math.isfinite(self.target):
             raise ValueError(f"'target' must be a finite number or null, got {self.target}")
+        if self.monitor and self.target is not None:
+            raise ValueError(
+                "'target': a monitor component is not part of the reward, so it cannot be capped"
+            )
         self.settings()  # a registered type's params are checked now, at load time
 
     def settings(self) -> Any:
@@ -271,7 +279,8 @@ class CompositeConfig:
     """A composite reward: components (in order) and the combinator over them."""
 
     components: list[ComponentConfig] = field(default_factory=list)
-    """The score components, in the order the combinator sees them (``threshold`` caps the first)."""
+    """The score components, in the order the combinator sees them (``threshold`` caps the first; components
+    with ``monitor: true`` are scored and logged only)."""
     combinator: str = "sum"
     """Combinator name from ``rewardmix.algos.combine``: ``sum``, ``weighted`` (weights from the components'
     ``weight``), ``threshold`` (RLLR Eq. 4), ``min``, ``constrained`` (components with a ``target`` capped by
@@ -291,6 +300,8 @@ class CompositeConfig:
             raise ValueError(f"'combinator': unknown {self.combinator!r}; known: {sorted(COMBINATORS)}")
         if "weights" in self.combinator_params:
             raise ValueError("'combinator_params': weights are set per component ('weight'), not here")
+        if self.components and not self.combined():
+            raise ValueError("'components': every component is a monitor; at least one must make the reward")
         targets = [c.name for c in self.components if c.target is not None]
         if self.combinator == "constrained":
             unknown = sorted(set(self.combinator_params) - set(CONSTRAINED_PARAMS))
@@ -319,13 +330,17 @@ class CompositeConfig:
             # A trial call on zeros: missing or unknown hyperparameters fail at load time, not mid-run.
             try:
                 get_combinator(self.combinator)(
-                    torch.zeros(1, len(self.components)), **self.combinator_kwargs()
+                    torch.zeros(1, len(self.combined())), **self.combinator_kwargs()
                 )
             except (TypeError, ValueError) as e:
                 raise ValueError(
                     f"'combinator_params' {dict(self.combinator_params)} do not fit combinator "
-                    f"{self.combinator!r} with {len(self.components)} component(s): {e}"
+                    f"{self.combinator!r} with {len(self.combined())} component(s): {e}"
                 ) from None
+
+    def combined(self) -> list[ComponentConfig]:
+        """The components the combinator sees, in order: every one but the monitors."""
+        return [c for c in self.components if not c.monitor]
 
     def constrained_params(self) -> tuple[float, float, float]:
         """``(multiplier_lr, multiplier_kp, initial_multiplier)`` of the ``constrained`` combinator, defaults
@@ -338,11 +353,11 @@ class CompositeConfig:
         (``constrained``: the initial ``multipliers``, 0 for components without a target)."""
         if self.combinator == "constrained":
             initial = self.constrained_params()[2]
-            return {"multipliers": [0.0 if c.target is None else initial for c in self.components]}
+            return {"multipliers": [0.0 if c.target is None else initial for c in self.combined()]}
         kwargs: dict[str, Any] = dict(self.combinator_params)
         parameters = inspect.signature(get_combinator(self.combinator)).parameters
         if "weights" in parameters:
-            kwargs["weights"] = [c.weight for c in self.components]
+            kwargs["weights"] = [c.weight for c in self.combined()]
         return kwargs
 
 
@@ -498,7 +513,7 @@ class CompositeScores(NamedTuple):
     normalized: dict[str, torch.Tensor]
     """Component name -> (B,) score after normalization and clipping: what the combinator saw."""
     stacked: torch.Tensor
-    """(B, C) the normalized scores in config order (the combinator's input)."""
+    """(B, C) the normalized scores of the C non-monitor components in config order (the combinator's input)."""
 
     def metrics(self, prefix: str = "reward") -> dict[str, float]:
         """Batch means and stds: ``<prefix>/<name>/raw`` (+ ``_std``), ``.../normalized``, ``<prefix>/combined``."""
@@ -667,10 +682,11 @@ class CompositeReward:
                 self._clipfrac[component.name] = (x.abs() > component.clip).float().mean().item()
                 x = clip_scores_symmetric(x, clip=component.clip)  # s <- min(max(s, -c), c)
             normalized[component.name] = x
-        stacked = torch.stack([normalized[name] for name in self.names], dim=1)  # (B, C), config order
+        combined_names = [c.name for c in self.cfg.combined()]  # monitors are scored, never combined
+        stacked = torch.stack([normalized[name] for name in combined_names], dim=1)  # (B, C), config order
         kwargs = self._combine_kwargs
         if self._multipliers:  # constrained: the current multipliers, then one dual step on this batch
-            kwargs = {"multipliers": [self._multipliers.get(name, 0.0) for name in self.names]}
+            kwargs = {"multipliers": [self._multipliers.get(name, 0.0) for name in combined_names]}
             self._used = dict(self._multipliers)
             for component in self.cfg.components:
                 if component.target is None:

