@@ -246,6 +246,28 @@ def test_reward_panels_per_run_and_losses_per_stage(tmp_path, monkeypatch):
         assert_png_renders(path.read_bytes())
 
 
+def test_overoptimization_curve_puts_gold_and_proxies_against_sqrt_kl(tmp_path):
+    # write_training_run: objective/kl = 0.01 s^2 -> sqrt(KL) = 0.1 s; rm_label raw 0.1 s, length raw -0.05 s
+    a, b = write_training_run(tmp_path / "a"), write_training_run(tmp_path / "b", steps=3)
+    runs = [report.read_run(report.RunEntry(str(a))), report.read_run(report.RunEntry(str(b)))]
+    panels = report.overoptimization_series(runs, "rm_label")
+    assert sorted(panels["gold"]) == ["a", "b"] and sorted(panels["proxies"]) == ["a: length", "b: length"]
+    xs, ys = panels["gold"]["b"]
+    assert xs == pytest.approx([0.1, 0.2, 0.3]) and ys == pytest.approx([0.1, 0.2, 0.3])
+    assert panels["proxies"]["a: length"][1][0] == pytest.approx(-0.05)
+    cfg = {
+        "runs": [{"path": str(a)}, {"path": str(b)}],
+        "output_dir": str(tmp_path / "r"),
+        "gold_component": "rm_label",
+    }
+    res = report.run(from_dict(report.Config, cfg))
+    figure = next(p for p in res.figures if p.name == "overoptimization.png")
+    assert_png_renders(figure.read_bytes())
+    missing = {**cfg, "output_dir": str(tmp_path / "r2"), "gold_component": "gold"}
+    md = report.run(from_dict(report.Config, missing)).markdown_path.read_text()
+    assert "Not available: no run logged both objective/kl and reward/gold/raw." in md
+
+
 def test_bad_runs_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         report.run(from_dict(report.Config, {"runs": [{"path": str(tmp_path / "nope")}]}))

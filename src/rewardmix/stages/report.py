@@ -32,6 +32,7 @@ import datetime as _dt
 import html
 import json
 import logging
+import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,10 @@ class Config:
     """Moving-average window over steps for the training curves (1: raw values)."""
     max_scatter_points: int = 5000
     """Points per model in a reward vs length scatter plot (the first N; all of them in the statistics)."""
+    gold_component: str | None = None
+    """A reward component the training runs logged as the gold standard (e.g. a ``monitor: true`` gold reward
+    model): one figure plots it, and every other reward component, against sqrt(objective/kl) for every run:
+    the over-optimization curve of Gao et al. 2022. Null: no such figure."""
 
     def __post_init__(self) -> None:
         if self.smoothing < 1 or self.max_scatter_points < 1:
@@ -152,6 +157,8 @@ def run(cfg: Config) -> ReportResult:
     # step 2. the results first, then the runs and their training curves
     blocks: list[Block] = [Heading(1, cfg.title), *results_blocks(runs), *overview_blocks(runs)]
     blocks += curve_blocks(runs, cfg.smoothing)
+    if cfg.gold_component is not None:
+        blocks += overoptimization_blocks(runs, cfg.gold_component, cfg.smoothing)
 
     # step 3. evaluation tables and plots, per evaluated run
     evaluated = [r for r in runs if r.eval is not None]
@@ -369,6 +376,50 @@ def curve_blocks(runs: Sequence[RunData], smoothing: int) -> list[Block]:
         png = line_plot(series, title=title, ylabel=key)
         blocks.append(Image(f"{slug}.png", png, f"{title} over optimizer steps{averaged}"))
     return blocks
+
+
+def overoptimization_series(
+    runs: Sequence[RunData], gold: str, smoothing: int = 1
+) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """``{"gold": {run: (sqrt_kl, values)}, "proxies": {"<run>: <component>": (sqrt_kl, values)}}``: every
+    training run's raw reward components against the square root of its KL to the initial policy, in step
+    order (a resumed step keeps its last value); components that are not ``gold`` are the proxies."""
+    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {"gold": {}, "proxies": {}}
+    for r in runs:
+        kl = series_of([r], "objective/kl", smoothing).get(r.name)
+        if kl is None:
+            continue
+        x_of = {step: math.sqrt(max(value, 0.0)) for step, value in zip(*kl, strict=True)}  # sqrt(KL), nats
+        for component, (steps, values) in series_of([r], _REWARD_KEY, smoothing).items():
+            points = [(x_of[s], v) for s, v in zip(steps, values, strict=True) if s in x_of]
+            series = ([x for x, _ in points], [v for _, v in points])
+            if component == gold:
+                panels["gold"][r.name] = series
+            else:
+                panels["proxies"][f"{r.name}: {component}"] = series
+    return panels
+
+
+def overoptimization_blocks(runs: Sequence[RunData], gold: str, smoothing: int) -> list[Block]:
+    """Gold and proxy rewards against sqrt(KL), every run on one figure (Gao et al. 2022, Fig. 1)."""
+    from rewardmix.evaluation.plots import line_panels
+
+    blocks: list[Block] = [Heading(3, f"Over-optimization: {gold} and the proxies against sqrt(KL)")]
+    panels = overoptimization_series(runs, gold, smoothing)
+    if not panels["gold"]:
+        return blocks + [Text(f"Not available: no run logged both objective/kl and reward/{gold}/raw.", True)]
+    panels = {name: series for name, series in panels.items() if series}
+    png = line_panels(
+        {f"reward/{gold}/raw (gold)" if n == "gold" else "proxies (raw)": s for n, s in panels.items()},
+        title="Reward against sqrt(KL to the initial policy)",
+        xlabel="sqrt(objective/kl)",
+    )
+    caption = (
+        f"Each training run's gold reward ({gold}) and proxy rewards (raw, batch means) against the square root of "
+        "its KL to the initial policy (nats per response), step by step: a proxy that keeps rising while the gold "
+        "reward falls is over-optimized (Gao et al. 2022)."
+    )
+    return blocks + [Image("overoptimization.png", png, caption)]
 
 
 def _stage(r: RunData) -> str:
