@@ -200,9 +200,10 @@ def test_a_bias_is_exported_as_a_stated_shift_when_allowed(tmp_path):
     torch.testing.assert_close(shifted, original.score(BATCH) - 0.25, rtol=0, atol=TOL)
 
 
-def test_export_hf_is_refused_at_config_time_for_an_absolute_model(tmp_path):
+@pytest.mark.parametrize("objective", ["absolute", "ranking"])
+def test_export_hf_is_refused_at_config_time_where_the_bias_is_trained(tmp_path, objective):
     cfg = rm_config(tmp_path / "rm", "x.jsonl")
-    cfg.objective.kind = "absolute"
+    cfg.objective.kind = objective
     with pytest.raises(ValueError, match="export_hf needs a decoder"):
         cfg.export_hf = True
         cfg.__post_init__()

@@ -6,8 +6,8 @@ Two directions:
   head, pooling ``last``) into e.g. a ``LlamaForSequenceClassification``: the body's weights are copied, the
   head's weight becomes the ``score`` layer. transformers' decoder classifiers (``GenericForSequenceClassification``)
   read ``score(h)`` at the rightmost token whose id is not ``config.pad_token_id`` and have no bias, so the
-  export is exact when (a) the head's bias is 0 (Bradley-Terry training leaves it at its init 0: its gradient
-  cancels between chosen and rejected), (b) the pooling is ``last`` and (c) no input ends with the pad token.
+  export is exact when (a) the head's bias is 0 (pairwise Bradley-Terry training leaves it at its init 0: its
+  gradient cancels exactly between chosen and rejected rows; ranking only up to rounding, which Adam amplifies), (b) the pooling is ``last`` and (c) no input ends with the pad token.
   What cannot be exact is refused (:class:`NotExportableError`): encoders (``BertForSequenceClassification``
   reads the [CLS] vector through its pooler, a dense layer and tanh, which no head copy reproduces), ``mean``
   or ``first`` pooling, and a non-zero bias unless a constant shift is accepted.

@@ -6,7 +6,8 @@ that scores the inputs rewardmix builds as the reward model does. The other dire
 such folder or hub id is a PPO component ``{type: reward_model, reward_model: {path: ...}}``.
 
 Exact or refused (:mod:`rewardmix.models.hf_classifier`): decoder reward models with ``last`` pooling export
-exactly when the head's bias is 0, which Bradley-Terry and ranking training leave it at; encoders
+exactly when the head's bias is 0, where pairwise Bradley-Terry training leaves it (K-way ranking drifts off 0 by
+rounding amplified by Adam); encoders
 (``BertForSequenceClassification`` reads [CLS] through a pooler), ``mean``/``first`` pooling and inputs ending in
 the pad token are refused; a non-zero bias (absolute rating models) is refused unless ``allow_score_shift``
 accepts every score moving by ``-bias``. The export scores probe inputs both ways before writing anything.

@@ -91,8 +91,8 @@ class Config:
     """Train on the CPU even when a GPU is present."""
     export_hf: bool = False
     """Also write ``<output_dir>/hf``: the model as a Hugging Face ``AutoModelForSequenceClassification`` folder
-    (``num_labels=1``; what ``rewardmix export-rm`` writes). Decoders with ``last`` pooling and a pairwise or
-    ranking objective only: the export is exact there; see ``export-rm`` for the rest."""
+    (``num_labels=1``; what ``rewardmix export-rm`` writes). Decoders with ``last`` pooling and the pairwise
+    objective only, whose head bias stays exactly 0: the export is exact there; see ``export-rm`` for the rest."""
     model: RmModelConfig = field(default_factory=RmModelConfig)
     lora: RmLoraConfig = field(default_factory=RmLoraConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -121,12 +121,13 @@ class Config:
             self.model.kind == "encoder"
             or self.model.name == "tiny-encoder"
             or self.model.pooling in ("mean", "first")
-            or self.objective.kind == "absolute"
+            or self.objective.kind != "pairwise"
         ):
             raise ValueError(
-                "export_hf needs a decoder reward model with last-token pooling and a pairwise or ranking "
-                "objective (Llama-style classifiers pool the last token and have no bias, while an absolute "
-                "model trains one); export others with `rewardmix export-rm`, which says what it cannot keep"
+                "export_hf needs a decoder reward model with last-token pooling and the pairwise objective "
+                "(Llama-style classifiers pool the last token and have no bias; absolute models train one and "
+                "ranking models' drifts off 0 from rounding); export others with `rewardmix export-rm`, which "
+                "says what it cannot keep (allow_score_shift=true accepts a constant shift)"
             )
         if self.balance.weight_strength < 0:
             raise ValueError("balance.weight_strength must be >= 0")
