@@ -33,6 +33,14 @@ TrainOn = Literal["last", "all_assistant"]
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+""":func:`chatml` as a Jinja chat template: set on a tokenizer that has none, ``apply_chat_template`` renders what
+rewardmix renders without one (an exported reward model's tokenizer carries it)."""
 
 # OASST calls the human side "prompter" (Köpf et al. 2023); chat templates call it "user".
 OASST_ROLES: dict[str, Role] = {"prompter": "user", "assistant": "assistant"}

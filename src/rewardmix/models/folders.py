@@ -27,6 +27,7 @@ import torch
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     GgufConfig,
     PreTrainedModel,
@@ -41,6 +42,7 @@ __all__ = [
     "DtypeName",
     "read_causal_lm",
     "read_model",
+    "read_sequence_classifier",
     "read_tokenizer",
     "resolve_dtype",
     "save_pretrained_atomic",
@@ -156,6 +158,16 @@ def read_model(
     """
     return AutoModel.from_pretrained(
         path, **_from_pretrained_kwargs(None, dtype, trust_remote_code, attn_implementation)
+    )
+
+
+def read_sequence_classifier(
+    path: str, *, dtype: DtypeName | torch.dtype = "float32", trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """Read an ``AutoModelForSequenceClassification`` (e.g. a reward model) from a folder or hub id, safetensors
+    only; in eval mode."""
+    return AutoModelForSequenceClassification.from_pretrained(
+        path, **_from_pretrained_kwargs(None, dtype, trust_remote_code, None)
     )
 
 

@@ -60,6 +60,7 @@ from rewardmix.scoring.rm_inputs import (
 
 if TYPE_CHECKING:
     from rewardmix.models.heads import ScalarHeadModel
+    from rewardmix.models.hf_classifier import SequenceClassifierScore
 
 __all__ = [
     "HeadOutput",
@@ -80,8 +81,11 @@ class RewardModelParams:
     """Where a reward model is and how to feed it (the ``reward_model`` section of a component)."""
 
     path: str
-    """Reward-model folder: a scalar-head model (``ScalarHeadModel.save_pretrained`` / ``merge_and_save``), or,
-    with ``role``, a LoRA adapter folder (``save_adapter``) loaded onto the shared base of the PPO run."""
+    """Reward-model folder: a scalar-head model (``ScalarHeadModel.save_pretrained`` / ``merge_and_save``); a
+    Hugging Face reward model (folder, hub id or ``offline:`` name of an ``AutoModelForSequenceClassification``
+    with ``num_labels=1``, e.g. one written by ``rewardmix export-rm``: score ``logits[:, 0]``, input the
+    tokenizer's chat template over prompt + response, or the text pair without one); or, with ``role``, a
+    LoRA adapter folder (``save_adapter``) loaded onto the shared base of the PPO run."""
     role: str | None = None
     """LoRA role name for an adapter on the shared base (PPO keeps every reward model on one base);
     ``null`` -> ``path`` is a standalone model."""
@@ -150,7 +154,8 @@ def rm_output(head: torch.Tensor, *, output: ScoreOutput, head_output: HeadOutpu
 
 
 class RewardModelScorer:
-    """Score (prompt, response) samples with a :class:`~rewardmix.models.heads.ScalarHeadModel`.
+    """Score (prompt, response) samples with a :class:`~rewardmix.models.heads.ScalarHeadModel` (or a Hugging
+    Face classifier, :meth:`from_sequence_classifier`).
 
     Inputs are built by the reward model's :class:`~rewardmix.scoring.rm_inputs.InputEncoder`, scored in
     batches of ``batch_size`` under ``torch.no_grad()`` with the model in eval mode (restored afterwards,
@@ -182,7 +187,7 @@ class RewardModelScorer:
 
     def __init__(
         self,
-        model: ScalarHeadModel,
+        model: ScalarHeadModel | SequenceClassifierScore,
         tokenizer: Any,
         *,
         name: str = "reward_model",
@@ -226,7 +231,8 @@ class RewardModelScorer:
     @property
     def device(self) -> torch.device:
         """Device of the model's head (where inputs are sent)."""
-        return self.model.head.weight.device
+        head = getattr(self.model, "head", None)
+        return head.weight.device if head is not None else self.model.device
 
     def encode(self, batch: ScoringBatch) -> list[list[int]]:
         """Token ids of every sample, as the reward model was trained on them (see the module docstring)."""
@@ -298,11 +304,28 @@ class RewardModelScorer:
             min_prompt_tokens: Prompt floor; ``None`` -> as trained (256 without a record).
             **kwargs: The scorer's other keyword arguments (``name``, ``output``, ``batch_size``, ``role``).
 
-        The score transform comes from ``rewardmix_rm.json`` (``identity`` without one).
+        The score transform comes from ``rewardmix_rm.json`` (``identity`` without one). A folder or hub id
+        without ``rewardmix_head.json`` whose ``config.json`` names a ``*ForSequenceClassification`` is loaded
+        by :meth:`from_sequence_classifier`.
         """
-        from rewardmix.models.heads import ScalarHeadModel
+        from rewardmix.models.heads import HEAD_CONFIG_NAME, ScalarHeadModel
         from rewardmix.models.loading import load_tokenizer
 
+        if not (Path(path) / HEAD_CONFIG_NAME).is_file():
+            from rewardmix.models.hf_classifier import is_sequence_classifier
+
+            if is_sequence_classifier(path, trust_remote_code=trust_remote_code):
+                return cls.from_sequence_classifier(
+                    path,
+                    tokenizer_path=tokenizer_path,
+                    device=device,
+                    dtype=dtype,
+                    trust_remote_code=trust_remote_code,
+                    head_output=head_output,
+                    max_length=max_length,
+                    min_prompt_tokens=min_prompt_tokens,
+                    **kwargs,
+                )
         model = ScalarHeadModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(
             tokenizer_path if tokenizer_path is not None else path, trust_remote_code=trust_remote_code
@@ -310,6 +333,67 @@ class RewardModelScorer:
         settings = _trained_settings([Path(path)], head_output, max_length, min_prompt_tokens)
         logger.info(
             "reward model %s from %s (%s, %s)", kwargs.get("name", "reward_model"), path, model.kind, settings
+        )
+        return cls(model.to(device), tokenizer, **settings, **kwargs)
+
+    @classmethod
+    def from_sequence_classifier(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        tokenizer_path: str | os.PathLike[str] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        trust_remote_code: bool = False,
+        head_output: HeadOutput | None = None,
+        max_length: int | None = None,
+        min_prompt_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> RewardModelScorer:
+        """A scorer over a Hugging Face reward model: an ``AutoModelForSequenceClassification`` with one label.
+
+        The score is ``logits[:, 0]`` (:class:`~rewardmix.models.hf_classifier.SequenceClassifierScore`). Inputs,
+        as TRL reward models are trained: with a chat template on the tokenizer, the conversation
+        ``[user: prompt, assistant: response]`` rendered by it (a message-list prompt is the thread); without
+        one, the tokenizer's text pair ``tokenizer(prompt, response)`` (e.g. OpenAssistant's DeBERTa reward
+        models). Both are truncated by the CRS rule to ``max_length``. A folder exported by rewardmix
+        (``rewardmix export-rm``) carries ``rewardmix_rm.json``, read as in :meth:`from_pretrained`.
+
+        Args:
+            path: Folder, hub id or ``offline:`` name.
+            tokenizer_path: Tokenizer folder or hub id; ``None`` -> ``path``.
+            device: Where the model runs.
+            dtype: Parameter dtype (scores are float32).
+            trust_remote_code: Allow the repository's own code.
+            head_output: As in :meth:`from_pretrained` (``logit`` unless recorded).
+            max_length: Token budget; ``None`` -> ``rewardmix_rm.json``, else 1024.
+            min_prompt_tokens: Prompt floor; ``None`` -> ``rewardmix_rm.json``, else 256.
+            **kwargs: The scorer's other keyword arguments (``name``, ``output``, ``batch_size``).
+
+        Raises:
+            ValueError: If the classifier has more than one label.
+        """
+        from rewardmix.models.hf_classifier import load_sequence_classifier
+        from rewardmix.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(
+            tokenizer_path if tokenizer_path is not None else path, trust_remote_code=trust_remote_code
+        )
+        kind: BackboneKind = "causal_lm" if getattr(tokenizer, "chat_template", None) else "encoder"
+        model = load_sequence_classifier(
+            path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            pad_token_id=pad_token_id(tokenizer),
+            kind=kind,
+        )
+        settings = _trained_settings([Path(path)], head_output, max_length, min_prompt_tokens)
+        logger.info(
+            "reward model %s: sequence classifier %s (%s input, %s)",
+            kwargs.get("name", "reward_model"),
+            path,
+            "chat" if kind == "causal_lm" else "text-pair",
+            settings,
         )
         return cls(model.to(device), tokenizer, **settings, **kwargs)
 

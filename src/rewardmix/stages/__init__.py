@@ -80,6 +80,11 @@ STAGES: tuple[Stage, ...] = (
         "train a reward model: pairwise Bradley-Terry, K-way ranking, or absolute ratings (MSE/sigmoid/logistic)",
     ),
     Stage(
+        "export-rm",
+        "rewardmix.stages.export_rm",
+        "write a reward model as a Hugging Face AutoModelForSequenceClassification folder (num_labels=1), exact or refused",
+    ),
+    Stage(
         "evaluate-rm",
         "rewardmix.stages.evaluate_rm",
         "reward-model accuracy on held-out pairs, MSE/MAE per score range, probe orderings, score distributions",

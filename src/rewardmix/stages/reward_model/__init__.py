@@ -89,6 +89,10 @@ class Config:
     """Seed of the data order, head and LoRA initialization, sampling of the imbalance tools."""
     cpu: bool = False
     """Train on the CPU even when a GPU is present."""
+    export_hf: bool = False
+    """Also write ``<output_dir>/hf``: the model as a Hugging Face ``AutoModelForSequenceClassification`` folder
+    (``num_labels=1``; what ``rewardmix export-rm`` writes). Decoders with ``last`` pooling and the pairwise
+    objective only, whose head bias stays exactly 0: the export is exact there; see ``export-rm`` for the rest."""
     model: RmModelConfig = field(default_factory=RmModelConfig)
     lora: RmLoraConfig = field(default_factory=RmLoraConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -113,5 +117,17 @@ class Config:
             span = getattr(self.balance, name)
             if span is not None and not 0.0 <= span[0] <= span[1] <= 1.0:
                 raise ValueError(f"balance.{name} must be [low, high] with 0 <= low <= high <= 1")
+        if self.export_hf and (
+            self.model.kind == "encoder"
+            or self.model.name == "tiny-encoder"
+            or self.model.pooling in ("mean", "first")
+            or self.objective.kind != "pairwise"
+        ):
+            raise ValueError(
+                "export_hf needs a decoder reward model with last-token pooling and the pairwise objective "
+                "(Llama-style classifiers pool the last token and have no bias; absolute models train one and "
+                "ranking models' drifts off 0 from rounding); export others with `rewardmix export-rm`, which "
+                "says what it cannot keep (allow_score_shift=true accepts a constant shift)"
+            )
         if self.balance.weight_strength < 0:
             raise ValueError("balance.weight_strength must be >= 0")

@@ -37,6 +37,7 @@ from rewardmix.data.splits import split_records
 from rewardmix.models.dropout import disable_dropout
 from rewardmix.models.tokens import pad_token_id
 from rewardmix.rundir import atomic_write_text
+from rewardmix.scoring.rm_export import export_reward_model
 from rewardmix.scoring.rm_inputs import (
     BackboneKind,
     InputEncoder,
@@ -240,6 +241,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     if is_main:
         save_final_model(cfg, unwrapped, tokenizer, kind, out)
         log.info("reward model done after %d steps; model in %s", total_steps, model_dir)
+        if cfg.export_hf:
+            export_reward_model(model_dir, out / "hf")
     finish(ctx, {"global_step": total_steps, "eval_metrics": eval_metrics, "model_dir": str(model_dir)})
     return RewardModelResult(out, model_dir, adapter_dir, total_steps, eval_metrics)
 
