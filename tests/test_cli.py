@@ -152,3 +152,22 @@ def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     assert policy(env) == "PASSIVE"
     assert policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_list_item_overrides_on_the_command_line(capsys):
+    """``key[i].sub=value`` changes one item of a stage's list, from the file or from the defaults."""
+    assert (
+        cli.main(["show-config", str(REPO / "configs" / "ppo-crs.yaml"), "reward.components[1].weight=0.3"])
+        == 0
+    )
+    shown = yaml.safe_load(capsys.readouterr().out)
+    weights = [c["weight"] for c in shown["reward"]["components"]]
+    shipped = [
+        c["weight"]
+        for c in yaml.safe_load((REPO / "configs" / "ppo-crs.yaml").read_text())["reward"]["components"]
+    ]
+    assert weights == [shipped[0], 0.3]
+    _, cfg = cli.resolve("sft", None, ["phases[0].max_steps=2"])
+    assert [p.max_steps for p in cfg.phases] == [2]
+    assert cli.main(["sft", "phases[1].max_steps=2"]) == 2
+    assert "override 'phases[1].max_steps=2': phases has 1 item, no item [1]" in capsys.readouterr().err

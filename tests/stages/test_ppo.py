@@ -781,5 +781,5 @@ def test_sweep_keys_address_list_items_and_fail_clearly():
     }
     with pytest.raises(ConfigError, match=r"no item \[2\]"):
         sweep.set_key(data, "reward.components[2].weight", 0.1)
-    with pytest.raises(ConfigError, match="cannot read part"):
-        sweep.parse_key("reward..weight")
+    with pytest.raises(ConfigError, match="sweep key 'reward..weight': empty key component"):
+        sweep.Config(key="reward..weight")
