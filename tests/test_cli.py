@@ -96,7 +96,7 @@ def test_shipped_yaml_files_all_load():
         if not any(part.startswith(".") or part in ("runs", "tests") for part in p.relative_to(REPO).parts)
     ]
     assert any(p.parent.name == "configs" for p in shipped), "the repository ships at least the demo config"
-    for path in shipped:
+    for path in {p.resolve(): p for p in shipped}.values():  # configs/*.yaml link to src/rewardmix/configs/
         if path.parent.name == "task_specs":
             assert load_task_specs(path, register=False), path
             continue
@@ -171,3 +171,41 @@ def test_list_item_overrides_on_the_command_line(capsys):
     assert [p.max_steps for p in cfg.phases] == [2]
     assert cli.main(["sft", "phases[1].max_steps=2"]) == 2
     assert "override 'phases[1].max_steps=2': phases has 1 item, no item [1]" in capsys.readouterr().err
+
+
+def test_repository_configs_are_the_packaged_builtin_ones():
+    """One copy of each shipped config: configs/*.yaml and recipes/**/*.yaml link to the package's files."""
+    from rewardmix.config import builtin_configs
+
+    known = builtin_configs()
+    in_repo = [*REPO.glob("configs/*.yaml"), *REPO.glob("recipes/**/*.yaml")]
+    assert len(in_repo) == len(known)
+    for path in in_repo:
+        assert path.is_symlink(), f"{path} should link to src/rewardmix/ (one copy, shipped in the package)"
+        assert path.resolve() == known[path.stem].resolve()
+    # pyproject ships both folders in the wheel (package data).
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"configs/*.yaml"' in pyproject and '"recipes/*.yaml"' in pyproject
+
+
+def test_config_file_names_are_stage_names():
+    """A shipped config named after a stage is for that stage; no snake_case names beside kebab-case stages."""
+    from rewardmix.config import builtin_configs, load_yaml
+
+    names = {s.name for s in STAGES}
+    for name, path in builtin_configs().items():
+        assert "_" not in name, path
+        if name in names:
+            assert load_yaml(path)["stage"] == name, path
+    assert {"reward-model", "evaluate-rm", "human-eval", "toy-ppo"} <= set(builtin_configs())
+
+
+def test_builtin_configs_run_from_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["show-config", "builtin:ppo-crs", "ppo.steps=2"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["stage"] == "ppo" and shown["ppo"]["steps"] == 2
+    stage, cfg = cli.resolve("sweep", Path("builtin:sweep-crs"), [])
+    assert cfg.base == "builtin:ppo-crs"  # a shipped config names its base by builtin name, not a repo path
+    assert cli.main(["ppo", "builtin:nope"]) == 2
+    assert "unknown builtin config" in capsys.readouterr().err

@@ -250,3 +250,27 @@ def test_yaml_merge_of_a_mapping_that_merges_keeps_its_overrides(tmp_path):
     path.write_text("a: &a [1, 2]\nb: {<<: *a}\n")
     with pytest.raises(ConfigError, match=r"nested.yaml:2: `<<` merges mappings only"):
         load_yaml(path)
+
+
+def test_builtin_configs_resolve_from_the_package(tmp_path, monkeypatch):
+    from rewardmix.config import builtin_configs, config_path
+
+    monkeypatch.chdir(tmp_path)  # any directory: the files come from the installed package
+    known = builtin_configs()
+    assert {"ppo", "grpo-crs", "reward-model", "rllr-sentiment", "crs-sentiment"} <= set(known)
+    assert config_path("builtin:ppo") == known["ppo"]
+    assert known["ppo"].parent.name == "configs" and known["rllr-sentiment"].parent.name == "recipes"
+    assert load_yaml("builtin:ppo")["stage"] == "ppo"
+    assert config_path("plain/file.yaml") == Path("plain/file.yaml")
+    with pytest.raises(
+        ConfigError, match=r"builtin:ppo-crz: unknown builtin config; did you mean builtin:ppo-crs\?"
+    ):
+        config_path("builtin:ppo-crz")
+
+
+def test_errors_in_a_builtin_config_name_its_file_and_line():
+    from rewardmix.config import builtin_configs
+
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, "builtin:toy-ppo")
+    assert str(err.value).startswith(f"{builtin_configs()['toy-ppo']}:")

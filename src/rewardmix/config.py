@@ -8,6 +8,10 @@ List items are addressed by index, ``reward.components[0].weight=0.3``: a list t
 from the defaults first, so the override changes one item and keeps the others (:func:`set_key`, which the
 ``sweep`` stage uses too).
 
+A config path may be ``builtin:<name>``: a config or recipe shipped inside the package
+(``rewardmix/configs/``, ``rewardmix/recipes/``; :func:`builtin_configs` lists them), so ``rewardmix ppo
+builtin:ppo`` works from any directory of any install.
+
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``, ``list[X]``,
 ``tuple[X, ...]``, ``dict[str, X]`` and nested dataclasses, in any combination.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import re
 import types
@@ -30,8 +35,11 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError",
+    "BUILTIN",
     "apply_overrides",
+    "builtin_configs",
     "config_defaults",
+    "config_path",
     "from_dict",
     "load_config",
     "load_yaml",
@@ -102,9 +110,43 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+BUILTIN = "builtin:"
+"""Prefix of a config shipped in the package: ``builtin:ppo`` is ``rewardmix/configs/ppo.yaml``."""
+BUILTIN_FOLDERS = ("configs", "recipes")
+"""Package folders holding the ``builtin:`` configs: stage configs, then recipes (``rewardmix run``)."""
+
+
+def builtin_configs() -> dict[str, Path]:
+    """Every ``builtin:<name>`` config shipped in the package, by name (the file's stem), sorted."""
+    root = Path(str(importlib.resources.files("rewardmix")))
+    found = {p.stem: p for folder in BUILTIN_FOLDERS for p in (root / folder).glob("*.yaml")}
+    return dict(sorted(found.items()))
+
+
+def config_path(path: str | Path) -> Path:
+    """The file a config path names: ``builtin:<name>`` from the package, any other path as it is.
+
+    Raises:
+        ConfigError: An unknown builtin name (the message lists the known ones).
+    """
+    text = str(path)
+    if not text.startswith(BUILTIN):
+        return Path(path)
+    known = builtin_configs()
+    name = text[len(BUILTIN) :]
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f"; did you mean {BUILTIN}{close[0]}?" if close else ""
+        names = ", ".join(known)
+        raise ConfigError(
+            f"{text}: unknown builtin config{hint} (known: {names}; `rewardmix show-config --list`)"
+        )
+    return known[name]
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with safe loading; errors name the file and line."""
-    path = Path(path)
+    """Read a YAML mapping with safe loading; errors name the file and line. ``builtin:<name>`` is allowed."""
+    path = config_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -280,6 +322,7 @@ def load_config(
 
     A top-level ``stage:`` key names the stage the file is for; it must equal ``stage`` when both are given.
     """
+    path = config_path(path) if path is not None else None
     source = str(path) if path is not None else "<defaults>"
     data: dict[str, Any] = load_yaml(path) if path is not None else _Map()
     file_stage = data.pop("stage", None)

@@ -694,7 +694,7 @@ def test_shipped_configs_and_their_header_overrides_load_strictly(name):
             sweep.Config if stage_name == "sweep" else ppo.Config, REPO / config, overrides, stage=stage_name
         )
         if stage_name == "sweep":  # every run of the sweep must be a valid PPO config too
-            base = load_yaml(REPO / loaded.base)
+            base = load_yaml(loaded.base)  # builtin:ppo-crs, builtin:ppo-rllr-mixed
             base.pop("stage")
             for value in loaded.values:
                 sweep.build_run_config(loaded, base, value, Path("runs/x"))

@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Config:
-    base: str = "configs/ppo-crs.yaml"
-    """The PPO config every run starts from (a YAML file for ``rewardmix ppo``)."""
+    base: str = "builtin:ppo-crs"
+    """The PPO config every run starts from: a YAML file for ``rewardmix ppo``, or ``builtin:<name>``."""
     output_dir: str = "runs/sweep"
     """Sweep directory: one PPO run folder per value, summary.json and summary.md."""
     key: str = "reward.components[0].weight"
