@@ -69,6 +69,16 @@ def test_show_config_prints_resolved_yaml(tmp_path, capsys):
         (["toy-ppo", "{path}", "ppo.steps"], "stage: toy-ppo\n", "expected key.sub=value overrides"),
         (["toy-ppo", "ppo.steps=x"], "", "override 'ppo.steps=x': 'ppo.steps' must be an integer"),
         (["show-config", "{missing}"], "", "config file not found"),
+        (["show-config", "sft"], "", "'sft' is a stage: its defaults: `rewardmix show-config --stage sft`"),
+        (["ppo", "ppo-crs"], "", "ppo-crs: config file not found; did you mean builtin:ppo-crs"),
+        (["show-config"], "", "show-config needs a config file, builtin:<name> or --stage <stage>"),
+        (["show-config", "--stage", "sft", "{path}"], "stage: toy-ppo\n", "for stage 'toy-ppo', not 'sft'"),
+        (
+            ["toy-ppo", "--ppo.steps", "3"],
+            "",
+            "'--ppo.steps': overrides are written key=value, without dashes; did you mean ppo.steps=3?",
+        ),
+        (["toy-ppo", "{path}", "--ppo.steps=3"], "stage: toy-ppo\n", "did you mean ppo.steps=3?"),
     ],
 )
 def test_config_errors_exit_2_with_one_line(tmp_path, capsys, args, text, needle):
@@ -209,3 +219,72 @@ def test_builtin_configs_run_from_the_command_line(tmp_path, capsys, monkeypatch
     assert cfg.base == "builtin:ppo-crs"  # a shipped config names its base by builtin name, not a repo path
     assert cli.main(["ppo", "builtin:nope"]) == 2
     assert "unknown builtin config" in capsys.readouterr().err
+
+
+def _help(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_stage_help_lists_every_config_field_with_type_default_and_meaning(capsys):
+    """``rewardmix <stage> --help`` shows each field's dotted key, type, default and docstring's first line."""
+    from rewardmix.docgen import config_sections
+
+    for stage in STAGES:
+        out = _help(capsys, [stage.name, "--help"])
+        fields = [
+            d for _, section in config_sections(stage.load().Config) for d in section if d.kind != "section"
+        ]
+        assert fields, stage.name
+        for d in fields:
+            assert f"\n  {d.key}: {d.type} = " in out, (stage.name, d.key)
+            assert d.summary in out, (stage.name, d.key)
+        # the example is the stage's own, not a PPO override shown for every stage
+        assert f"  rewardmix {stage.name} " in out and stage.example in out
+        assert "such as ppo.learning_rate" not in out, stage.name
+    toy = _help(capsys, ["toy-ppo", "--help"])
+    assert "\n  ppo.clip_range: float = 0.2\n      " in toy
+    assert "rewardmix toy-ppo builtin:toy-ppo ppo.steps=20" in toy  # a stage with a shipped config shows it
+
+
+def test_stage_help_examples_resolve():
+    """Every example override shown by ``--help`` is valid for its stage (with its shipped config if any)."""
+    import shlex
+
+    from rewardmix.config import builtin_configs
+
+    for stage in STAGES:
+        path = Path(f"builtin:{stage.name}") if stage.name in builtin_configs() else None
+        name, cfg = cli.resolve(stage.name, path, shlex.split(stage.example))
+        assert type(cfg) is stage.load().Config, name
+
+
+def test_show_config_stage_prints_defaults_that_load_back(tmp_path, capsys):
+    """``show-config --stage X`` prints X's defaults as YAML, ``stage:`` first, that load back unchanged."""
+    for stage in STAGES:
+        assert cli.main(["show-config", "--stage", stage.name]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"stage: {stage.name}\n"), stage.name
+        path = tmp_path / f"{stage.name}.yaml"
+        path.write_text(out)
+        name, cfg = cli.resolve(None, path, [])
+        assert name == stage.name and cfg == stage.load().Config(), stage.name
+    assert cli.main(["show-config", "--stage", "toy-ppo", "ppo.steps=3"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["ppo"]["steps"] == 3
+    file = tmp_path / "mine.yaml"
+    file.write_text("ppo:\n  steps: 4\n")  # no stage: key; --stage picks the schema
+    assert cli.main(["show-config", "--stage", "toy-ppo", str(file), "seed=2"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert (shown["stage"], shown["ppo"]["steps"], shown["seed"]) == ("toy-ppo", 4, 2)
+
+
+def test_show_config_list_names_every_shipped_config(capsys):
+    from rewardmix.config import builtin_configs, load_yaml
+
+    assert cli.main(["show-config", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name, path in builtin_configs().items():
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"builtin:{name} "))
+        assert line.split()[1] == load_yaml(path)["stage"], line
