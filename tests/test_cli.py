@@ -69,6 +69,16 @@ def test_show_config_prints_resolved_yaml(tmp_path, capsys):
         (["toy-ppo", "{path}", "ppo.steps"], "stage: toy-ppo\n", "expected key.sub=value overrides"),
         (["toy-ppo", "ppo.steps=x"], "", "override 'ppo.steps=x': 'ppo.steps' must be an integer"),
         (["show-config", "{missing}"], "", "config file not found"),
+        (["show-config", "sft"], "", "'sft' is a stage: its defaults: `rewardmix show-config --stage sft`"),
+        (["ppo", "ppo-crs"], "", "ppo-crs: config file not found; did you mean builtin:ppo-crs"),
+        (["show-config"], "", "show-config needs a config file, builtin:<name> or --stage <stage>"),
+        (["show-config", "--stage", "sft", "{path}"], "stage: toy-ppo\n", "for stage 'toy-ppo', not 'sft'"),
+        (
+            ["toy-ppo", "--ppo.steps", "3"],
+            "",
+            "'--ppo.steps': overrides are written key=value, without dashes; did you mean ppo.steps=3?",
+        ),
+        (["toy-ppo", "{path}", "--ppo.steps=3"], "stage: toy-ppo\n", "did you mean ppo.steps=3?"),
     ],
 )
 def test_config_errors_exit_2_with_one_line(tmp_path, capsys, args, text, needle):
@@ -96,7 +106,7 @@ def test_shipped_yaml_files_all_load():
         if not any(part.startswith(".") or part in ("runs", "tests") for part in p.relative_to(REPO).parts)
     ]
     assert any(p.parent.name == "configs" for p in shipped), "the repository ships at least the demo config"
-    for path in shipped:
+    for path in {p.resolve(): p for p in shipped}.values():  # configs/*.yaml link to src/rewardmix/configs/
         if path.parent.name == "task_specs":
             assert load_task_specs(path, register=False), path
             continue
@@ -152,3 +162,129 @@ def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     assert policy(env) == "PASSIVE"
     assert policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_list_item_overrides_on_the_command_line(capsys):
+    """``key[i].sub=value`` changes one item of a stage's list, from the file or from the defaults."""
+    assert (
+        cli.main(["show-config", str(REPO / "configs" / "ppo-crs.yaml"), "reward.components[1].weight=0.3"])
+        == 0
+    )
+    shown = yaml.safe_load(capsys.readouterr().out)
+    weights = [c["weight"] for c in shown["reward"]["components"]]
+    shipped = [
+        c["weight"]
+        for c in yaml.safe_load((REPO / "configs" / "ppo-crs.yaml").read_text())["reward"]["components"]
+    ]
+    assert weights == [shipped[0], 0.3]
+    _, cfg = cli.resolve("sft", None, ["phases[0].max_steps=2"])
+    assert [p.max_steps for p in cfg.phases] == [2]
+    assert cli.main(["sft", "phases[1].max_steps=2"]) == 2
+    assert "override 'phases[1].max_steps=2': phases has 1 item, no item [1]" in capsys.readouterr().err
+
+
+def test_repository_configs_are_the_packaged_builtin_ones():
+    """One copy of each shipped config: configs/*.yaml and recipes/**/*.yaml link to the package's files."""
+    from rewardmix.config import builtin_configs
+
+    known = builtin_configs()
+    in_repo = [*REPO.glob("configs/*.yaml"), *REPO.glob("recipes/**/*.yaml")]
+    assert len(in_repo) == len(known)
+    for path in in_repo:
+        assert path.is_symlink(), f"{path} should link to src/rewardmix/ (one copy, shipped in the package)"
+        assert path.resolve() == known[path.stem].resolve()
+    # pyproject ships both folders in the wheel (package data).
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"configs/*.yaml"' in pyproject and '"recipes/*.yaml"' in pyproject
+
+
+def test_config_file_names_are_stage_names():
+    """A shipped config named after a stage is for that stage; no snake_case names beside kebab-case stages."""
+    from rewardmix.config import builtin_configs, load_yaml
+
+    names = {s.name for s in STAGES}
+    for name, path in builtin_configs().items():
+        assert "_" not in name, path
+        if name in names:
+            assert load_yaml(path)["stage"] == name, path
+    assert {"reward-model", "evaluate-rm", "human-eval", "toy-ppo"} <= set(builtin_configs())
+
+
+def test_builtin_configs_run_from_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["show-config", "builtin:ppo-crs", "ppo.steps=2"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["stage"] == "ppo" and shown["ppo"]["steps"] == 2
+    stage, cfg = cli.resolve("sweep", Path("builtin:sweep-crs"), [])
+    assert cfg.base == "builtin:ppo-crs"  # a shipped config names its base by builtin name, not a repo path
+    assert cli.main(["ppo", "builtin:nope"]) == 2
+    assert "unknown builtin config" in capsys.readouterr().err
+
+
+def _help(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_stage_help_lists_every_config_field_with_type_default_and_meaning(capsys):
+    """``rewardmix <stage> --help`` shows each field's dotted key, type, default and docstring's first line."""
+    from rewardmix.docgen import config_sections
+
+    for stage in STAGES:
+        out = _help(capsys, [stage.name, "--help"])
+        fields = [
+            d for _, section in config_sections(stage.load().Config) for d in section if d.kind != "section"
+        ]
+        assert fields, stage.name
+        for d in fields:
+            assert f"\n  {d.key}: {d.type} = " in out, (stage.name, d.key)
+            assert d.summary in out, (stage.name, d.key)
+        # the example is the stage's own, not a PPO override shown for every stage
+        assert f"  rewardmix {stage.name} " in out and stage.example in out
+        assert "such as ppo.learning_rate" not in out, stage.name
+    toy = _help(capsys, ["toy-ppo", "--help"])
+    assert "\n  ppo.clip_range: float = 0.2\n      " in toy
+    assert "rewardmix toy-ppo builtin:toy-ppo ppo.steps=20" in toy  # a stage with a shipped config shows it
+
+
+def test_stage_help_examples_resolve():
+    """Every example override shown by ``--help`` is valid for its stage (with its shipped config if any)."""
+    import shlex
+
+    from rewardmix.config import builtin_configs
+
+    for stage in STAGES:
+        path = Path(f"builtin:{stage.name}") if stage.name in builtin_configs() else None
+        name, cfg = cli.resolve(stage.name, path, shlex.split(stage.example))
+        assert type(cfg) is stage.load().Config, name
+
+
+def test_show_config_stage_prints_defaults_that_load_back(tmp_path, capsys):
+    """``show-config --stage X`` prints X's defaults as YAML, ``stage:`` first, that load back unchanged."""
+    for stage in STAGES:
+        assert cli.main(["show-config", "--stage", stage.name]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"stage: {stage.name}\n"), stage.name
+        path = tmp_path / f"{stage.name}.yaml"
+        path.write_text(out)
+        name, cfg = cli.resolve(None, path, [])
+        assert name == stage.name and cfg == stage.load().Config(), stage.name
+    assert cli.main(["show-config", "--stage", "toy-ppo", "ppo.steps=3"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["ppo"]["steps"] == 3
+    file = tmp_path / "mine.yaml"
+    file.write_text("ppo:\n  steps: 4\n")  # no stage: key; --stage picks the schema
+    assert cli.main(["show-config", "--stage", "toy-ppo", str(file), "seed=2"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert (shown["stage"], shown["ppo"]["steps"], shown["seed"]) == ("toy-ppo", 4, 2)
+
+
+def test_show_config_list_names_every_shipped_config(capsys):
+    from rewardmix.config import builtin_configs, load_yaml
+
+    assert cli.main(["show-config", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name, path in builtin_configs().items():
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"builtin:{name} "))
+        assert line.split()[1] == load_yaml(path)["stage"], line

@@ -42,6 +42,19 @@ class Outer:
             raise ValueError("steps must be >= 0")
 
 
+@dataclass
+class Phase:
+    max_steps: int = 1
+    lr: float = 0.1
+
+
+@dataclass
+class Phased:
+    phases: list[Phase] = field(default_factory=lambda: [Phase(), Phase(max_steps=5)])
+    inner: Inner = field(default_factory=Inner)
+    steps: int = 10
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
@@ -129,8 +142,48 @@ def test_overrides_are_typed_and_checked(tmp_path):
         load_config(Outer, path, ["name.sub=1"])
 
 
+def test_overrides_address_list_items_by_index(tmp_path):
+    # A list the file does not set comes from the defaults: one item changes, the others are kept.
+    cfg = load_config(Phased, None, ["phases[1].max_steps=2", "inner.weights[0]=0.9"])
+    assert cfg.phases == [Phase(), Phase(max_steps=2)]
+    assert cfg.inner.weights == [0.9, 0.5]
+    # A list the file sets is the one changed (its single item, not the two defaults).
+    path = write(tmp_path, "phases:\n  - max_steps: 3\n")
+    assert load_config(Phased, path, ["phases[0].lr=0.5"]).phases == [Phase(max_steps=3, lr=0.5)]
+    # Required fields elsewhere (Outer.name) do not stop the defaults from supplying a list.
+    assert load_config(Outer, None, ["name=x", "inner.weights[1]=2"]).inner.weights == [0.5, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("phases[2].max_steps=1", r"override 'phases\[2\]\.max_steps=1': phases has 2 items, no item \[2\]"),
+        (
+            "phases[0].max_stpes=2",
+            r"override 'phases\[0\]\.max_stpes=2': unknown key 'phases\[0\]\.max_stpes'; "
+            r"did you mean 'phases\[0\]\.max_steps'\?",
+        ),
+        (
+            "phases[0].max_steps=x",
+            r"override 'phases\[0\]\.max_steps=x': 'phases\[0\]\.max_steps' must be an integer",
+        ),
+        ("steps[0]=1", r"override 'steps\[0\]=1': steps is not a list"),
+        (
+            "inner.weights.a=1",
+            r"override 'inner\.weights\.a=1': inner\.weights is a list \(address its items",
+        ),
+        ("phases[x].lr=1", r"override 'phases\[x\]\.lr=1': cannot read part 'phases\[x\]'"),
+        ("inner.lr[0]=1", r"override 'inner\.lr\[0\]=1': inner\.lr is not a list"),
+    ],
+)
+def test_list_item_override_errors_name_the_override(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Phased, None, [override])
+
+
 def test_parse_override():
     assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a.b[0][2].c=x") == (["a", "b", 0, 2, "c"], "x")
     assert parse_override("a=x=y") == (["a"], "x=y")
     assert parse_override("a=") == (["a"], "")
     with pytest.raises(ConfigError):
@@ -197,3 +250,27 @@ def test_yaml_merge_of_a_mapping_that_merges_keeps_its_overrides(tmp_path):
     path.write_text("a: &a [1, 2]\nb: {<<: *a}\n")
     with pytest.raises(ConfigError, match=r"nested.yaml:2: `<<` merges mappings only"):
         load_yaml(path)
+
+
+def test_builtin_configs_resolve_from_the_package(tmp_path, monkeypatch):
+    from rewardmix.config import builtin_configs, config_path
+
+    monkeypatch.chdir(tmp_path)  # any directory: the files come from the installed package
+    known = builtin_configs()
+    assert {"ppo", "grpo-crs", "reward-model", "rllr-sentiment", "crs-sentiment"} <= set(known)
+    assert config_path("builtin:ppo") == known["ppo"]
+    assert known["ppo"].parent.name == "configs" and known["rllr-sentiment"].parent.name == "recipes"
+    assert load_yaml("builtin:ppo")["stage"] == "ppo"
+    assert config_path("plain/file.yaml") == Path("plain/file.yaml")
+    with pytest.raises(
+        ConfigError, match=r"builtin:ppo-crz: unknown builtin config; did you mean builtin:ppo-crs\?"
+    ):
+        config_path("builtin:ppo-crz")
+
+
+def test_errors_in_a_builtin_config_name_its_file_and_line():
+    from rewardmix.config import builtin_configs
+
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, "builtin:toy-ppo")
+    assert str(err.value).startswith(f"{builtin_configs()['toy-ppo']}:")

@@ -1,7 +1,10 @@
 """The ``rewardmix`` command: parse arguments, load the config, set up logging, call ``stages.<x>.run(cfg)``.
 
-rewardmix <stage> [CONFIG.yaml] [key.sub=value ...]
+rewardmix <stage> [CONFIG.yaml | builtin:<name>] [key.sub=value | key[i].sub=value ...]
+rewardmix <stage> --help                        the stage's config fields: key, type, default, meaning
 rewardmix show-config CONFIG.yaml [key.sub=value ...]
+rewardmix show-config --stage <stage> [...]     a stage's defaults as YAML, ready to edit
+rewardmix show-config --list                    the configs shipped in the package (builtin:<name>)
 """
 
 from __future__ import annotations
@@ -9,16 +12,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from rewardmix import __version__
-from rewardmix.config import ConfigError, load_config, load_yaml, to_yaml
+from rewardmix.config import (
+    BUILTIN,
+    ConfigError,
+    builtin_configs,
+    config_path,
+    load_config,
+    load_yaml,
+    to_yaml,
+)
 from rewardmix.data.readers import DataError
 from rewardmix.llm.client import LLMError
 from rewardmix.redact import install_redaction, redact
-from rewardmix.stages import STAGES, get_stage
+from rewardmix.stages import STAGES, Stage, get_stage
 
 log = logging.getLogger("rewardmix")
 
@@ -28,30 +40,93 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rewardmix",
         description="RL fine-tuning of language models from several reward signals at once.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Stages run in the order listed. Every stage takes an optional YAML config and key.sub=value "
-        "overrides;\n`rewardmix show-config FILE` prints what a config resolves to.",
+        epilog="Stages run in the order listed. Every stage takes an optional YAML config (a file or\n"
+        "builtin:<name>) and key.sub=value overrides (list items: key[i].sub=value).\n"
+        "  rewardmix <stage> --help               the stage's config fields: key, type, default, meaning\n"
+        "  rewardmix show-config --stage <stage>  its defaults as YAML, ready to edit\n"
+        "  rewardmix show-config --list           the configs shipped in the package (builtin:<name>)\n"
+        "  rewardmix show-config FILE             what a config resolves to",
     )
     parser.add_argument("--version", action="version", version=f"rewardmix {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="<command>", title="stages (pipeline order)")
+    sub = parser.add_subparsers(
+        dest="command", metavar="<command>", title="stages (pipeline order)", parser_class=_StageParser
+    )
     for stage in STAGES:
-        p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
+        p = sub.add_parser(
+            stage.name,
+            help=stage.help,
+            description=stage.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.stage = stage
         _add_config_args(p)
     p = sub.add_parser(
         "show-config",
-        help="print the resolved config of a YAML file (its `stage:` key picks the schema)",
-        description="Print the resolved config: defaults filled in, overrides applied, types checked.",
+        help="print a resolved config (a file, builtin:<name>, or a stage's defaults); --list: the shipped ones",
+        description="Print the resolved config as YAML: defaults filled in, overrides applied, types checked. "
+        "The file's `stage:` key picks the schema; with --stage and no file, the stage's defaults.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  rewardmix show-config --stage ppo > my-ppo.yaml     # every PPO field with its default, to edit\n"
+        "  rewardmix show-config builtin:ppo-crs ppo.steps=10  # a shipped config, one value changed\n"
+        "  rewardmix show-config --list                        # the shipped configs (builtin:<name>)",
     )
-    _add_config_args(p, required=True)
+    p.add_argument("--stage", metavar="STAGE", help="the stage whose config to print (no file: its defaults)")
+    p.add_argument("--list", action="store_true", help="list the configs shipped in the package and exit")
+    _add_config_args(p)
     return parser
 
 
-def _add_config_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+class _StageParser(argparse.ArgumentParser):
+    """A subcommand parser; a stage's ``--help`` ends with examples and every field of its config."""
+
+    stage: Stage | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text if self.stage is None else f"{text}\n{stage_help(self.stage)}"
+
+
+def stage_help(stage: Stage) -> str:
+    """Examples and the stage's config fields (key: type = default, then the docstring's first line).
+
+    The stage module is imported here, only when its ``--help`` is asked for, so ``rewardmix --help`` stays fast.
+    """
+    from rewardmix.docgen import config_sections  # docgen imports this module
+
+    name = stage.name
+    config = f"{BUILTIN}{name}" if name in builtin_configs() else "my.yaml"
+    lines = [
+        "examples:",
+        f"  rewardmix {name} {config} {stage.example}",
+        f"  rewardmix show-config --stage {name} > my.yaml   # every field below as YAML, ready to edit",
+        f"  rewardmix {name} my.yaml",
+        "",
+        "config fields (key: type = default; docs/reference.md has the full text):",
+    ]
+    for _, fields in config_sections(stage.load().Config):
+        for d in fields:
+            if d.kind == "section":
+                continue
+            default = "required" if d.default is None else _shorten(d.default, 60)
+            lines.append(f"  {d.key}: {d.type} = {default}")
+            if d.summary:
+                more = " ..." if len(d.summary.split()) < len(d.doc.split()) else ""
+                lines.append(f"      {d.summary}{more}")
+    return "\n".join(lines) + "\n"
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "args",
-        nargs="+" if required else "*",
+        nargs="*",
         metavar="CONFIG.yaml | key.sub=value",
-        help="a YAML config (first) and/or overrides such as ppo.learning_rate=1e-5",
+        help="a YAML config or builtin:<name> (first), then key.sub=value overrides (list items: key[i].sub=value)",
     )
 
 
@@ -69,6 +144,8 @@ def split_config_args(args: list[str]) -> tuple[Path | None, list[str]]:
 
 def resolve(stage_name: str | None, path: Path | None, overrides: list[str]) -> tuple[str, Any]:
     """Pick the stage (given, or the file's ``stage:`` key) and build its typed config."""
+    if path is not None:
+        _check_config_exists(path)
     if stage_name is None:
         file_stage = load_yaml(path).get("stage") if path is not None else None
         if file_stage is None:
@@ -77,8 +154,75 @@ def resolve(stage_name: str | None, path: Path | None, overrides: list[str]) -> 
     try:
         stage = get_stage(stage_name)
     except KeyError as e:
-        raise ConfigError(f"{path}: {e.args[0]}") from None
+        raise ConfigError(f"{path}: {e.args[0]}" if path is not None else e.args[0]) from None
     return stage_name, load_config(stage.load().Config, path, overrides, stage=stage_name)
+
+
+def _check_config_exists(path: Path) -> None:
+    """A missing config named like a stage or a shipped config is an error that says what was meant."""
+    if config_path(path).exists() or str(path).startswith(BUILTIN):
+        return
+    name, shipped = str(path), builtin_configs()
+    if name in {s.name for s in STAGES}:
+        also = f", its shipped config: {BUILTIN}{name}" if name in shipped else ""
+        raise ConfigError(
+            f"{name}: config file not found; {name!r} is a stage: its defaults: "
+            f"`rewardmix show-config --stage {name}`{also}"
+        )
+    if name in shipped:
+        raise ConfigError(f"{name}: config file not found; did you mean {BUILTIN}{name} (a shipped config)?")
+
+
+def show_config(ns: argparse.Namespace) -> int:
+    """``rewardmix show-config``: a resolved config as YAML (``stage:`` first), or ``--list``."""
+    if ns.list:
+        sys.stdout.write(list_configs())
+        return 0
+    path, overrides = split_config_args(ns.args)
+    if path is None and ns.stage is None:
+        raise ConfigError(
+            "show-config needs a config file, builtin:<name> or --stage <stage> "
+            "(`rewardmix show-config --list` lists the shipped configs)"
+        )
+    stage_name, cfg = resolve(ns.stage, path, overrides)
+    sys.stdout.write(f"stage: {stage_name}\n{to_yaml(cfg)}")
+    return 0
+
+
+def list_configs() -> str:
+    """One line per shipped config: ``builtin:<name>``, its stage, and the first line of its header."""
+    rows = []
+    for name, path in builtin_configs().items():
+        stage = str(load_yaml(path).get("stage", "?"))
+        header = next((ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), "")
+        rows.append((f"{BUILTIN}{name}", stage, header.lstrip("# ").strip()))
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{'config':<{width}}{'stage':<14}what it is"]
+    lines += [f"{n:<{width}}{s:<14}{_shorten(h, 90)}" for n, s, h in rows]
+    lines += [
+        "",
+        "Run one: rewardmix <stage> builtin:<name> [key.sub=value ...]; see it resolved: "
+        "rewardmix show-config builtin:<name>.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def option_hint(extra: list[str], argv: list[str]) -> str:
+    """The error for arguments argparse did not know; ``--key value`` gets "did you mean key=value?".
+
+    Args:
+        extra: The arguments argparse did not know.
+        argv: The whole command line (argparse may have taken the ``value`` of ``--key value`` as the config).
+    """
+    option = next((a for a in extra if a.startswith("--") and len(a) > 2), None)
+    if option is None:
+        return f"unrecognized arguments: {shlex.join(extra)}"
+    key = option[2:]
+    if "=" not in key:
+        i = argv.index(option)
+        value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else "VALUE"
+        key = f"{key}={value}"
+    return f"unrecognized option {option!r}: overrides are written key=value, without dashes; did you mean {key}?"
 
 
 OMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -92,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in OMP_DEFAULTS.items():
             os.environ.setdefault(key, value)
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = option_hint(extra, sys.argv[1:] if argv is None else argv)
+        print(f"rewardmix: error: {redact(hint)}", file=sys.stderr)
+        return 2
     if ns.command is None:
         parser.print_help()
         return 2
@@ -105,11 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         # API keys never reach the console or log files, whichever logger a record comes from.
         install_redaction(handler)
     try:
-        path, overrides = split_config_args(ns.args)
         if ns.command == "show-config":
-            stage_name, cfg = resolve(None, path, overrides)
-            sys.stdout.write(f"stage: {stage_name}\n{to_yaml(cfg)}")
-            return 0
+            return show_config(ns)
+        path, overrides = split_config_args(ns.args)
         stage_name, cfg = resolve(ns.command, path, overrides)
         get_stage(stage_name).load().run(cfg)
     except ConfigError as e:

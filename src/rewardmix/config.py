@@ -4,6 +4,13 @@ A config file is plain YAML whose keys mirror a stage's ``Config`` dataclass. Lo
 key, a missing required key or a value of the wrong type is a :class:`ConfigError` naming the file, the line
 and the dotted key. ``key.sub=value`` overrides from the command line are applied to the YAML before the
 check, so a typo in an override is caught the same way (the source is then ``override 'key.sub=value'``).
+List items are addressed by index, ``reward.components[0].weight=0.3``: a list the file does not set is taken
+from the defaults first, so the override changes one item and keeps the others (:func:`set_key`, which the
+``sweep`` stage uses too).
+
+A config path may be ``builtin:<name>``: a config or recipe shipped inside the package
+(``rewardmix/configs/``, ``rewardmix/recipes/``; :func:`builtin_configs` lists them), so ``rewardmix ppo
+builtin:ppo`` works from any directory of any install.
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``, ``list[X]``,
 ``tuple[X, ...]``, ``dict[str, X]`` and nested dataclasses, in any combination.
@@ -14,7 +21,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.resources
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,11 +35,17 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError",
+    "BUILTIN",
     "apply_overrides",
+    "builtin_configs",
+    "config_defaults",
+    "config_path",
     "from_dict",
     "load_config",
     "load_yaml",
+    "parse_key",
     "parse_override",
+    "set_key",
     "to_dict",
     "to_yaml",
 ]
@@ -95,9 +110,43 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+BUILTIN = "builtin:"
+"""Prefix of a config shipped in the package: ``builtin:ppo`` is ``rewardmix/configs/ppo.yaml``."""
+BUILTIN_FOLDERS = ("configs", "recipes")
+"""Package folders holding the ``builtin:`` configs: stage configs, then recipes (``rewardmix run``)."""
+
+
+def builtin_configs() -> dict[str, Path]:
+    """Every ``builtin:<name>`` config shipped in the package, by name (the file's stem), sorted."""
+    root = Path(str(importlib.resources.files("rewardmix")))
+    found = {p.stem: p for folder in BUILTIN_FOLDERS for p in (root / folder).glob("*.yaml")}
+    return dict(sorted(found.items()))
+
+
+def config_path(path: str | Path) -> Path:
+    """The file a config path names: ``builtin:<name>`` from the package, any other path as it is.
+
+    Raises:
+        ConfigError: An unknown builtin name (the message lists the known ones).
+    """
+    text = str(path)
+    if not text.startswith(BUILTIN):
+        return Path(path)
+    known = builtin_configs()
+    name = text[len(BUILTIN) :]
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f"; did you mean {BUILTIN}{close[0]}?" if close else ""
+        names = ", ".join(known)
+        raise ConfigError(
+            f"{text}: unknown builtin config{hint} (known: {names}; `rewardmix show-config --list`)"
+        )
+    return known[name]
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with safe loading; errors name the file and line."""
-    path = Path(path)
+    """Read a YAML mapping with safe loading; errors name the file and line. ``builtin:<name>`` is allowed."""
+    path = config_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -126,14 +175,38 @@ def _make_loader(name: str):
     return factory
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b.c=value`` into (["a", "b", "c"], value); the value is read as YAML (``3`` -> int)."""
+_SEGMENT = re.compile(r"^(?P<name>[^.\[\]]+)(?P<indices>(\[\d+\])*)$")
+
+
+def parse_key(key: str, *, label: str | None = None) -> list[str | int]:
+    """``reward.components[0].weight`` -> ``["reward", "components", 0, "weight"]``.
+
+    Args:
+        key: A dotted key; list items by index (``name[i]``, ``name[i][j]``).
+        label: How errors name the key (default ``key '<key>'``).
+
+    Raises:
+        ConfigError: An empty or malformed part.
+    """
+    label = label or f"key {key!r}"
+    parts: list[str | int] = []
+    for segment in key.strip().split("."):
+        if not segment:
+            raise ConfigError(f"{label}: empty key component")
+        match = _SEGMENT.match(segment)
+        if match is None:
+            raise ConfigError(f"{label}: cannot read part {segment!r} (use name or name[index])")
+        parts.append(match.group("name"))
+        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group("indices")))
+    return parts
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """Split ``a.b[0].c=value`` into (["a", "b", 0, "c"], value); the value is read as YAML (``3`` -> int)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key.sub=value")
     key, raw = text.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"override {text!r}: empty key component")
+    parts = parse_key(key, label=f"override {text!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -141,23 +214,105 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each ``key.sub=value`` in the nested mapping ``data`` (in place, and returned)."""
+def set_key(
+    data: dict[str, Any],
+    key: str | list[str | int],
+    value: Any,
+    *,
+    label: str | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Set ``key`` (see :func:`parse_key`) in the nested mapping ``data``, in place.
+
+    A missing section is created; a missing list is copied from ``defaults`` (the config's defaults as plain
+    data, :func:`to_dict`) so that ``components[0].weight`` can change one item of a default list.
+
+    Raises:
+        ConfigError: An index out of range, a list that neither ``data`` nor ``defaults`` has, or a part
+            that is not a section; the message starts with ``label`` (default ``key '<key>'``).
+    """
+    parts = parse_key(key, label=label) if isinstance(key, str) else key
+    label = label or f"key {_key_text(parts)!r}"
+    node: Any = data
+    default: Any = defaults
+    for i, part in enumerate(parts):
+        here, last = _key_text(parts[: i + 1]), i == len(parts) - 1
+        if isinstance(part, int):
+            parent = _key_text(parts[:i])
+            if not isinstance(node, list):
+                raise ConfigError(f"{label}: {parent} is not a list")
+            if part >= len(node):
+                n = len(node)
+                raise ConfigError(f"{label}: {parent} has {n} item{'s' * (n != 1)}, no item [{part}]")
+        elif not isinstance(node, dict):
+            kind = "a list (address its items as name[i])" if isinstance(node, list) else "not a section"
+            raise ConfigError(f"{label}: {_key_text(parts[:i]) or 'the config'} is {kind}")
+        default = _child(default, part)
+        if last:
+            node[part] = value
+            if isinstance(node, _Map):
+                # Errors about this key now name the override, not the file's line.
+                node.override_sources[part] = label
+            return
+        child = node[part] if isinstance(part, int) else node.get(part)
+        if child is None:
+            if isinstance(parts[i + 1], int):
+                if not isinstance(default, list):
+                    raise ConfigError(f"{label}: {here} is not a list (neither the config nor its defaults)")
+                child = _as_map(copy.deepcopy(default))
+            elif isinstance(default, list):
+                raise ConfigError(f"{label}: {here} is a list (address its items as name[i])")
+            else:
+                child = _Map()
+            node[part] = child
+        elif not isinstance(child, dict | list):
+            raise ConfigError(f"{label}: {here} is not a section")
+        node = child
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], *, defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Set each ``key.sub=value`` in the nested mapping ``data`` (in place, and returned).
+
+    ``defaults`` (plain data) supplies a list that ``data`` lacks when an override addresses one of its items.
+    """
     for text in overrides:
         parts, value = parse_override(text)
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = _Map()
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is not a section")
-            node = child
-        node[parts[-1]] = value
-        if isinstance(node, _Map):
-            # Errors about this key now name the override, not the file's line.
-            node.override_sources[parts[-1]] = text
+        set_key(data, parts, value, label=f"override {text!r}", defaults=defaults)
     return data
+
+
+def config_defaults(cls: type) -> dict[str, Any]:
+    """The defaults of dataclass ``cls`` as plain data (:func:`to_dict`); required fields are left out."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.init and f.default is not dataclasses.MISSING:
+            out[f.name] = to_dict(f.default)
+        elif f.init and f.default_factory is not dataclasses.MISSING:
+            out[f.name] = to_dict(f.default_factory())
+    return out
+
+
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return node[part]
+    return None
+
+
+def _as_map(value: Any) -> Any:
+    """Plain data with each mapping a :class:`_Map`, so overrides inside it are named in errors."""
+    if isinstance(value, dict):
+        return _Map({k: _as_map(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_as_map(v) for v in value]
+    return value
+
+
+def _key_text(parts: list[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
 def load_config(
@@ -167,12 +322,14 @@ def load_config(
 
     A top-level ``stage:`` key names the stage the file is for; it must equal ``stage`` when both are given.
     """
+    path = config_path(path) if path is not None else None
     source = str(path) if path is not None else "<defaults>"
     data: dict[str, Any] = load_yaml(path) if path is not None else _Map()
     file_stage = data.pop("stage", None)
     if stage is not None and file_stage is not None and file_stage != stage:
         raise ConfigError(f"{source}: this config is for stage {file_stage!r}, not {stage!r}")
-    apply_overrides(data, list(overrides or []))
+    # The defaults supply a list the file does not set when an override changes one of its items.
+    apply_overrides(data, list(overrides or []), defaults=config_defaults(cls))
     return from_dict(cls, data, source=source)
 
 
@@ -329,7 +486,7 @@ def _dotted(prefix: str, key: Any) -> str:
 def _where(data: Any, key: Any, source: str, prefix: str) -> str:
     overrides = getattr(data, "override_sources", {}) or {}
     if key is not None and key in overrides:
-        return f"override {overrides[key]!r}"
+        return overrides[key]
     lines = getattr(data, "lines", None) or {}
     line = lines.get(str(key)) if key is not None else None
     if line is not None and line > 0:

@@ -23,6 +23,24 @@ from rewardmix.cli import build_parser
 from rewardmix.stages import STAGES
 
 
+@dataclasses.dataclass(frozen=True)
+class FieldDoc:
+    """One config field as the reference and ``rewardmix <stage> --help`` show it."""
+
+    key: str
+    """Dotted key; the items of a list of sections are ``key[].sub``."""
+    kind: str
+    """``value``, ``section``, ``optional section`` or ``list of sections``."""
+    type: str
+    """The annotation as text (``float | None``); empty for a section."""
+    default: str | None
+    """``repr`` of the default, ``(section)`` for a nested section; None: required."""
+    doc: str
+    """The field's docstring, whitespace collapsed."""
+    summary: str
+    """The docstring's first line."""
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """Map field name -> the string literal written right under it in the class body.
 
@@ -47,7 +65,7 @@ def _own_field_docs(cls: type) -> dict[str, str]:
             and isinstance(nxt.value, ast.Constant)
             and isinstance(nxt.value.value, str)
         ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
+            docs[node.target.id] = inspect.cleandoc(nxt.value.value)
     return docs
 
 
@@ -75,47 +93,66 @@ def _type_text(tp: Any) -> str:
     return text or str(tp).replace("typing.", "").replace("NoneType", "None")
 
 
-def _default_text(field: dataclasses.Field) -> str:
+def _default(field: dataclasses.Field) -> str | None:
     if field.default is not dataclasses.MISSING:
-        return f"`{field.default!r}`"
+        return repr(field.default)
     if field.default_factory is not dataclasses.MISSING:
         value = field.default_factory()
-        return "(section)" if dataclasses.is_dataclass(value) else f"`{value!r}`"
-    return "**required**"
+        return "(section)" if dataclasses.is_dataclass(value) else repr(value)
+    return None
+
+
+def config_sections(cls: type, prefix: str = "") -> list[tuple[str, list[FieldDoc]]]:
+    """(section key, its fields) for ``cls`` (key ``""``), then depth first for each nested section."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    rows: list[FieldDoc] = []
+    nested: list[tuple[str, type]] = []
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], f"{prefix}{f.name}"
+        doc = docs.get(f.name, "")
+        summary = doc.splitlines()[0] if doc else ""
+        doc = " ".join(doc.split())
+        optional, item = _optional_dataclass(tp), _list_item_dataclass(tp)
+        if dataclasses.is_dataclass(tp):
+            nested.append((key, tp))
+            rows.append(FieldDoc(key, "section", "", "(section)", doc, summary))
+        elif optional is not None:
+            nested.append((key, optional))
+            rows.append(FieldDoc(key, "optional section", _type_text(tp), "None", doc, summary))
+        elif item is not None:
+            nested.append((f"{key}[]", item))
+            rows.append(FieldDoc(key, "list of sections", _type_text(tp), _default(f), doc, summary))
+        else:
+            rows.append(FieldDoc(key, "value", _type_text(tp), _default(f), doc, summary))
+    out: list[tuple[str, list[FieldDoc]]] = [(prefix.rstrip("."), rows)]
+    for key, tp in nested:
+        out += config_sections(tp, prefix=f"{key}.")
+    return out
 
 
 def config_tables(cls: type, prefix: str = "") -> list[str]:
     """Markdown tables for ``cls`` and, after it, for each nested section."""
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    nested: list[tuple[str, type]] = []
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
-            nested.append((key, tp))
-            rows.append(f"| `{key}` | section | | see `{key}.*` below |")
-            continue
-        optional = _optional_dataclass(tp)
-        if optional is not None:
-            nested.append((key, optional))
-            meaning = docs.get(f.name, "").replace("|", "\\|")
-            rows.append(f"| `{key}` | optional section | `None` | {meaning} See `{key}.*` below |")
-            continue
-        item = _list_item_dataclass(tp)
-        if item is not None:
-            nested.append((f"{key}[]", item))
-            meaning = docs.get(f.name, "").replace("|", "\\|")
-            rows.append(
-                f"| `{key}` | list of sections | {_default_text(f)} | {meaning} Items: see `{key}[].*` below |"
-            )
-            continue
-        meaning = docs.get(f.name, "").replace("|", "\\|")
-        rows.append(f"| `{key}` | `{_type_text(tp)}` | {_default_text(f)} | {meaning} |")
-    out = ["\n".join(rows)]
-    for key, tp in nested:
-        out.append(f"**`{key}.*`**\n\n" + "\n\n".join(config_tables(tp, prefix=f"{key}.")))
+    out = []
+    for i, (section, fields) in enumerate(config_sections(cls, prefix)):
+        rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for d in fields:
+            meaning = d.doc.replace("|", "\\|")
+            default = "**required**" if d.default is None else f"`{d.default}`"
+            if d.kind == "section":
+                rows.append(f"| `{d.key}` | section | | see `{d.key}.*` below |")
+            elif d.kind == "optional section":
+                rows.append(f"| `{d.key}` | optional section | `None` | {meaning} See `{d.key}.*` below |")
+            elif d.kind == "list of sections":
+                rows.append(
+                    f"| `{d.key}` | list of sections | {default} | {meaning} Items: see `{d.key}[].*` below |"
+                )
+            else:
+                rows.append(f"| `{d.key}` | `{d.type}` | {default} | {meaning} |")
+        table = "\n".join(rows)
+        if i > 0:
+            table = f"**`{section}.*`**\n\n" + table
+        out.append(table)
     return out
 
 
@@ -138,9 +175,12 @@ def reference() -> str:
         _help_text(),
         "```",
         "",
-        "Every stage is `rewardmix <stage> [CONFIG.yaml] [key.sub=value ...]`. A YAML file may start with",
-        "`stage: <name>`; values are checked strictly (unknown keys and wrong types are errors naming file, line",
-        "and key). `rewardmix show-config CONFIG.yaml` prints the resolved config.",
+        "Every stage is `rewardmix <stage> [CONFIG.yaml | builtin:<name>] [key.sub=value ...]`; list items are",
+        "`key[i].sub=value` (`reward.components[0].weight=0.3`). A YAML file may start with `stage: <name>`;",
+        "values are checked strictly (unknown keys and wrong types are errors naming file, line and key).",
+        "`rewardmix show-config CONFIG.yaml` prints the resolved config, `rewardmix show-config --stage <stage>`",
+        "a stage's defaults, `rewardmix show-config --list` the shipped `builtin:` configs, and",
+        "`rewardmix <stage> --help` the fields below in short.",
         "",
         "## Config fields by stage",
     ]

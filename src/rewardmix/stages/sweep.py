@@ -12,7 +12,8 @@ What a run does, in order (the numbered steps of :func:`run`):
    and, averaged over the last ``summary_window`` steps, the score, the KL and every component's raw reward.
 
 ``key`` is a dotted path into the PPO config; list items are addressed by index, e.g.
-``reward.components[0].weight`` or ``reward.combinator_params.threshold``. The CRS sweep (weights 0.25, 0.375,
+``reward.components[0].weight`` or ``reward.combinator_params.threshold`` (the syntax of command-line
+overrides: :func:`rewardmix.config.set_key` reads both). The CRS sweep (weights 0.25, 0.375,
 0.5, 0.625, 0.75 on the preference reward, the rest on the absolute one, CRS §5.4) is::
 
     key: reward.components[0].weight
@@ -37,19 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rewardmix.config import ConfigError, apply_overrides, from_dict, load_yaml
+from rewardmix.config import ConfigError, apply_overrides, config_defaults, from_dict, load_yaml, parse_key
+from rewardmix.config import set_key as _set_key
 from rewardmix.rundir import atomic_write_text, prepare_run_dir, read_jsonl
 from rewardmix.stages import ppo
 
 log = logging.getLogger(__name__)
 
-_SEGMENT = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<indices>(\[\d+\])*)$")
-
 
 @dataclass
 class Config:
-    base: str = "configs/ppo-crs.yaml"
-    """The PPO config every run starts from (a YAML file for ``rewardmix ppo``)."""
+    base: str = "builtin:ppo-crs"
+    """The PPO config every run starts from: a YAML file for ``rewardmix ppo``, or ``builtin:<name>``."""
     output_dir: str = "runs/sweep"
     """Sweep directory: one PPO run folder per value, summary.json and summary.md."""
     key: str = "reward.components[0].weight"
@@ -74,7 +74,7 @@ class Config:
             raise ValueError("summary_window must be >= 1")
         for key in (self.key, self.complement_key):
             if key is not None:
-                parse_key(key)
+                parse_key(key, label=f"sweep key {key!r}")
 
 
 class SweepRun(NamedTuple):
@@ -145,59 +145,19 @@ def run_name(key: str, value: float | str) -> str:
     return f"{leaf}_{value}".replace("/", "_")
 
 
-def parse_key(key: str) -> list[str | int]:
-    """``reward.components[0].weight`` -> ``["reward", "components", 0, "weight"]``.
-
-    Raises:
-        ConfigError: On an empty or malformed part.
-    """
-    parts: list[str | int] = []
-    for segment in key.split("."):
-        match = _SEGMENT.match(segment)
-        if match is None:
-            raise ConfigError(f"sweep key {key!r}: cannot read part {segment!r} (use name or name[index])")
-        parts.append(match.group("name"))
-        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group("indices")))
-    return parts
-
-
 def set_key(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``key`` (see :func:`parse_key`) in the nested mapping ``data``; sections are created as needed.
+    """Set ``key`` in the base config ``data``; a list the base does not set comes from the PPO defaults.
 
     Raises:
         ConfigError: A list index out of range, or a part that is not a section.
     """
-    parts = parse_key(key)
-    node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
-        if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                raise ConfigError(f"sweep key {key!r}: no item [{part}] in the base config")
-            node = node[part]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"sweep key {key!r}: {part!r} is not inside a section")
-        if part not in node or node[part] is None:
-            if isinstance(nxt, int):
-                raise ConfigError(f"sweep key {key!r}: the base config has no list {part!r}")
-            node[part] = {}
-        node = node[part]
-    last = parts[-1]
-    if isinstance(last, int):
-        if not isinstance(node, list) or last >= len(node):
-            raise ConfigError(f"sweep key {key!r}: no item [{last}] in the base config")
-        node[last] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise ConfigError(f"sweep key {key!r}: {last!r} is not inside a section")
+    _set_key(data, key, value, label=f"sweep key {key!r}", defaults=config_defaults(ppo.Config))
 
 
 def build_run_config(cfg: Config, base: dict[str, Any], value: float | str, run_dir: Path) -> ppo.Config:
     """The PPO config of one run: base + shared overrides + ``key = value`` (+ complement), strictly checked."""
     data = copy.deepcopy(base)
-    apply_overrides(data, list(cfg.overrides))
+    apply_overrides(data, list(cfg.overrides), defaults=config_defaults(ppo.Config))
     set_key(data, cfg.key, value)
     if cfg.complement_key is not None:
         if not isinstance(value, int | float):
