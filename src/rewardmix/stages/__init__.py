@@ -96,6 +96,7 @@ STAGES: tuple[Stage, ...] = (
         "export-rm",
         "rewardmix.stages.export_rm",
         "write a reward model as a Hugging Face AutoModelForSequenceClassification folder (num_labels=1), exact or refused",
+        "model=runs/rm-pref output_dir=runs/rm-pref/hf",
     ),
     Stage(
         "evaluate-rm",
