@@ -236,9 +236,38 @@ def test_a_profile_drops_a_step_but_not_one_that_a_later_step_needs(tmp_path, ca
         run.resolve_steps(load_config(run.Config, path, ["profile=no_a"], stage="run"))
 
 
+def test_a_profile_inserts_steps_after_a_named_one(tmp_path, calls):
+    extra = {"name": "a2", "stage": "sft", "config": {"model": {"name": "${steps.a.output_dir}/model"}, "phases": [{"data": "builtin:toy", "max_steps": 1}]}}  # fmt: skip
+    path = write_profiled(
+        tmp_path, {"more": {"output_dir": str(tmp_path / "more"), "insert_after": {"a": [extra]}}}
+    )
+    steps = run.resolve_steps(load_config(run.Config, path, ["profile=more"], stage="run"))
+    assert [s.name for s in steps] == ["a", "a2", "b"]
+    assert steps[1].config.model.name == str(
+        tmp_path / "more" / "a" / "model"
+    )  # it may refer to earlier steps
+    assert Path(steps[1].config.output_dir) == tmp_path / "more" / "a2"
+    assert [s.name for s in run.resolve_steps(load_config(run.Config, path, stage="run"))] == ["a", "b"]
+    assert statuses(run.run(load_config(run.Config, path, ["profile=more"], stage="run"))) == [
+        ("a", "ran"),
+        ("a2", "ran"),
+        ("b", "ran"),
+    ]
+
+
 @pytest.mark.parametrize(
     "profiles, override, message",
     [
+        (
+            {"small": {"insert_after": {"c": []}}},
+            "profile=small",
+            "insert_after: unknown or dropped step\\(s\\) c",
+        ),
+        (
+            {"small": {"insert_after": {"a": [{"name": "b", "stage": "sft"}]}}},
+            "profile=small",
+            "insert_after: step name\\(s\\) b already used",
+        ),
         ({"small": {}}, "profile=big", "profile 'big' is not defined in profiles \\(known: small\\)"),
         ({"small": {"drop": ["c"]}}, "profile=small", "profiles.small.drop: unknown step\\(s\\) c"),
         ({"small": {"steps": {"c": {}}}}, "profile=small", "profiles.small.steps: unknown step\\(s\\) c"),

@@ -102,6 +102,9 @@ class ProfileConfig:
     steps: dict[str, Any] = field(default_factory=dict)
     """Step name -> overrides of that step's config: mappings are merged key by key, any other value
     (lists included) replaces the recipe's."""
+    insert_after: dict[str, list[StepConfig]] = field(default_factory=dict)
+    """Step name -> steps this profile adds right after it (new names; e.g. more policies of a sweep). They
+    may refer to any earlier step; ``steps`` and ``drop`` apply to the recipe's own steps only."""
 
 
 @dataclass
@@ -135,6 +138,17 @@ class Config:
             both = sorted(set(prof.drop) & set(prof.steps))
             if both:
                 raise ValueError(f"profiles.{pname}: step(s) {', '.join(both)} both dropped and overridden")
+            unknown = sorted(set(prof.insert_after) - (set(names) - set(prof.drop)))
+            if unknown:
+                raise ValueError(
+                    f"profiles.{pname}.insert_after: unknown or dropped step(s) {', '.join(unknown)}"
+                )
+            added = [s.name for steps in prof.insert_after.values() for s in steps]
+            clash = sorted({n for n in added if n in names or added.count(n) > 1})
+            if clash:
+                raise ValueError(
+                    f"profiles.{pname}.insert_after: step name(s) {', '.join(clash)} already used"
+                )
 
     @property
     def run_dir(self) -> str:
@@ -248,7 +262,11 @@ def resolve_steps(cfg: Config) -> list[ResolvedStep]:
     resolved: list[ResolvedStep] = []
     output_dirs: dict[str, str] = {}
     prof = cfg.profiles[cfg.profile] if cfg.profile else ProfileConfig()
-    for i, step in enumerate(s for s in cfg.steps if s.name not in prof.drop):
+    ordered = []
+    for step in cfg.steps:
+        if step.name not in prof.drop:
+            ordered += [step, *prof.insert_after.get(step.name, [])]
+    for i, step in enumerate(ordered):
         source = f"recipe step {step.name!r}" + (f" (profile {cfg.profile!r})" if cfg.profile else "")
         data = copy.deepcopy(step.config)  # a copy keeps the YAML line numbers of the original
         data = merge_overrides(data, prof.steps.get(step.name, {}))
