@@ -114,6 +114,42 @@ def test_the_small_grpo_profile_is_the_small_chain_with_grpo_in_its_own_director
         assert q["advantage"] == "grpo" and q["samples_per_prompt"] == 4 and p["advantage"] == "gae"
 
 
+def test_the_gold_profile_keeps_the_gold_data_from_every_proxy_and_sweeps_w():
+    steps = resolved("gold")
+    ratings = Path(steps["ratings"].output_dir)
+    assert steps["ratings"].gold_fraction > steps["ratings"].eval_fraction and "judge" not in steps
+    # the gold reward model reads the gold part only; the proxies read the proxy (train) part only
+    assert steps["rm_gold"].data.train == str(ratings / "ratings_gold.jsonl")
+    assert steps["rm_abs"].data.train == str(ratings / "ratings_train.jsonl")
+    assert steps["pairs"].input == str(ratings / "groups_train.jsonl")
+    assert steps["eval_rm_gold"].pairs == steps["eval_rm_abs"].pairs  # judged on the same held-out pairs
+    ppo = {n: c for n, c in steps.items() if n.startswith("ppo_")}
+    weights = {}
+    for cfg in ppo.values():
+        pref, abs_, gold = cfg.reward.components
+        assert (pref.name, abs_.name, gold.name) == ("pref_rm", "abs_rm", "gold_rm") and gold.monitor
+        assert pref.weight + abs_.weight == 1.0 and cfg.reward.combinator == "weighted"
+        weights.setdefault(pref.weight, []).append(cfg.seed)
+    assert {w: sorted(s) for w, s in weights.items()} == {
+        1.0: [0, 1, 2],
+        0.75: [0],
+        0.5: [0],
+        0.25: [0, 1, 2],
+        0.0: [0, 1, 2],
+    }
+    # every policy: the same start, settings and KL target; only the reward weights and the seed differ
+    first = json.loads(json.dumps(dataclasses.asdict(ppo["ppo_pref"])))
+    for cfg in ppo.values():
+        other = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        assert {k for k in first if first[k] != other[k]} <= {"output_dir", "reward", "seed"}
+    ev = steps["evaluate"]
+    assert ev.gold.reward_model == "gold_rm" and not ev.win_rate.use_judge
+    assert [m.path for m in ev.models[1:]] == sorted(
+        (str(Path(c.output_dir) / "model") for c in ppo.values()), key=[m.path for m in ev.models[1:]].index
+    ) and len(ev.models) == 1 + len(ppo)
+    assert steps["report"].gold_component == "gold_rm"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # End to end on tiny models
 
