@@ -378,3 +378,14 @@ def test_skip_counts_bad_records_and_cli_prints_no_traceback(tmp_path, capsys):
     assert rc != 0
     assert "argilla.json: record 1: field 'responses[2].user_id'" in err
     assert "Traceback" not in err
+
+
+def test_readme_csv_example_imports(tmp_path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Importing rankings from Argilla, Label Studio or CSV", 1)[1]
+    text = section.split("```csv\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "rankings.csv"
+    path.write_text(text)
+    # no export here: the ids are the model names; A first, B and C tied (1, 3, 3) -> 1, 1/2, 1/2
+    res = import_tool_rankings(tmp_path / "he", path, "csv")
+    assert points(res.summary) == pytest.approx({"A": 1.0, "B": 0.5, "C": 0.5}, abs=1e-12)
