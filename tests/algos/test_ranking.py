@@ -89,14 +89,38 @@ def test_tideman_condorcet_cycle_drops_weakest_majority():
     assert tideman_ranked_pairs(ballots) == {"A": 1, "B": 2, "C": 3}
 
 
-def test_tideman_cycle_of_equal_strength_breaks_ties_by_name():
-    # A>C>B, C>B>A, B>A>C: A>C, C>B, B>A, each 2-1 (equal strength)
-    # by (winner, loser) name: lock (A,C), lock (B,A), skip (C,B) since B -> A -> C -> B would close
+def test_tideman_cycle_of_equal_strength_locks_none_of_its_edges():
+    # A>C>B, C>B>A, B>A>C: A>C, C>B, B>A, each 2-1 (equal strength). Locking them in name order would pick
+    # a winner by its name; decided together, all three close the cycle and none is locked: a three-way tie
     ballots = _ballots("ACB", 1) + _ballots("CBA", 1) + _ballots("BAC", 1)
-    assert tideman_ranked_pairs(ballots) == {"B": 1, "A": 2, "C": 3}
-    # and the textbook A>B>C, B>C>A, C>A>B: lock (A,B), (B,C), skip (C,A)
+    assert tideman_ranked_pairs(ballots) == {"A": 1, "B": 1, "C": 1}
+    # and the textbook A>B>C, B>C>A, C>A>B
     ballots = _ballots("ABC", 1) + _ballots("BCA", 1) + _ballots("CAB", 1)
-    assert tideman_ranked_pairs(ballots) == {"A": 1, "B": 2, "C": 3}
+    assert tideman_ranked_pairs(ballots) == {"A": 1, "B": 1, "C": 1}
+
+
+def test_tideman_equal_strength_cycle_keeps_its_edges_off_the_cycle():
+    # cycle A>B, B>C, C>A (1-0 each) plus D>A, D>B, D>C (1-0 each, same strength, on no cycle):
+    # the cycle's edges are dropped, D's are locked -> D first, A, B, C level second
+    ballots = [{"A": 1, "B": 2}, {"B": 1, "C": 2}, {"C": 1, "A": 2}]
+    ballots += [{"D": 1, "A": 2}, {"D": 1, "B": 2}, {"D": 1, "C": 2}]
+    assert tideman_ranked_pairs(ballots) == {"D": 1, "A": 2, "B": 2, "C": 2}
+    # a weaker majority may still order the cycle's candidates: add A>B twice more (A>B 3-0 now strongest)
+    ballots += [{"A": 1, "B": 2}] * 2
+    # lock A>B (3-0); then B>C, C>A, D>* (1-0): C>A closes A>B>C>A with B>C -> B>C and C>A both on the
+    # tier's cycle, dropped; D>A, D>B, D>C locked -> D 1, A 2, B 3, C 2
+    assert tideman_ranked_pairs(ballots) == {"D": 1, "A": 2, "B": 3, "C": 2}
+
+
+@FAST
+@given(data=st.data(), candidates=candidate_sets, n_voters=st.integers(1, 7))
+def test_tideman_does_not_depend_on_candidate_names(data, candidates, n_voters):
+    # renaming the candidates (any permutation of the names) renames the result and changes nothing else
+    ballots = [data.draw(rankings_over(candidates)) for _ in range(n_voters)]
+    renamed = dict(zip(candidates, data.draw(st.permutations(candidates)), strict=True))
+    merged = tideman_ranked_pairs(ballots)
+    merged_renamed = tideman_ranked_pairs([{renamed[c]: r for c, r in b.items()} for b in ballots])
+    assert merged_renamed == {renamed[c]: r for c, r in merged.items()}
 
 
 def test_tideman_strength_orders_by_winning_votes_then_votes_against():
@@ -107,11 +131,13 @@ def test_tideman_strength_orders_by_winning_votes_then_votes_against():
     assert (prefs[("A", "B")], prefs[("B", "A")], prefs[("B", "C")], prefs[("C", "A")]) == (3, 1, 3, 3)
     assert tideman_ranked_pairs(ballots) == {"B": 1, "C": 2, "A": 3}
     # winning votes before margin: A>B 4-3 (margin 1) is locked before B>C 2-0 and C>A 2-0 (margin 2)
-    # -> lock A>B, lock B>C, skip C>A -> A, B, C (sorting by margin would give B, C, A)
+    # (sorting by margin would give B, C, A). Then B>C and C>A, equally strong, close A>B>C>A together:
+    # neither is locked (not B>C by name order): only A>B is, and C, on no locked edge, is a source
+    # -> A 1, C 1, B 2
     ballots = (
         [{"A": 1, "B": 2}] * 4 + [{"B": 1, "A": 2}] * 3 + [{"B": 1, "C": 2}] * 2 + [{"C": 1, "A": 2}] * 2
     )
-    assert tideman_ranked_pairs(ballots) == {"A": 1, "B": 2, "C": 3}
+    assert tideman_ranked_pairs(ballots) == {"A": 1, "B": 2, "C": 1}
 
 
 def test_tideman_exact_pairwise_tie_shares_rank():
@@ -186,11 +212,11 @@ def test_tideman_result_is_a_valid_dense_ranking(data, candidates, n_voters):
     named = {c for b in ballots for c in b}
     assert set(merged) == named
     assert set(merged.values()) == set(range(1, max(merged.values()) + 1))
-    # the strongest majority is always locked, so its winner is ranked above its loser
+    # a strictly strongest majority is always locked, so its winner is ranked above its loser
     prefs = pairwise_preferences(ballots)
-    majorities = [(p, prefs[(b, a)], a, b) for (a, b), p in prefs.items() if p > prefs[(b, a)]]
-    if majorities:
-        _, _, a, b = min(majorities, key=lambda m: (-m[0], m[1], m[2], m[3]))
+    majorities = sorted((-p, prefs[(b, a)], a, b) for (a, b), p in prefs.items() if p > prefs[(b, a)])
+    if len(majorities) == 1 or (len(majorities) > 1 and majorities[0][:2] != majorities[1][:2]):
+        _, _, a, b = majorities[0]
         assert merged[a] < merged[b]
 
 

@@ -287,7 +287,15 @@ def test_points_per_group_mean_std_and_pairwise_counts(tmp_path):
     assert s["pairwise"]["x"]["y"]["rate"] == pytest.approx(3.5 / 4)
     assert s["pairwise"]["y"]["x"]["rate"] == pytest.approx(0.5 / 4)
     assert s["pairwise"]["z"]["x"]["wins"] == 1 and s["pairwise"]["z"]["x"]["losses"] == 3  # g2p1 only
-    assert s["read"] == {"lines_in": 6, "rankings_used": 5, "replaced": 1, "skipped": 0, "skipped_lines": []}
+    assert s["read"] == {
+        "format": "rewardmix",
+        "source": str(tmp_path / "he" / "rankings.jsonl"),
+        "lines_in": 6,
+        "rankings_used": 5,
+        "replaced": 1,
+        "skipped": 0,
+        "skipped_lines": [],
+    }
     assert s["groups"]["g1"]["annotators"] == ["ann1", "ann2"] and s["groups"]["g2"]["rankings"] == 2
 
     # by-model file: the corrected ranking of ann1 on g1/p2, by model

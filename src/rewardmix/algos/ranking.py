@@ -59,9 +59,13 @@ def tideman_ranked_pairs(rankings: Sequence[Ranking]) -> dict[str, int]:
     1. Tally ``P(a, b)``, the voters ranking a above b (:func:`pairwise_preferences`; only voters who
        ranked both count).
     2. Majorities: a beats b when ``P(a, b) > P(b, a)``. Exact pairwise ties give no majority (no edge).
-    3. Sort majorities by strength: more votes for the winner first, then fewer votes against; pairs of
-       equal strength are ordered by (winner, loser) name so the result is deterministic.
-    4. Lock each majority as an edge winner -> loser unless it closes a cycle with edges already locked.
+    3. Sort majorities by strength: more votes for the winner first, then fewer votes against.
+    4. Lock the majorities one strength at a time, strongest first. Of the majorities of equal strength,
+       those that would close a cycle with the edges already locked are dropped; of the rest, those that lie
+       on a cycle among themselves (with the locked edges) are dropped too, and the others are locked.
+       Equal-strength majorities are thus decided together, never by the order of the candidates' names:
+       a cycle of equally strong majorities (A>B, B>C, C>A, each 2-1) locks none of its edges, and its
+       candidates stay level unless weaker majorities order them.
     5. Rank = 1 + length of the longest locked path reaching the candidate from a source (a candidate no
        locked edge points to). Sources get rank 1; a locked edge always lowers its loser by at least one
        rank; candidates with no path between them (e.g. exact pairwise ties) can share a rank.
@@ -83,7 +87,9 @@ def tideman_ranked_pairs(rankings: Sequence[Ranking]) -> dict[str, int]:
 
     Reference:
         Tideman 1987, "Independence of clones as a criterion for voting rules"; CRS §5.5.2 and Table 9;
-        Köpf et al. 2023 (OpenAssistant), ``backend/oasst_backend/utils/ranking.py``.
+        Köpf et al. 2023 (OpenAssistant), ``backend/oasst_backend/utils/ranking.py``. Step 4's handling of
+        equal strengths is ours: Tideman breaks such ties with a tie-breaking ballot, the usual code by
+        the candidates' order; here no name or order of candidates can change the result.
     """
     if not rankings:
         raise ValueError("tideman_ranked_pairs needs at least one ranking")
@@ -98,14 +104,26 @@ def tideman_ranked_pairs(rankings: Sequence[Ranking]) -> dict[str, int]:
         for a, b in combinations(candidates, 2)
         if prefs[(a, b)] != prefs[(b, a)]
     ]
-    # step 3. strongest first: votes_for desc, votes_against asc, then names
-    majorities.sort(key=lambda m: (-m[2], m[3], m[0], m[1]))
+    # step 3. strength = (votes_for, votes_against): more votes for first, then fewer against
+    by_strength: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    for winner, loser, votes_for, votes_against in majorities:
+        by_strength.setdefault((-votes_for, votes_against), []).append((winner, loser))
 
-    # step 4. lock in unless the edge closes a cycle (the loser already reaches the winner)
+    # step 4. lock one strength at a time; equal-strength edges are decided together, not in name order
     beats: dict[str, set[str]] = {c: set() for c in candidates}
-    for winner, loser, _, _ in majorities:
-        if not _reaches(beats, loser, winner):
-            beats[winner].add(loser)
+    for strength in sorted(by_strength):
+        # an edge closing a cycle with the stronger edges already locked is dropped
+        tier = [
+            (winner, loser) for winner, loser in by_strength[strength] if not _reaches(beats, loser, winner)
+        ]
+        trial = {c: set(losers) for c, losers in beats.items()}
+        for winner, loser in tier:
+            trial[winner].add(loser)
+        # an edge on a cycle within this tier (plus the locked edges) is dropped with the whole cycle;
+        # what remains is acyclic: any cycle left would run through a kept edge, which was on no cycle
+        for winner, loser in tier:
+            if not _reaches(trial, loser, winner):
+                beats[winner].add(loser)
 
     # step 5. rank = 1 + longest path from a source
     return _longest_path_ranks(beats)

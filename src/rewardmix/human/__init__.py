@@ -8,6 +8,8 @@ The flow (CRS §5.5.2; the thesis used Argilla, this is a small self-contained r
    responses of one prompt after the other, ties allowed; rankings are appended to ``rankings.jsonl``.
 3. :mod:`~rewardmix.human.aggregate`: rankings translated to models, merged per prompt with Tideman's
    ranked pairs, normalized Borda points per model, mean and std over annotator groups (CRS Table 17).
+   :mod:`~rewardmix.human.formats` reads rankings made elsewhere instead (Argilla 1.x/2.x, Label Studio
+   Ranker and Pairwise, CSV) and feeds them to the same aggregation.
 
 The ``human-eval`` stage (:mod:`rewardmix.stages.human_eval`) runs each step from one config.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from rewardmix.human.aggregate import ImportResult, import_rankings, read_key, read_rankings, summarize
 from rewardmix.human.export import ExportResult, check_ranks, export_tasks, slot_order
+from rewardmix.human.formats import import_tool_rankings, read_tool_file
 from rewardmix.human.server import HumanEvalServer, TaskStore, serve, serving
 
 __all__ = [
@@ -26,8 +29,10 @@ __all__ = [
     "check_ranks",
     "export_tasks",
     "import_rankings",
+    "import_tool_rankings",
     "read_key",
     "read_rankings",
+    "read_tool_file",
     "serve",
     "serving",
     "slot_order",

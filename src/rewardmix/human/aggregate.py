@@ -247,7 +247,8 @@ def summarize(
     Returns:
         A JSON-ready dict: ``models``, ``points`` (per model: ``mean``, ``std``, ``per_group``), ``order``
         (models by mean points, best first), ``groups`` (coverage and points per group), ``pairwise``
-        (row model vs column model over merged rankings), ``prompts`` (each merged ranking).
+        (row model vs column model over merged rankings), ``ties`` (how many merged rankings hold a tie),
+        ``prompts`` (each merged ranking).
 
     Raises:
         ValueError: If there is no ranking at all.
@@ -315,10 +316,12 @@ def summarize(
     missing = [g for g in all_groups if g not in by_group]
     if missing:
         log.warning("no rankings yet for group(s) %s: left out of the mean over groups", missing)
+    with_tie = sum(len(set(ranking.values())) < len(ranking) for ranking in merged.values())
     return {
         "models": models,
         "k": len(models),
         "std_ddof": std_ddof,
+        "ties": {"merged_rankings": len(merged), "with_tie": with_tie},
         "points": points,
         "order": order,
         "groups": groups,
@@ -384,6 +387,21 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 else f"{c['wins']}/{c['ties']}/{c['losses']} ({100 * c['rate']:.0f}% ± {100 * c['se']:.0f})"
             )
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    ties = summary.get("ties")
+    if ties:
+        lines += [
+            "",
+            "## Ties",
+            "",
+            f"{ties['with_tie']} of {ties['merged_rankings']} merged ranking(s) end in a tie (two or more "
+            "models level). The tie rule: annotators may rank responses level; in the Tideman merge an exact "
+            "pairwise tie (as many annotators for a over b as for b over a) gives no edge, and majorities of "
+            "equal strength that would close a cycle together are all left out, so the models involved stay "
+            "level unless a weaker majority orders them; level models split the Borda points of the "
+            "positions they occupy. No step looks at the models' names (the slots annotators saw are "
+            "shuffled and the names hidden): renaming the models changes no rank and no point. Only the "
+            "order of the tables lists models with equal points by name.",
+        ]
     lines += [
         "",
         "## Coverage",
@@ -396,11 +414,19 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"| {g} | {names} | {info['prompts']} | {info['prompts_ranked']} | {info['rankings']} |")
     read = summary.get("read")
     if read:
-        lines += [
-            "",
-            f"Read {read['lines_in']} ranking line(s): {read['replaced']} replaced by a later submission of the "
-            f"same annotator and prompt (last wins), {read['skipped']} skipped as invalid.",
-        ]
+        source = read.get("format", "rewardmix")
+        if source == "rewardmix":
+            text = (
+                f"Read {read['lines_in']} ranking line(s): {read['replaced']} replaced by a later submission "
+                f"of the same annotator and prompt (last wins), {read['skipped']} skipped as invalid."
+            )
+        else:
+            text = (
+                f"Read {read['lines_in']} {source} row(s) or record(s) of {read['source']}: "
+                f"{read['replaced']} ranking(s) replaced by a later one of the same annotator and prompt "
+                f"(last wins), {read['skipped']} skipped as invalid."
+            )
+        lines += ["", text]
     return "\n".join(lines) + "\n"
 
 
@@ -444,6 +470,37 @@ def import_rankings(
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         groups = None if manifest.get("open_annotators") else manifest.get("groups")
     rankings, report, replaced = read_rankings(rankings_path, key, groups=groups, on_bad_row=on_bad_row)
+    read = {
+        "format": "rewardmix",
+        "source": str(rankings_path),
+        "lines_in": report.rows_in,
+        "rankings_used": len(rankings),
+        "replaced": replaced,
+        "skipped": len(report.skipped),
+        "skipped_lines": [s.line for s in report.skipped],
+    }
+    return write_results(out, rankings, key=key, read=read, report=report, std_ddof=std_ddof)
+
+
+def write_results(
+    out: Path,
+    rankings: Sequence[HumanRanking],
+    *,
+    key: Key,
+    read: dict[str, Any],
+    report: ReadReport,
+    std_ddof: int = 0,
+) -> ImportResult:
+    """Aggregate validated rankings (steps 3-5) and write ``rankings_by_model.jsonl`` and the summaries.
+
+    Args:
+        out: Output directory.
+        rankings: By model, one per ballot (last wins already applied).
+        key: ``(group, prompt_id) -> {response id: model}``: the models and each group's prompts.
+        read: What was read (``lines_in``, ``replaced``, ``skipped``, ...), stored as ``summary["read"]``.
+        report: The reader's report.
+        std_ddof: See :func:`summarize`.
+    """
     by_model_path = out / BY_MODEL_FILE
     atomic_write_text(
         by_model_path,
@@ -459,21 +516,16 @@ def import_rankings(
 
     # steps 3-5. merge, points, pairwise
     summary = summarize(rankings, key=key, std_ddof=std_ddof)
-    summary["read"] = {
-        "lines_in": report.rows_in,
-        "rankings_used": len(rankings),
-        "replaced": replaced,
-        "skipped": len(report.skipped),
-        "skipped_lines": [s.line for s in report.skipped],
-    }
+    summary["read"] = read
     json_path, md_path = out / SUMMARY_JSON, out / SUMMARY_MD
     atomic_write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(md_path, render_markdown(summary))
     best = summary["order"][0]
     log.info(
-        "human-eval import: %d rankings (%d replaced, %d skipped); best: %s (%.3f points)",
+        "human-eval import (%s): %d rankings (%d replaced, %d skipped); best: %s (%.3f points)",
+        read["format"],
         len(rankings),
-        replaced,
+        read["replaced"],
         len(report.skipped),
         best,
         summary["points"][best]["mean"],

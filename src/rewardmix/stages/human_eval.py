@@ -13,7 +13,10 @@ One directory (``dir``) holds the whole evaluation; ``action`` picks the step:
 - ``import``: check ``rankings.jsonl`` against the key (last submission per annotator and prompt wins),
   merge each prompt's annotators with Tideman's ranked pairs, aggregate normalized Borda points per model
   and their mean and standard deviation over annotator groups, count pairwise wins; write
-  ``human_eval.json``, ``human_eval.md`` and ``rankings_by_model.jsonl``.
+  ``human_eval.json``, ``human_eval.md`` and ``rankings_by_model.jsonl``. With ``import_format`` =
+  ``argilla``, ``labelstudio`` or ``csv`` it reads ``import_path``, rankings made in that tool, instead
+  (:mod:`rewardmix.human.formats` has the accepted shapes): their response ids are the slots of this
+  directory's export when it holds one, else the file names the models itself.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Literal, NamedTuple
 from rewardmix.config import ConfigError
 from rewardmix.human.aggregate import import_rankings
 from rewardmix.human.export import MANIFEST_FILE, check_groups, export_tasks
+from rewardmix.human.formats import import_tool_rankings
 from rewardmix.human.server import serve
 from rewardmix.rundir import prepare_run_dir
 
@@ -77,12 +81,25 @@ class Config:
     """Annotator group -> annotator names (CRS: 3 groups of 4); empty = one group open to any name. Recorded in manifest.json on export; serve and import must see the same."""
     on_bad_row: Literal["error", "skip"] = "error"
     """Bad input lines (generations on export, rankings on import): stop naming file, line and field, or skip and count."""
+    import_format: Literal["rewardmix", "argilla", "labelstudio", "csv"] = "rewardmix"
+    """What action=import reads: ``rewardmix`` = ``rankings.jsonl`` of the ranking page; ``argilla`` (1.x or 2.x record JSON), ``labelstudio`` (JSON export, Ranker or Pairwise) or ``csv`` (``prompt_id, annotator, response_id, rank``) = the file ``import_path``. Response ids are the export's slots when ``dir`` holds one, else models named in the file (README: "Importing rankings from Argilla, Label Studio or CSV")."""
+    import_path: str | None = None
+    """The other tool's export to import (required with import_format argilla, labelstudio or csv)."""
+    import_question: str | None = None
+    """Argilla: name of the ranking question; None = the only question answered with a list."""
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
 
     def __post_init__(self) -> None:
         check_groups(self.groups)
+        if self.import_format == "rewardmix" and self.import_path is not None:
+            raise ValueError(
+                "import_path is for rankings made in another tool: set import_format to argilla, "
+                "labelstudio or csv (import_format=rewardmix reads dir/rankings.jsonl)"
+            )
+        if self.action == "import" and self.import_format != "rewardmix" and not self.import_path:
+            raise ValueError(f"import_format={self.import_format} needs import_path: the file to import")
 
 
 class HumanEvalResult(NamedTuple):
@@ -94,8 +111,10 @@ class HumanEvalResult(NamedTuple):
 
 
 def run(cfg: Config) -> HumanEvalResult:
-    if cfg.action != "export":
-        _check_manifest_groups(Path(cfg.dir), cfg.groups)
+    from_tool = cfg.action == "import" and cfg.import_format != "rewardmix"
+    # rankings from another tool need no export of ours; when there is one, its groups must match
+    if cfg.action != "export" and not (from_tool and not (Path(cfg.dir) / MANIFEST_FILE).exists()):
+        _check_manifest_groups(Path(cfg.dir), cfg.groups, importing=cfg.action == "import")
     out = prepare_run_dir(cfg.dir, cfg, stage="human-eval")
     if cfg.action == "export":
         # step 1. generations -> tasks.jsonl (seeded slot order) + key.jsonl + manifest.json
@@ -114,15 +133,32 @@ def run(cfg: Config) -> HumanEvalResult:
         served = serve(out, host=cfg.serve.host, port=cfg.serve.port, stop_when_done=cfg.serve.stop_when_done)
         return HumanEvalResult(out, "serve", {"rankings": out / "rankings.jsonl"}, served._asdict())
     # step 3. rankings -> Tideman per prompt -> Borda points per model, mean and std over groups
-    imported = import_rankings(out, on_bad_row=cfg.on_bad_row, std_ddof=cfg.aggregate.std_ddof)
+    if from_tool:
+        imported = import_tool_rankings(
+            out,
+            cfg.import_path,  # type: ignore[arg-type]  # checked in Config
+            cfg.import_format,  # type: ignore[arg-type]
+            question=cfg.import_question,
+            groups=cfg.groups,
+            on_bad_row=cfg.on_bad_row,
+            std_ddof=cfg.aggregate.std_ddof,
+        )
+    else:
+        imported = import_rankings(out, on_bad_row=cfg.on_bad_row, std_ddof=cfg.aggregate.std_ddof)
     outputs = {"summary": imported.json_path, "report": imported.md_path, "by_model": imported.by_model_path}
     return HumanEvalResult(out, "import", outputs, imported.summary)
 
 
-def _check_manifest_groups(out: Path, groups: dict[str, list[str]]) -> None:
+def _check_manifest_groups(out: Path, groups: dict[str, list[str]], *, importing: bool = False) -> None:
     manifest_path = out / MANIFEST_FILE
     if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path}: no tasks here yet; run action=export first")
+        advice = "run action=export first"
+        if importing:
+            advice += (
+                "; for rankings made in Argilla, Label Studio or a spreadsheet, set import_format "
+                "(argilla, labelstudio, csv) and import_path"
+            )
+        raise FileNotFoundError(f"{manifest_path}: no tasks here yet; {advice}")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     exported = {} if manifest["open_annotators"] else manifest["groups"]
     if groups != exported:
