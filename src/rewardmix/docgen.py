@@ -95,7 +95,8 @@ def config_tables(cls: type, prefix: str = "") -> list[str]:
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
             nested.append((key, tp))
-            rows.append(f"| `{key}` | section | | see `{key}.*` below |")
+            meaning = docs.get(f.name, "").replace("|", "\\|")
+            rows.append(f"| `{key}` | section | | {meaning + ' See' if meaning else 'see'} `{key}.*` below |")
             continue
         optional = _optional_dataclass(tp)
         if optional is not None:

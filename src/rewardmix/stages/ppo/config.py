@@ -179,16 +179,6 @@ def needs_value(p: PPOConfig) -> bool:
     return p.advantage == "gae"
 
 
-def _default_reward() -> CompositeConfig:
-    from rewardmix.scoring import ComponentConfig, ContainsConfig
-
-    return CompositeConfig(
-        components=[
-            ComponentConfig(name="says_five", type="contains", contains=ContainsConfig(substring="five"))
-        ]
-    )
-
-
 @dataclass
 class PPOLoggingConfig(LoggingConfig):
     """The shared logging section, with PPO's checkpoint cadence and its sample-table cadence."""
@@ -212,8 +202,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    reward: CompositeConfig = field(default_factory=_default_reward)
-    """The composite reward: components (reward models, rules) and a combinator (see rewardmix.scoring)."""
+    reward: CompositeConfig = field(default_factory=CompositeConfig)
+    """The composite reward: components (reward models, rules) and a combinator (see rewardmix.scoring).
+    Required: there is no default reward, so a config without ``reward.components`` is an error."""
     logging: PPOLoggingConfig = field(default_factory=PPOLoggingConfig)
 
     def __post_init__(self) -> None:
@@ -259,7 +250,11 @@ class Config:
         if self.data.format == "task" and self.data.task is None:
             raise ValueError("data.format: task needs data.task")
         if not self.reward.components:
-            raise ValueError("reward.components: give at least one component")
+            raise ValueError(
+                "reward.components: PPO needs at least one reward component and there is no default; add a "
+                "`reward:` section, e.g. `reward: {components: [{name: rm, type: reward_model, reward_model: "
+                "{path: runs/rm/model}}]}` (docs/reference.md, section reward)"
+            )
         grouped = [c.name for c in self.reward.components if c.normalize == "group"]
         if grouped and p.samples_per_prompt < 2:
             raise ValueError(
