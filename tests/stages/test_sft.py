@@ -364,6 +364,7 @@ def test_missing_tensorboard_is_a_warning_and_metrics_jsonl_is_still_written(tmp
     with caplog.at_level(logging.WARNING, logger="rewardmix.train.loop"):
         sft.run(cfg)
     assert "tensorboard package is not installed" in caplog.text
+    assert "pip install 'rewardmix[tensorboard]'" in caplog.text
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 4
 
 

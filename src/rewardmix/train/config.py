@@ -71,6 +71,9 @@ class OptimConfig:
     """Autocast through Accelerate; ``no`` computes in the weights' dtype."""
 
 
+MetricSink = Literal["tensorboard", "wandb"]
+
+
 @dataclass
 class LoggingConfig:
     """Checkpoints, sample tables and metric sinks; stages add their own cadences (eval, samples)."""
@@ -81,5 +84,11 @@ class LoggingConfig:
     """Checkpoints kept on disk (the newest; older ones are deleted)."""
     num_samples: int = 4
     """Rows in each sample table written to samples.jsonl (0: no sample table)."""
-    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
-    """Extra metric sinks, used when installed; metrics.jsonl is always written."""
+    report_to: MetricSink | list[MetricSink] = field(default_factory=list)
+    """Extra metric sinks: ``wandb``, ``tensorboard`` or a list of both; metrics.jsonl is always written. Each
+    needs its extra (``pip install 'rewardmix[wandb]'``, ``'rewardmix[tensorboard]'``); a sink that is not
+    installed is left out with a warning saying so. W&B reads its key from ``WANDB_API_KEY`` or ``wandb login``."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):  # `report_to: wandb` is one sink
+            self.report_to = [self.report_to]
