@@ -15,7 +15,8 @@ from typing import Literal
 
 from rewardmix.data.prompts import DataConfig
 from rewardmix.scoring import CompositeConfig
-from rewardmix.train.config import LoggingConfig, LoraConfig, ModelConfig
+from rewardmix.train.config import HubConfig, LoggingConfig, LoraConfig, ModelConfig
+from rewardmix.train.hub import check_push
 
 __all__ = [
     "Config",
@@ -206,8 +207,14 @@ class Config:
     """The composite reward: components (reward models, rules) and a combinator (see rewardmix.scoring).
     Required: there is no default reward, so a config without ``reward.components`` is an error."""
     logging: PPOLoggingConfig = field(default_factory=PPOLoggingConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Push the final policy (``<output_dir>/model`` or ``adapter``) to the hub with a model card listing the
+    reward components and the final metrics; off by default."""
 
     def __post_init__(self) -> None:
+        if self.hub.repo_id is not None:
+            lora = self.lora.enabled
+            check_push(self.hub.push, lora=lora, merged=not lora or self.lora.merge_lora)
         p, g = self.ppo, self.generation
         for name, value in (
             ("ppo.batch_size", p.batch_size),
