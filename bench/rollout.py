@@ -53,11 +53,13 @@ def _models(model: str) -> tuple[Any, Any]:
     """The PPO stage's default config for ``model`` and its roles (policy and value LoRA roles on the base)."""
     import torch
 
+    from rewardmix.config import from_dict
     from rewardmix.stages import ppo
     from rewardmix.stages.ppo import roles
 
-    cfg = ppo.Config()
-    cfg.model.name = MODELS[model]
+    # The stage's config needs a reward; this benchmark scores nothing, so a rule stands in.
+    rule = {"name": "says_five", "type": "contains", "contains": {"substring": "five"}}
+    cfg = from_dict(ppo.Config, {"model": {"name": MODELS[model]}, "reward": {"components": [rule]}})
     return cfg, roles.load_models(cfg.model, cfg.lora, torch.device("cpu"), seed=cfg.seed)
 
 

@@ -69,9 +69,8 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
     from rewardmix.stages import ppo
     from rewardmix.stages.ppo import roles
 
-    cfg = ppo.Config()
-    cfg.model.name = MODELS[args.model]
-    base = roles.load_models(cfg.model, cfg.lora, __import__("torch").device("cpu"), seed=cfg.seed).shared
+    model = ppo.PolicyModelConfig(name=MODELS[args.model])
+    base = roles.load_models(model, ppo.PPOLoraConfig(), __import__("torch").device("cpu"), seed=0).shared
     roles = [f"rm_{i}" for i in range(MAX_RMS)]
     add_adapters(base, roles, LoraSettings(r=LORA_R, alpha=2 * LORA_R))
     for i, role in enumerate(roles):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -35,11 +36,19 @@ def test_console_script_help_runs_in_a_fresh_process():
     assert "stages (pipeline order)" in res.stdout
 
 
+# Stages with a key that has no default (no hidden defaults: PPO must be told what to reward).
+NO_DEFAULT = {"ppo": "reward.components"}
+
+
 def test_every_stage_module_has_config_and_run():
     for stage in STAGES:
         module = stage.load()
         assert callable(module.run), stage.name
-        module.Config()  # every stage runs on defaults alone
+        if stage.name in NO_DEFAULT:
+            with pytest.raises(ValueError, match=NO_DEFAULT[stage.name]):
+                module.Config()
+            continue
+        module.Config()  # every other stage runs on defaults alone
 
 
 def test_unknown_stage_is_a_clear_error():
@@ -288,3 +297,35 @@ def test_show_config_list_names_every_shipped_config(capsys):
     for name, path in builtin_configs().items():
         line = next(ln for ln in out.splitlines() if ln.startswith(f"builtin:{name} "))
         assert line.split()[1] == load_yaml(path)["stage"], line
+
+
+def test_known_third_party_warnings_are_silenced_by_message_and_category_only():
+    import warnings
+
+    from rewardmix import cli
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.quiet_known_warnings()
+        deprecated = "`is_gradient_checkpointing` is deprecated and will be removed in v6."
+        warnings.warn(deprecated, FutureWarning, stacklevel=1)  # silenced
+        warnings.warn(deprecated, UserWarning, stacklevel=1)  # same text, other category: shown
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)  # shown
+    assert [(type(w.message), str(w.message)[:20]) for w in caught] == [
+        (UserWarning, deprecated[:20]),
+        (FutureWarning, "something else is de"),
+    ]
+
+
+def test_a_cli_run_prints_no_known_deprecation_warning(tmp_path):
+    # In a fresh process, as a user runs it: the tiny model's load goes through peft and transformers.
+    rule = "reward.components=[{name: e, type: contains, contains: {substring: e}}]"
+    args = ["ppo", "model.name=tiny", "data.prompts=builtin:toy", "ppo.steps=1", "ppo.batch_size=2"]
+    args += ["ppo.minibatch_size=2", "ppo.micro_batch_size=2", "generation.max_new_tokens=2", rule]
+    code = "import sys; from rewardmix.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code, *args, f"output_dir={tmp_path / 'run'}", "cpu=true"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "is_gradient_checkpointing" not in done.stderr and "Warning" not in done.stderr

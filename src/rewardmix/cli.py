@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +232,25 @@ passively cost ~12% on an idle 2-core CPU, but on a busy one spinning threads ma
 slower (5.6 vs 69 tokens/s, measured 2026-11-25 at load ~3)."""
 
 
+KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    (
+        r"`is_gradient_checkpointing` is deprecated",
+        FutureWarning,
+        "transformers 5.x deprecates an attribute that peft reads on every model load; not ours to fix",
+    ),
+)
+"""Third-party deprecation warnings every run would print, silenced by message (a regex matched at the start)
+and category only: (message, category, why). Any other warning still shows."""
+
+
+def quiet_known_warnings() -> None:
+    """Silence :data:`KNOWN_WARNINGS` in this process (the CLI calls it once, at start)."""
+    for message, category, _why in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_known_warnings()
     if "torch" not in sys.modules:  # OpenMP reads these when torch loads; too late once it is loaded
         for key, value in OMP_DEFAULTS.items():
             os.environ.setdefault(key, value)

@@ -367,7 +367,15 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", pre
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
-        # __post_init__ validation (cross-field checks) reports against the section.
+        # __post_init__ validation (cross-field checks) reports against the section, or against the line of the
+        # key its message starts with (``reward.components: ...`` -> the line of ``reward:``) when it is here.
+        node: Any = data
+        for part in str(e).split(":", 1)[0].strip("`' ").split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            found = _where(node, part, source, prefix)
+            where = found if found != source else where
+            node = node[part]
         raise ConfigError(f"{where}: {prefix or 'config'}: {e}") from None
 
 

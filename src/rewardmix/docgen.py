@@ -140,7 +140,9 @@ def config_tables(cls: type, prefix: str = "") -> list[str]:
             meaning = d.doc.replace("|", "\\|")
             default = "**required**" if d.default is None else f"`{d.default}`"
             if d.kind == "section":
-                rows.append(f"| `{d.key}` | section | | see `{d.key}.*` below |")
+                rows.append(
+                    f"| `{d.key}` | section | | {meaning + ' See' if meaning else 'see'} `{d.key}.*` below |"
+                )
             elif d.kind == "optional section":
                 rows.append(f"| `{d.key}` | optional section | `None` | {meaning} See `{d.key}.*` below |")
             elif d.kind == "list of sections":

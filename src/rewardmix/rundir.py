@@ -4,6 +4,12 @@ Every run directory holds ``config.yaml`` (the resolved config), ``run_info.json
 version, git commit, library versions, start time) and ``metrics.jsonl`` (one JSON object a line, namespaced
 keys). Files are written atomically (temporary file in the same folder, fsync, rename) so a kill never leaves
 a half-written one.
+
+Files and folders get the modes the user's umask gives (0644 / 0755 under the usual 022), as ``open`` and
+``mkdir`` would: a temporary file from ``mkstemp`` (0600) or folder from ``mkdtemp`` (0700) is widened to
+:func:`file_mode` / :func:`dir_mode` before it is renamed into place. No file a run writes holds a secret: API
+keys are read from the environment and redacted from configs, logs and outputs (``rewardmix.redact``), and the
+hub and W&B tokens are kept by their own libraries.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ __all__ = [
     "MetricsLogger",
     "atomic_write_bytes",
     "atomic_write_text",
+    "dir_mode",
+    "file_mode",
+    "umask_modes",
     "fsync_dir",
     "git_commit",
     "prepare_run_dir",
@@ -36,12 +45,48 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask sets as it reads, racing other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open``: ``0o666`` less the umask (``mkstemp`` would give ``0o600``)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode a new folder gets from ``mkdir``: ``0o777`` less the umask (``mkdtemp`` would give ``0o700``)."""
+    return 0o777 & ~_umask()
+
+
+def umask_modes(folder: str | Path) -> None:
+    """Give ``folder`` and everything under it the umask's modes (mkdtemp and safetensors write 0700 / 0600)."""
+    folder = Path(folder)
+    files, dirs = file_mode(), dir_mode()
+    folder.chmod(dirs)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(dirs if path.is_dir() else files)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one.
+
+    The file gets the umask's mode (:func:`file_mode`), as ``open`` would give it, not ``mkstemp``'s 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -587,13 +588,33 @@ def test_pattern_source_and_skip_records(tmp_path, registry):
     assert (report.rows_in, report.rows_out) == (4, 3)
 
 
-def test_label_threshold_binarizes_and_rejects_the_threshold(tmp_path):
+def test_label_threshold_binarizes_and_rejects_the_threshold(tmp_path, caplog):
     path = tmp_path / "m.tsv"
-    path.write_text("id\tsentiment\ttext\n1\t2.3\tgood\n2\t-0.5\tbad\n3\t0\tmeh\n")
+    path.write_text(
+        "id\tsentiment\ttext\n1\t2.3\tgood\n2\t-0.5\tbad\n3\t0\tmeh\n4\tx\tbroken\n5\t0.0\tso-so\n"
+    )
     src = TaskSource(format="tsv", label="sentiment", label_threshold=0.0)
-    examples, report = load_task_examples("mr", path, source=src, on_bad_row="skip")
+    with caplog.at_level(logging.INFO, logger="rewardmix.data.readers"):
+        examples, report = load_task_examples("mr", path, source=src, on_bad_row="skip")
     assert [e.label for e in examples] == ["positive", "negative"]
-    assert [(s.line, s.field) for s in report.skipped] == [(4, "sentiment")]
+    assert [(s.line, s.field) for s in report.skipped] == [
+        (4, "sentiment"),
+        (5, "sentiment"),
+        (6, "sentiment"),
+    ]
+    # The rows at the threshold are expected (MR's neutral sentences): one INFO line with their count; the
+    # broken row is a warning of its own.
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        len(infos) == 1
+        and "skipped 2 expected rows of 5" in infos[0]
+        and "equals the threshold 0" in infos[0]
+    )
+    assert len(warnings) == 2 and "m.tsv:5: field 'sentiment': invalid value 'x'" in warnings[0]
+    assert "skipped 1 bad rows of 5" in warnings[1]
+    with pytest.raises(DataError, match="equals the threshold"):  # still a bad row under on_bad_row: error
+        load_task_examples("mr", path, source=src)
 
 
 def test_load_needs_a_path_when_there_is_no_default_file():

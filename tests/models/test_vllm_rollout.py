@@ -26,6 +26,7 @@ from rewardmix.models.vllm_rollout import VllmRollout, merged_policy_weights
 from rewardmix.stages import ppo
 from rewardmix.stages.ppo import roles
 from rewardmix.stages.ppo.rollout import generate_responses, stop_token_ids
+from tests.stages.test_ppo import CONTAINS_E, rule_reward
 
 # peft 0.21 reads a transformers attribute deprecated in 5.x; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -126,6 +127,7 @@ def _vllm_config(folder: Path, out: Path, **ppo_overrides: Any) -> ppo.Config:
             "ppo": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "micro_batch_size": 2, "ppo_epochs": 1}
             | ppo_overrides,
             "logging": {"sample_every": 0, "num_samples": 0},
+            "reward": {"components": [CONTAINS_E]},
         },
     )
 
@@ -170,7 +172,7 @@ def test_the_hf_path_never_imports_vllm_even_when_it_is_installed(monkeypatch):
     monkeypatch.delitem(sys.modules, "vllm", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_VllmFinder(loader), *sys.meta_path])
     assert vllm_rollout.vllm_available()  # findable: the config check would accept backend vllm
-    cfg = ppo.Config()
+    cfg = ppo.Config(reward=rule_reward())
     cfg.generation.max_new_tokens = 3
     models = roles.load_models(cfg.model, cfg.lora, torch.device("cpu"), seed=cfg.seed)
     assert _with_engine(cfg, models) is models
@@ -203,12 +205,19 @@ def test_backend_vllm_without_vllm_is_a_config_error_naming_file_line_and_fix(tm
     assert "vllm package is not installed" in message
     assert "rewardmix[vllm]" in message and "backend: hf" in message
     # The default backend needs nothing.
-    assert load_config(ppo.Config, None).generation.backend == "hf"
+    assert ppo.GenerationConfig().backend == "hf"
 
 
 def test_backend_vllm_refuses_the_in_memory_tiny_model(fake_vllm):
     with pytest.raises(ConfigError, match="tiny is built in memory"):
-        from_dict(ppo.Config, {"model": {"name": "tiny"}, "generation": {"backend": "vllm"}})
+        from_dict(
+            ppo.Config,
+            {
+                "model": {"name": "tiny"},
+                "generation": {"backend": "vllm"},
+                "reward": {"components": [CONTAINS_E]},
+            },
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -304,6 +304,7 @@ def test_oasst_files_feed_sft_reward_models_ppo_and_evaluation(tmp_path: Path, t
     from rewardmix.data.prompts import load_prompts
     from rewardmix.stages import evaluate, ppo, sft
     from rewardmix.stages import reward_model as rm
+    from tests.stages.test_ppo import rule_reward
 
     files = run_oasst(tmp_path, sft_top_languages=2).files
     convs, _ = sft.read_conversations(
@@ -322,7 +323,7 @@ def test_oasst_files_feed_sft_reward_models_ppo_and_evaluation(tmp_path: Path, t
     assert sorted(it.target for it in items) == [0.1, 0.5, 0.9]
     assert any("Why?" in it.prompt for it in items)  # multi-turn context kept as the prompt
 
-    prompts_cfg = ppo.Config(output_dir=str(tmp_path / "ppo"))
+    prompts_cfg = ppo.Config(output_dir=str(tmp_path / "ppo"), reward=rule_reward())
     prompts_cfg.data.prompts, prompts_cfg.data.format = str(files["prompts_train"]), "messages"
     prompts = load_prompts(prompts_cfg.data, tiny_tokenizer)
     assert [

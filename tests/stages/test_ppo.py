@@ -58,9 +58,14 @@ def reward(components: list[dict], combinator: str = "sum", **params: float) -> 
 CONTAINS_E = {"name": "e_count", "type": "contains", "contains": {"substring": "e", "mode": "count"}}
 
 
+def rule_reward() -> CompositeConfig:
+    """A one-rule reward (count of "e"): PPO has no default reward, so every config names one."""
+    return reward([CONTAINS_E])
+
+
 def tiny_config(out: Path, *, steps: int = 2, lora: bool = True, **reward_kwargs) -> ppo.Config:
     """A few seconds of PPO on the tiny model; nothing logged that a test does not ask for."""
-    cfg = ppo.Config(output_dir=str(out), seed=0, cpu=True)
+    cfg = ppo.Config(output_dir=str(out), seed=0, cpu=True, reward=rule_reward())
     cfg.lora.enabled = lora
     cfg.lora.r, cfg.lora.alpha = 4, 8
     cfg.ppo.steps = steps
@@ -426,7 +431,7 @@ def test_a_nan_score_stops_the_run_naming_component_and_sample_and_keeps_the_wei
 
 
 def test_missing_eos_penalty_then_score_clip():
-    cfg = ppo.Config()
+    cfg = ppo.Config(reward=rule_reward())
     cfg.generation.missing_eos_penalty = 1.0
     cfg.ppo.score_clip = 4.0
     scores, clipfrac = final_scores(
@@ -465,7 +470,7 @@ def test_prompts_from_files_keep_meta_and_are_cut_from_the_start(tmp_path, tiny_
         json.dumps({"prompt": "Is the movie good?", "label": "positive", "id": 7}) + "\n"
         + json.dumps({"prompt": "the " * 200, "label": "negative", "id": 8}) + "\n"
     )  # fmt: skip
-    cfg = ppo.Config()
+    cfg = ppo.Config(reward=rule_reward())
     cfg.data.prompts, cfg.data.task, cfg.data.max_prompt_tokens = str(jsonl), "sst2", 32
     cfg.data.system_prompt = "Be brief."
     prompts = load_prompts(cfg.data, tiny_tokenizer)
@@ -644,11 +649,32 @@ def test_critic_free_advantages_rank_answers_within_their_group():
 )
 def test_group_settings_are_checked(changes, message):
     with pytest.raises(ValueError, match=message):
-        ppo.Config(ppo=ppo.PPOConfig(batch_size=4, **changes))
+        ppo.Config(ppo=ppo.PPOConfig(batch_size=4, **changes), reward=rule_reward())
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "where"),
+    [
+        ("seed: 1\n", [], "ppo.yaml: "),  # no reward section: the file, no line to point at
+        ("seed: 1\nreward:\n  combinator: sum\n", [], "ppo.yaml:2: "),  # the line of `reward:`
+        ("seed: 1\n", ["reward.components=[]"], "override 'reward.components=[]': "),
+    ],
+)
+def test_a_config_without_reward_components_is_an_error_naming_the_key(tmp_path, text, overrides, where):
+    # There is no hidden default reward: PPO on nothing would train on whatever the default happened to be.
+    path = tmp_path / "ppo.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(ppo.Config, path, overrides, stage="ppo")
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / where)) or message.startswith(where), message
+    assert "reward.components" in message and "no default" in message and "reward:" in message
+    with pytest.raises(ValueError, match="reward.components"):
+        ppo.Config()
 
 
 def test_label_metrics_on_the_policys_own_samples(tiny_tokenizer):
-    cfg = ppo.Config()
+    cfg = ppo.Config(reward=rule_reward())
     cfg.data.task = "sst2"
     rows = [("good", "positive"), ("bad", "negative")]
     prompts = [PromptExample([Message("user", q)], [1], {"label": y}) for q, y in rows for _ in range(2)]

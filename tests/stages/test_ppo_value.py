@@ -18,7 +18,7 @@ from rewardmix.rundir import read_jsonl
 from rewardmix.stages import ppo
 from rewardmix.stages.ppo import roles
 from rewardmix.stages.ppo.rollout import generate_responses, rollout_forward
-from tests.stages.test_ppo import spy, tiny_config  # noqa: F401 (spy: a fixture)
+from tests.stages.test_ppo import rule_reward, spy, tiny_config  # noqa: F401 (spy: a fixture)
 
 
 def head_config(out: Path, *, steps: int = 2, value_model: str = "policy_head") -> ppo.Config:
@@ -130,5 +130,6 @@ def test_policy_head_needs_gae(advantage):
         ppo.Config(
             ppo=ppo.PPOConfig(
                 batch_size=4, samples_per_prompt=2, advantage=advantage, value_model="policy_head"
-            )
+            ),
+            reward=rule_reward(),
         )

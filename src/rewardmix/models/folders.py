@@ -34,7 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rewardmix.rundir import fsync_dir
+from rewardmix.rundir import fsync_dir, umask_modes
 
 __all__ = [
     "HEAD_CONFIG_NAME",
@@ -209,11 +209,10 @@ def save_pretrained_atomic(
     _clean_interrupted_saves(out_dir)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        # mkdtemp creates the folder 0700; a model folder should be readable like any other.
-        tmp.chmod(0o755)
         _call_save_pretrained(model_or_obj_with_save_pretrained, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        umask_modes(tmp)  # mkdtemp gives 0700 and safetensors 0600; a model folder is like any other
         pickles = [p.name for p in tmp.rglob("*") if p.suffix in _PICKLE_SUFFIXES]
         if pickles:
             raise RuntimeError(f"refusing to save pickled weights {pickles}; only safetensors are allowed")

@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from rewardmix.models.folders import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, DtypeName, save_pretrained_atomic
 from rewardmix.models.loading import BackboneKind, infer_backbone_kind, load_backbone
 from rewardmix.models.lora import active_role
+from rewardmix.rundir import file_mode
 
 __all__ = [
     "HEAD_CONFIG_NAME",
@@ -275,6 +276,7 @@ class ScalarHeadModel(torch.nn.Module):
         folder = Path(folder)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.head.state_dict().items()}
         save_file(state, str(folder / HEAD_WEIGHTS_NAME), metadata={"format": "pt"})
+        (folder / HEAD_WEIGHTS_NAME).chmod(file_mode())  # safetensors writes 0600; the umask's mode instead
         meta = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
@@ -356,6 +358,7 @@ class PolicyValueHead(torch.nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.head.state_dict().items()}
         save_file(state, str(folder / HEAD_WEIGHTS_NAME), metadata={"format": "pt"})
+        (folder / HEAD_WEIGHTS_NAME).chmod(file_mode())  # safetensors writes 0600; the umask's mode instead
         meta = {
             "format": _POLICY_HEAD_FORMAT,
             "format_version": 1,

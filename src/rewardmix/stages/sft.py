@@ -51,7 +51,8 @@ from rewardmix.data.splits import split_records
 from rewardmix.data.toy import BUILTIN_TOY
 from rewardmix.models.tokens import pad_token_id, stop_token_ids
 from rewardmix.rundir import atomic_write_text
-from rewardmix.train.config import LoggingConfig, LoraConfig, ModelConfig, OptimConfig
+from rewardmix.train.config import HubConfig, LoggingConfig, LoraConfig, ModelConfig, OptimConfig
+from rewardmix.train.hub import check_push, push_final_model
 from rewardmix.train.loop import (
     NonFiniteGuard,
     chunk,
@@ -133,8 +134,13 @@ class Config:
     """Training phases, run in order, each from the weights the previous one ended with (CRS §5.2)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: SftLoggingConfig = field(default_factory=SftLoggingConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Push the final model (``<output_dir>/model`` or ``adapter``) to the hub with a model card; off by default."""
 
     def __post_init__(self) -> None:
+        if self.hub.repo_id is not None:
+            lora = self.lora.enabled
+            check_push(self.hub.push, lora=lora, merged=not lora or self.lora.merge_lora)
         if not self.phases:
             raise ValueError("phases: give at least one phase")
         for i, phase in enumerate(self.phases):
@@ -331,7 +337,16 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     if is_main:
         model_dir, adapter_dir = save_final_model(cfg.lora, unwrapped, tokenizer, out)
         log.info("SFT done after %d steps; model in %s", step, model_dir)
-    finish(ctx, {"global_step": step, "eval_loss": eval_loss, "model_dir": str(model_dir)})
+    summary: dict[str, Any] = {"global_step": step, "eval_loss": eval_loss, "model_dir": str(model_dir)}
+
+    # step 7. push the final model to the hub (hub.repo_id); a failed push is logged and the model kept
+    if is_main and cfg.hub.repo_id is not None:
+        lora_on = cfg.lora.enabled
+        summary["hub"] = push_final_model(
+            cfg.hub, out, stage="sft", lora=lora_on, merged=not lora_on or cfg.lora.merge_lora,
+            base_model=cfg.model.name, metrics={"global_step": step, "eval_loss": eval_loss},
+        )  # fmt: skip
+    finish(ctx, summary)
     return SftResult(out, model_dir, adapter_dir, step, eval_loss)
 
 

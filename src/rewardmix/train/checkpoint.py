@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import load_file, save_file
 
-from rewardmix.rundir import fsync_dir
+from rewardmix.rundir import fsync_dir, umask_modes
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -217,6 +217,7 @@ def save_checkpoint(
         files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
         _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        umask_modes(tmp)  # mkdtemp gives 0700 and safetensors 0600; a checkpoint is like any other folder
         fsync_dir(tmp)
         # step 2. rename into place (an old checkpoint of the same step goes only after the new one is in)
         old = None

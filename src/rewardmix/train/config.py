@@ -71,6 +71,9 @@ class OptimConfig:
     """Autocast through Accelerate; ``no`` computes in the weights' dtype."""
 
 
+MetricSink = Literal["tensorboard", "wandb"]
+
+
 @dataclass
 class LoggingConfig:
     """Checkpoints, sample tables and metric sinks; stages add their own cadences (eval, samples)."""
@@ -81,5 +84,31 @@ class LoggingConfig:
     """Checkpoints kept on disk (the newest; older ones are deleted)."""
     num_samples: int = 4
     """Rows in each sample table written to samples.jsonl (0: no sample table)."""
-    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
-    """Extra metric sinks, used when installed; metrics.jsonl is always written."""
+    report_to: MetricSink | list[MetricSink] = field(default_factory=list)
+    """Extra metric sinks: ``wandb``, ``tensorboard`` or a list of both; metrics.jsonl is always written. Each
+    needs its extra (``pip install 'rewardmix[wandb]'``, ``'rewardmix[tensorboard]'``); a sink that is not
+    installed is left out with a warning saying so. W&B reads its key from ``WANDB_API_KEY`` or ``wandb login``."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):  # `report_to: wandb` is one sink
+            self.report_to = [self.report_to]
+
+
+@dataclass
+class HubConfig:
+    """Push the final model to the Hugging Face hub at the end of the run, with a model card (off by default).
+
+    The token is the hub library's own (``HF_TOKEN`` or ``hf auth login``); a failed push keeps the model on
+    disk and logs the ``hf upload`` command that pushes it again (``rewardmix.train.hub``)."""
+
+    repo_id: str | None = None
+    """Hub repository to push to, ``user/name`` or ``org/name``; null: no push."""
+    private: bool = True
+    """Create the repository private (an existing repository keeps its visibility)."""
+    push: Literal["adapter", "merged"] = "adapter"
+    """What is pushed: ``adapter`` (the LoRA adapter alone: small, loaded on top of ``model.name``) or ``merged``
+    (a complete model: LoRA merged into the base, or the fully fine-tuned weights)."""
+
+    def __post_init__(self) -> None:
+        if self.repo_id is not None and (self.repo_id.count("/") != 1 or not all(self.repo_id.split("/"))):
+            raise ValueError(f"hub.repo_id must be 'user/name' or 'org/name', got {self.repo_id!r}")

@@ -408,7 +408,8 @@ class TrainLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 logger.warning(
-                    "report_to has 'tensorboard' but the tensorboard package is not installed; skipped"
+                    "report_to has 'tensorboard' but the tensorboard package is not installed; skipped "
+                    "(metrics.jsonl has every metric). Install it with: pip install 'rewardmix[tensorboard]'"
                 )
             else:
                 self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
@@ -416,7 +417,10 @@ class TrainLogger:
             try:
                 import wandb
             except ImportError:
-                logger.warning("report_to has 'wandb' but the wandb package is not installed; skipped")
+                logger.warning(
+                    "report_to has 'wandb' but the wandb package is not installed; skipped (metrics.jsonl has "
+                    "every metric). Install it with: pip install 'rewardmix[wandb]'"
+                )
             else:
                 self._wandb = wandb.init(
                     name=run_name or self.run_dir.name,

@@ -15,7 +15,8 @@ from typing import Literal
 
 from rewardmix.data.prompts import DataConfig
 from rewardmix.scoring import CompositeConfig
-from rewardmix.train.config import LoggingConfig, LoraConfig, ModelConfig
+from rewardmix.train.config import HubConfig, LoggingConfig, LoraConfig, ModelConfig
+from rewardmix.train.hub import check_push
 
 __all__ = [
     "Config",
@@ -179,16 +180,6 @@ def needs_value(p: PPOConfig) -> bool:
     return p.advantage == "gae"
 
 
-def _default_reward() -> CompositeConfig:
-    from rewardmix.scoring import ComponentConfig, ContainsConfig
-
-    return CompositeConfig(
-        components=[
-            ComponentConfig(name="says_five", type="contains", contains=ContainsConfig(substring="five"))
-        ]
-    )
-
-
 @dataclass
 class PPOLoggingConfig(LoggingConfig):
     """The shared logging section, with PPO's checkpoint cadence and its sample-table cadence."""
@@ -212,11 +203,18 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    reward: CompositeConfig = field(default_factory=_default_reward)
-    """The composite reward: components (reward models, rules) and a combinator (see rewardmix.scoring)."""
+    reward: CompositeConfig = field(default_factory=CompositeConfig)
+    """The composite reward: components (reward models, rules) and a combinator (see rewardmix.scoring).
+    Required: there is no default reward, so a config without ``reward.components`` is an error."""
     logging: PPOLoggingConfig = field(default_factory=PPOLoggingConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Push the final policy (``<output_dir>/model`` or ``adapter``) to the hub with a model card listing the
+    reward components and the final metrics; off by default."""
 
     def __post_init__(self) -> None:
+        if self.hub.repo_id is not None:
+            lora = self.lora.enabled
+            check_push(self.hub.push, lora=lora, merged=not lora or self.lora.merge_lora)
         p, g = self.ppo, self.generation
         for name, value in (
             ("ppo.batch_size", p.batch_size),
@@ -259,7 +257,11 @@ class Config:
         if self.data.format == "task" and self.data.task is None:
             raise ValueError("data.format: task needs data.task")
         if not self.reward.components:
-            raise ValueError("reward.components: give at least one component")
+            raise ValueError(
+                "reward.components: PPO needs at least one reward component and there is no default; add a "
+                "`reward:` section, e.g. `reward: {components: [{name: rm, type: reward_model, reward_model: "
+                "{path: runs/rm/model}}]}` (docs/reference.md, section reward)"
+            )
         grouped = [c.name for c in self.reward.components if c.normalize == "group"]
         if grouped and p.samples_per_prompt < 2:
             raise ValueError(

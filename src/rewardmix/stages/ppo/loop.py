@@ -40,6 +40,7 @@ from rewardmix.stages.ppo.rollout import (
     value_estimates,
 )
 from rewardmix.train.distributed import all_reduce_gradients, broadcast_parameters
+from rewardmix.train.hub import push_final_model
 from rewardmix.train.loop import NonFiniteGuard, chunk, global_sum
 from rewardmix.train.run import every, finish, make_adamw, optimizer_step, resume, save_step, start_run
 
@@ -279,6 +280,14 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         )
         log.info("PPO done after %d steps; policy in %s", total_steps, model_dir)
     summary = {"global_step": total_steps, "model_dir": str(model_dir), "metrics": row}
+
+    # step 8. push the final policy to the hub (hub.repo_id); a failed push is logged and the model kept
+    if is_main and cfg.hub.repo_id is not None:
+        lora_on = cfg.lora.enabled
+        summary["hub"] = push_final_model(
+            cfg.hub, out, stage="ppo", lora=lora_on, merged=not lora_on or cfg.lora.merge_lora,
+            base_model=cfg.model.name, metrics=dict(row or {}), reward=to_dict(cfg.reward),
+        )  # fmt: skip
     finish(ctx, summary, json_default=_json_float)
     return PPOResult(out, model_dir, adapter_dir, value_dir, total_steps, row)
 

@@ -56,6 +56,8 @@ from rewardmix.stages.reward_model.loop import (
     run,
     save_final_model,
 )
+from rewardmix.train.config import HubConfig
+from rewardmix.train.hub import check_push
 
 __all__ = [
     "AugmentConfig",
@@ -101,8 +103,13 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: RmOptimConfig = field(default_factory=RmOptimConfig)
     logging: RmLoggingConfig = field(default_factory=RmLoggingConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Push the final model (``merged``: ``<output_dir>/model``; ``adapter``: ``<output_dir>/adapter``, the LoRA
+    adapter and the head) to the hub with a model card; off by default."""
 
     def __post_init__(self) -> None:
+        if self.hub.repo_id is not None:
+            check_push(self.hub.push, lora=self.lora.enabled, merged=True)  # LoRA is always merged here
         if self.optim.micro_batch_size < 1 or self.optim.gradient_accumulation_steps < 1:
             raise ValueError("optim.micro_batch_size and optim.gradient_accumulation_steps must be >= 1")
         if self.optim.epochs < 1 or (self.optim.max_steps is not None and self.optim.max_steps < 1):

@@ -47,6 +47,7 @@ from rewardmix.scoring.rm_inputs import (
     write_rm_meta,
 )
 from rewardmix.stages.reward_model.config import ObjectiveConfig, RmLoggingConfig
+from rewardmix.train.hub import push_final_model
 from rewardmix.train.loop import (
     NonFiniteGuard,
     chunk,
@@ -243,7 +244,19 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         log.info("reward model done after %d steps; model in %s", total_steps, model_dir)
         if cfg.export_hf:
             export_reward_model(model_dir, out / "hf")
-    finish(ctx, {"global_step": total_steps, "eval_metrics": eval_metrics, "model_dir": str(model_dir)})
+    summary: dict[str, Any] = {
+        "global_step": total_steps,
+        "eval_metrics": eval_metrics,
+        "model_dir": str(model_dir),
+    }
+
+    # step 7. push the final model to the hub (hub.repo_id); a failed push is logged and the model kept
+    if is_main and cfg.hub.repo_id is not None:
+        summary["hub"] = push_final_model(
+            cfg.hub, out, stage="reward-model", lora=cfg.lora.enabled, merged=True, base_model=cfg.model.name,
+            metrics={"global_step": total_steps, "eval": eval_metrics or {}},
+        )  # fmt: skip
+    finish(ctx, summary)
     return RewardModelResult(out, model_dir, adapter_dir, total_steps, eval_metrics)
 
 
