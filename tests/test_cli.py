@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from rewardmix import cli
+from rewardmix.config import ConfigError
 from rewardmix.stages import STAGES, get_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -278,6 +279,15 @@ def test_show_config_stage_prints_defaults_that_load_back(tmp_path, capsys):
         assert out.startswith(f"stage: {stage.name}\n"), stage.name
         path = tmp_path / f"{stage.name}.yaml"
         path.write_text(out)
+        if (
+            stage.name == "ppo"
+        ):  # no default reward: the defaults say what to fill in, and do not run as they are
+            assert (
+                "# fill in before running: reward.components: PPO needs at least one reward component" in out
+            )
+            with pytest.raises(ConfigError, match="reward.components"):
+                cli.resolve(None, path, [])
+            continue
         name, cfg = cli.resolve(None, path, [])
         assert name == stage.name and cfg == stage.load().Config(), stage.name
     assert cli.main(["show-config", "--stage", "toy-ppo", "ppo.steps=3"]) == 0

@@ -10,6 +10,7 @@ rewardmix show-config --list                    the configs shipped in the packa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -185,9 +186,28 @@ def show_config(ns: argparse.Namespace) -> int:
             "show-config needs a config file, builtin:<name> or --stage <stage> "
             "(`rewardmix show-config --list` lists the shipped configs)"
         )
-    stage_name, cfg = resolve(ns.stage, path, overrides)
+    try:
+        stage_name, cfg = resolve(ns.stage, path, overrides)
+    except ConfigError as e:
+        if path is not None or overrides or ns.stage is None:
+            raise
+        # A stage whose defaults are not runnable (PPO has no default reward): print them, saying what to fill in.
+        stage_name, cfg = ns.stage, unchecked_defaults(get_stage(ns.stage).load().Config)
+        message = str(e).removeprefix("<defaults>: config: ")
+        sys.stdout.write(f"stage: {stage_name}\n# fill in before running: {message}\n{to_yaml(cfg)}")
+        return 0
     sys.stdout.write(f"stage: {stage_name}\n{to_yaml(cfg)}")
     return 0
+
+
+def unchecked_defaults(cls: type) -> Any:
+    """An instance of the config dataclass ``cls`` holding its defaults, its own checks skipped (its sections are
+    built and checked as usual): what ``show-config --stage`` prints for a stage with a required section."""
+    obj = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        object.__setattr__(obj, f.name, value)
+    return obj
 
 
 def list_configs() -> str:
