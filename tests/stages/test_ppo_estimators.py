@@ -193,3 +193,21 @@ def test_the_readme_grpo_command_trains(tmp_path):
     assert all(
         abs(r["reward/five/normalized"]) < 1e-5 and abs(r["reward/short/normalized"]) < 1e-5 for r in rows
     )
+
+
+def test_a_monitor_component_is_logged_but_leaves_training_unchanged(tmp_path):
+    from safetensors.torch import load_file
+
+    plain = tiny_config(tmp_path / "plain", steps=2, components=[CONTAINS_E])
+    watched = tiny_config(
+        tmp_path / "watched", steps=2, components=[CONTAINS_E, {**CONTAINS_A, "monitor": True}]
+    )
+    for cfg in (plain, watched):
+        cfg.logging.checkpoint_every = 2
+        ppo.run(cfg)
+    final = "checkpoints/step-00000002/trainable.safetensors"
+    a, b = load_file(str(tmp_path / "plain" / final)), load_file(str(tmp_path / "watched" / final))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same updates, bit for bit
+    rows = [read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("plain", "watched")]
+    assert all("reward/a_count/raw" in r for r in rows[1]) and "reward/a_count/raw" not in rows[0][0]
+    assert [r["objective/score"] for r in rows[0]] == [r["objective/score"] for r in rows[1]]
