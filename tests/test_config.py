@@ -274,3 +274,92 @@ def test_errors_in_a_builtin_config_name_its_file_and_line():
     with pytest.raises(ConfigError) as err:
         load_config(Outer, "builtin:toy-ppo")
     assert str(err.value).startswith(f"{builtin_configs()['toy-ppo']}:")
+
+
+NON_FINITE = [
+    "nan", "NaN", "+nan", "-nan", ".nan", ".NaN", "inf", "+inf", "-inf", ".inf", "+.inf", "-.Inf",
+    "Infinity", "+infinity", "-Infinity", "1e999", "-1e999", "1e400", "1.0e+400", "1" + "0" * 400,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("spelling", NON_FINITE)
+def test_non_finite_floats_in_a_file_are_refused_naming_line_and_key(tmp_path, spelling):
+    for text, needle in [
+        (f"name: x\ninner:\n  lr: {spelling}\n", "cfg.yaml:3: 'inner.lr' must be a finite number"),
+        (f"name: x\ntarget: {spelling}\n", "cfg.yaml:2: 'target' must be a finite number"),
+        (
+            f"name: x\ninner:\n  weights: [0.5, {spelling}]\n",
+            "cfg.yaml:3: 'inner.weights[1]' must be a finite",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(Outer, write(tmp_path, text))
+        assert needle in str(err.value), text
+    with pytest.raises(ConfigError) as err:
+        load_config(Phased, write(tmp_path, f"phases:\n  - max_steps: 2\n    lr: {spelling}\n"))
+    assert "cfg.yaml:3: 'phases[0].lr' must be a finite number" in str(err.value)
+
+
+@pytest.mark.parametrize("spelling", NON_FINITE)
+def test_non_finite_floats_in_overrides_are_refused_naming_the_override(tmp_path, spelling):
+    path = write(tmp_path, "name: x\n")
+    for override, key in [
+        (f"inner.lr={spelling}", "inner.lr"),
+        (f"target={spelling}", "target"),
+        (f"inner.weights=[0.5, {spelling}]", "inner.weights[1]"),
+        (f"inner.weights[0]={spelling}", "inner.weights[0]"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(Outer, path, [override])
+        assert f"override {override!r}: {key!r} must be a finite number" in str(err.value)
+
+
+def test_finite_floats_at_the_edge_still_load(tmp_path):
+    cfg = load_config(Outer, write(tmp_path, "name: x\ntarget: 1e308\ninner:\n  lr: -1.5e-300\n"))
+    assert cfg.target == 1e308 and cfg.inner.lr == -1.5e-300
+    assert load_config(Outer, write(tmp_path, "name: x\n"), ["target=1" + "0" * 300]).target == 1e300
+
+
+def _alias_bomb(kind: str, width: int = 10, depth: int = 10) -> str:
+    """About 1 KB of YAML whose aliases, nested ``depth`` deep, expand to ``width ** depth`` values."""
+    lines = ["l0: &l0 [" + ", ".join(["x"] * width) + "]"]
+    for i in range(1, depth):
+        if kind == "list":
+            lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]")
+        else:
+            lines.append(f"l{i}: &l{i} {{" + ", ".join(f"k{j}: *l{i - 1}" for j in range(width)) + "}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("kind", ["list", "mapping"])
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path, kind):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(kind))
+    assert path.stat().st_size < 1500
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path)
+    assert time.perf_counter() - start < 2
+    # the first line whose value grows too big: 10^5 x's in 11,111 lists (and 11,110 keys), 4 aliases deep
+    size = {"list": "111,111", "mapping": "122,221"}[kind]
+    assert str(err.value).startswith(
+        f"{path}:5: YAML aliases expand to more than 100,000 values here ({size}, aliases nested 4 deep)"
+    )
+    # an override is read with the same bound
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"^override 'inner.weights=.*': YAML aliases expand to more than"):
+        parse_override("inner.weights=" + _alias_bomb("list").replace("\n", ", ").join("{}"))
+    assert time.perf_counter() - start < 2
+
+
+def test_legitimate_aliases_and_merges_still_load(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(_alias_bomb("mapping", width=4, depth=4) + "base: &b {lr: 0.5}\nuse: {<<: *b, seed: 1}\n")
+    data = load_yaml(path)
+    assert data["l3"]["k0"]["k3"]["k1"] == ["x"] * 4 and data["use"] == {"lr": 0.5, "seed": 1}
+    from rewardmix.config import builtin_configs
+
+    for name in builtin_configs():
+        assert isinstance(load_yaml(f"builtin:{name}"), dict)

@@ -64,8 +64,81 @@ class _Map(dict):
         self.override_sources: dict[str, str] = {}
 
 
-class _LineLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no arbitrary objects) that records key line numbers."""
+class _List(list):
+    """A list that remembers which of its items an override set (index -> the override), for error messages."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.override_sources: dict[int, str] = {}
+
+
+MAX_YAML_VALUES = 100_000
+"""The most values (scalars, lists and mappings, keys included) a YAML document may hold once its aliases and
+merges are expanded. A shipped recipe holds a few hundred; ten aliases nested ten deep in 1 KB hold 10^10."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no arbitrary objects) that refuses a document whose aliases expand past
+    :data:`MAX_YAML_VALUES` (an alias "bomb"), before constructing anything."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node, getattr(self, "name", "<yaml>"))
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node, name: str) -> None:
+    """Raise :class:`ConfigError` when the composed node graph ``root`` expands to over MAX_YAML_VALUES values.
+
+    An alias is the same node object reached again, so the expanded size of each distinct node is counted once
+    (memoized): the check costs the size of the text, not of the expansion.
+    """
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return []
+
+    refs: dict[int, int] = {}
+    seen, stack = {id(root)}, [root]
+    while stack:
+        for child in children(stack.pop()):
+            refs[id(child)] = refs.get(id(child), 0) + 1
+            if id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    # size: values once expanded; depth: how many aliases deep the largest expansion goes
+    done: dict[int, tuple[int, int]] = {}
+    busy: set[int] = set()  # a recursive alias: the constructor reports it
+
+    def measure(node: yaml.Node) -> tuple[int, int]:
+        if id(node) in done:
+            return done[id(node)]
+        if id(node) in busy:
+            return 1, 0
+        busy.add(id(node))
+        size, depth = 1, 0
+        for child in children(node):
+            child_size, child_depth = measure(child)
+            size += child_size
+            depth = max(depth, child_depth + (refs.get(id(child), 0) > 1))
+        busy.discard(id(node))
+        if size > MAX_YAML_VALUES:
+            where = name if name.startswith("override ") else f"{name}:{node.start_mark.line + 1}"
+            raise ConfigError(
+                f"{where}: YAML aliases expand to more than {MAX_YAML_VALUES:,} values here "
+                f"({size:,}, aliases nested {depth} deep); refusing to load it (write the values out, or "
+                f"nest fewer aliases)"
+            )
+        done[id(node)] = size, depth
+        return size, depth
+
+    measure(root)
+
+
+class _LineLoader(_BoundedLoader):
+    """:class:`_BoundedLoader` that records key line numbers."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> _Map:
@@ -166,13 +239,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _make_loader(name: str):
+def _make_loader(name: str, cls: type[_BoundedLoader] | None = None):
+    loader_cls = cls or _LineLoader
+
     def factory(stream):
-        loader = _LineLoader(stream)
+        loader = loader_cls(stream)
         loader.name = name
         return loader
 
     return factory
+
+
+def _make_override_loader(name: str):
+    return _make_loader(name, _BoundedLoader)
 
 
 _SEGMENT = re.compile(r"^(?P<name>[^.\[\]]+)(?P<indices>(\[\d+\])*)$")
@@ -208,7 +287,7 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     key, raw = text.split("=", 1)
     parts = parse_key(key, label=f"override {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_make_override_loader(f"override {text!r}")) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -250,7 +329,7 @@ def set_key(
         default = _child(default, part)
         if last:
             node[part] = value
-            if isinstance(node, _Map):
+            if isinstance(node, _Map | _List):
                 # Errors about this key now name the override, not the file's line.
                 node.override_sources[part] = label
             return
@@ -267,6 +346,8 @@ def set_key(
             node[part] = child
         elif not isinstance(child, dict | list):
             raise ConfigError(f"{label}: {here} is not a section")
+        elif isinstance(child, list) and not isinstance(child, _List):
+            child = node[part] = _List(child)  # so that errors about the item name the override
         node = child
 
 
@@ -307,7 +388,7 @@ def _as_map(value: Any) -> Any:
     if isinstance(value, dict):
         return _Map({k: _as_map(v) for k, v in value.items()})
     if isinstance(value, list):
-        return [_as_map(v) for v in value]
+        return _List(_as_map(v) for v in value)
     return value
 
 
@@ -416,13 +497,14 @@ def _convert(tp: Any, value: Any, *, source: str, key: str, where: str) -> Any:
             if len(value) != len(args):
                 raise fail(f"a list of {len(args)} items")
             items = [
-                _convert(a, v, source=source, key=f"{key}[{i}]", where=where)
+                _convert(a, v, source=source, key=f"{key}[{i}]", where=_item_where(value, i, where))
                 for i, (a, v) in enumerate(zip(args, value, strict=True))
             ]
             return tuple(items)
         item_tp = args[0] if args else Any
         items = [
-            _convert(item_tp, v, source=source, key=f"{key}[{i}]", where=where) for i, v in enumerate(value)
+            _convert(item_tp, v, source=source, key=f"{key}[{i}]", where=_item_where(value, i, where))
+            for i, v in enumerate(value)
         ]
         return tuple(items) if origin is tuple else items
     if origin is dict:
@@ -444,20 +526,21 @@ def _convert(tp: Any, value: Any, *, source: str, key: str, where: str) -> Any:
             return value
         raise fail("an integer")
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):  # YAML .nan / .inf
-                raise fail("a finite number")
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-5" (no dot) as a string; accept what float() accepts, except nan/inf words.
-            try:
-                out = float(value)
-            except ValueError:
-                raise fail("a number") from None
-            if value.strip().lower() in {"nan", "inf", "-inf", "+inf", "infinity", "-infinity"}:
-                raise fail("a finite number")
-            return out
-        raise fail("a number")
+        # The one place a config float is made: NaN and infinity in any spelling (YAML's .nan/.inf, float()'s
+        # "+nan"/"Infinity", an overflowing "1e999" or a 400-digit integer) are refused. No field accepts them;
+        # one that ever needs infinity should say so with its own type, not by loosening this check.
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise fail("a number")
+        try:
+            # YAML 1.1 reads "1e-5" (no dot) as a string; accept what float() accepts.
+            out = float(value)
+        except ValueError:
+            raise fail("a number") from None
+        except OverflowError:  # an integer too large for a float
+            raise fail("a finite number") from None
+        if not math.isfinite(out):
+            raise fail("a finite number")
+        return out
     if tp is str:
         if isinstance(value, str):
             return value
@@ -500,6 +583,11 @@ def _where(data: Any, key: Any, source: str, prefix: str) -> str:
     if line is not None and line > 0:
         return f"{source}:{line}"
     return source
+
+
+def _item_where(items: Any, index: int, where: str) -> str:
+    """Where list item ``index`` came from: the override that set it, else where the list is (``where``)."""
+    return (getattr(items, "override_sources", None) or {}).get(index, where)
 
 
 def _type_name(tp: Any) -> str:
