@@ -31,7 +31,7 @@ from rewardmix.config import (
 )
 from rewardmix.data.readers import DataError
 from rewardmix.llm.client import LLMError
-from rewardmix.redact import install_redaction, redact
+from rewardmix.redact import install_excepthooks, install_redaction, redact
 from rewardmix.stages import STAGES, Stage, get_stage
 
 log = logging.getLogger("rewardmix")
@@ -271,6 +271,7 @@ def quiet_known_warnings() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_known_warnings()
+    install_excepthooks()  # an uncaught exception's traceback is printed redacted (no API key in it)
     if "torch" not in sys.modules:  # OpenMP reads these when torch loads; too late once it is loaded
         for key, value in OMP_DEFAULTS.items():
             os.environ.setdefault(key, value)
@@ -313,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rewardmix: error: {redact(where)}", file=sys.stderr)
         return 1
     except LLMError as e:
-        # A fatal teacher/judge error (401, 403, 404): finished items are kept, a rerun resumes.
+        # A fatal teacher/judge error (401, 403, 404, no server, a malformed key, too many failed requests):
+        # finished items are kept, a rerun resumes. The message is redacted when the error is made.
         print(f"rewardmix: error: {e}", file=sys.stderr)
         return 1
     except FloatingPointError as e:

@@ -18,13 +18,17 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
+import traceback
+import types
 
 __all__ = [
     "MIN_SECRET_LENGTH",
     "REDACTED",
     "RedactingFilter",
     "get_redacting_logger",
+    "install_excepthooks",
     "install_redaction",
     "redact",
     "register_secret_env",
@@ -57,16 +61,26 @@ def register_secret_env(name: str) -> None:
 def _secret_values() -> list[str]:
     with _lock:
         names = sorted(_secret_envs)
-    values = {os.environ.get(n, "") for n in names}
+    values: set[str] = set()
+    for name in names:
+        raw = os.environ.get(name, "")
+        # The value as set, the key as it is sent (surrounding whitespace such as the "\r" of a CRLF key file
+        # stripped), and both as a repr or an escaped header value shows them ("sk-abc\\r" in a traceback).
+        for value in (raw, raw.strip()):
+            if len(value.strip()) >= MIN_SECRET_LENGTH:
+                values.add(value)
+                values.add(value.encode("unicode_escape").decode("ascii"))
+                values.add(repr(value)[1:-1])
     # Longest first so that a key containing another key is replaced whole.
-    return sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+    return sorted(values, key=len, reverse=True)
 
 
 def redact(text: str) -> str:
     """Replace API keys and bearer credentials in ``text`` with ``***``.
 
-    Replaces (1) the current value of every registered secret environment variable (values shorter than
-    :data:`MIN_SECRET_LENGTH` are left alone, see above), (2) the credential after ``Bearer``, and
+    Replaces (1) the current value of every registered secret environment variable, as set, with surrounding
+    whitespace stripped, and escaped as ``repr`` shows it (values shorter than :data:`MIN_SECRET_LENGTH` are
+    left alone, see above), (2) the credential after ``Bearer``, and
     (3) OpenAI-style ``sk-`` keys.
 
     Args:
@@ -127,6 +141,32 @@ def get_redacting_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(name)
     install_redaction(logger)
     return logger
+
+
+def redacting_excepthook(
+    exc_type: type[BaseException], exc: BaseException, tb: types.TracebackType | None
+) -> None:
+    """A ``sys.excepthook`` that prints an uncaught exception's traceback redacted (installed by the CLI)."""
+    sys.stderr.write(redact("".join(traceback.format_exception(exc_type, exc, tb))))
+
+
+def _redacting_thread_hook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    sys.stderr.write(redact(f"Exception in thread {name}:\n{text}"))
+
+
+def install_excepthooks() -> None:
+    """Redact tracebacks of uncaught exceptions, in the main thread and in other threads.
+
+    A hook someone else installed (a debugger, pytest) is left in place.
+    """
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = redacting_excepthook
+    if threading.excepthook is threading.__excepthook__:
+        threading.excepthook = _redacting_thread_hook
 
 
 install_redaction("rewardmix")

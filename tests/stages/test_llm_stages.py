@@ -11,6 +11,7 @@ from rewardmix.config import ConfigError, from_dict
 from rewardmix.data.pairs import read_pairs
 from rewardmix.data.readers import DataError
 from rewardmix.data.tasks import get_task
+from rewardmix.llm.batch import BatchFailedError
 from rewardmix.rundir import read_jsonl
 from rewardmix.stages import pairs, rank, rationales
 
@@ -206,11 +207,14 @@ def test_rank_when_every_judgment_fails(tmp_path, chat_server):
     samples = tmp_path / "samples.jsonl"
     samples.write_text(json.dumps({"question": "q", "answers": ["a", "b"]}) + "\n")
     chat_server.answer = lambda body: "no ranking here"
-    res = rank.run(
-        from_dict(
-            rank.Config,
-            {"input": str(samples), "output_dir": str(tmp_path / "r"), "judge": openai_teacher(chat_server)},
-        )
+    cfg = from_dict(
+        rank.Config,
+        {"input": str(samples), "output_dir": str(tmp_path / "r"), "judge": openai_teacher(chat_server)},
     )
-    # nothing parsed: no output row, the failure counted (and listed in the batch failures file)
-    assert read_jsonl(res.rankings_path) == [] and res.stats["failed"] == 1
+    # nothing parsed: an error (not an empty file a recipe goes on with), naming the share and the cause
+    with pytest.raises(BatchFailedError, match=r"1 of 1 failed \(100%, none answered\).*ParseError"):
+        rank.run(cfg)
+    # what the run did is still written: no output row, the failure counted and listed
+    stats = json.loads((tmp_path / "r" / "stats.json").read_text())
+    assert read_jsonl(tmp_path / "r" / "rankings.jsonl") == [] and stats["failed"] == 1
+    assert len(read_jsonl(tmp_path / "r" / "judge_outputs.failures.jsonl")) == 1

@@ -10,7 +10,8 @@ Items that fail (retries exhausted, a rejected request, an answer the ``validate
 ``parse_retries`` re-asks) are appended to ``failures_path`` with the reason and listed in the returned
 :class:`BatchReport`; they are never dropped silently, and a rerun tries them again (the failures file is
 started afresh by each run, so it always describes the last run). An authentication-type error (401, 403,
-404) stops the job at once instead of failing every item the same way.
+404) or a server that is not running stops the job at once instead of failing every item the same way.
+:func:`check_failures` turns a batch in which nothing, or too large a share, succeeded into an error.
 
 Reference: SPEC §0 ("every stage can resume after being killed") and §2 ("resumable").
 """
@@ -29,12 +30,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rewardmix.llm.client import ChatClient, ChatRequest, ChatResponse, LLMError, LLMHTTPError
+from rewardmix.llm.client import ChatClient, ChatRequest, ChatResponse, LLMError
 from rewardmix.llm.prompts import ParseError
 from rewardmix.redact import get_redacting_logger, redact
 from rewardmix.rundir import read_jsonl, read_jsonl_repair
 
-__all__ = ["BatchReport", "FailedItem", "read_done_ids", "run_batch"]
+__all__ = ["BatchFailedError", "BatchReport", "FailedItem", "check_failures", "read_done_ids", "run_batch"]
 
 logger = get_redacting_logger(__name__)
 
@@ -86,6 +87,53 @@ class BatchReport:
             "out_path": self.out_path,
             "failures_path": self.failures_path,
         }
+
+
+class BatchFailedError(LLMError):
+    """Too many items of a batch failed (all of them, or a share above ``max_failed_fraction``).
+
+    Attributes:
+        failed: Items that failed in this run.
+        total: Items of the batch.
+    """
+
+    def __init__(self, message: str, *, failed: int, total: int) -> None:
+        super().__init__(message)
+        self.failed = failed
+        self.total = total
+
+
+def check_failures(report: BatchReport, max_failed_fraction: float, *, what: str) -> None:
+    """Raise :class:`BatchFailedError` when no item of ``report`` has an answer, or when the failed share
+    (``len(report.failed) / report.total``) is above ``max_failed_fraction``.
+
+    Args:
+        report: What :func:`run_batch` returned.
+        max_failed_fraction: The largest failed share that still counts as success (0 = no failure allowed).
+        what: Names the job in the message, e.g. ``"rationales: teacher requests"``.
+
+    Raises:
+        BatchFailedError: With the counts, the share, the most common cause and the failures file.
+    """
+    failed, total = len(report.failed), report.total
+    if total == 0:
+        return
+    answered = report.done + report.skipped_existing
+    share = failed / total
+    if answered > 0 and share <= max_failed_fraction:
+        return
+    causes = Counter(f.error for f in report.failed).most_common(1)
+    cause = ""
+    if causes:
+        first = next(f for f in report.failed if f.error == causes[0][0])
+        cause = f"; most common cause {first.error} ({causes[0][1]}x), e.g. {first.id}: {first.reason}"
+    limit = "none answered" if answered == 0 else f"above max_failed_fraction={max_failed_fraction:g}"
+    raise BatchFailedError(
+        f"{what}: {failed} of {total} failed ({share:.0%}, {limit}){cause}; every failure is listed in "
+        f"{report.failures_path}; a rerun asks only for the missing ones",
+        failed=failed,
+        total=total,
+    )
 
 
 def read_batch_texts(out_path: str | Path) -> dict[str, str]:
@@ -173,7 +221,8 @@ def run_batch(
 
     Raises:
         ValueError: Duplicate ids, ``concurrency < 1``, or a corrupt output file.
-        LLMHTTPError: A fatal status (401, 403, 404); lines already written are kept.
+        LLMError: A fatal one (``fatal`` true: HTTP 401, 403, 404, or no server listening at the URL); lines
+            already written are kept.
         KeyboardInterrupt: Re-raised after the calls in flight have finished and been written.
     """
     if concurrency < 1:
@@ -215,12 +264,9 @@ def run_batch(
         except ParseError as e:
             _record_failure(report, fail_writer, lock, FailedItem(item_id, key, "ParseError", str(e)))
             return
-        except LLMHTTPError as e:
-            if e.fatal:
-                raise
-            _record_failure(report, fail_writer, lock, FailedItem(item_id, key, type(e).__name__, str(e)))
-            return
         except LLMError as e:
+            if getattr(e, "fatal", False):  # 401/403/404, no server listening: every item would fail alike
+                raise
             _record_failure(report, fail_writer, lock, FailedItem(item_id, key, type(e).__name__, str(e)))
             return
         # The key of the request that produced the text (a re-ask after a malformed answer has another seed).

@@ -42,10 +42,16 @@ class LLMConfig:
     of 8 costs little more than one request)."""
     cache: str | None = None
     """SQLite cache file; null = ``<output_dir>/llm_cache.sqlite``. A repeated request is never paid twice."""
+    max_failed_fraction: float = 0.5
+    """Largest share of requests that may fail (after their retries) with the stage still succeeding; above it,
+    or when no request succeeds at all, the stage stops with an error (exit code 1) naming the share and the
+    cause, after writing what it has. 0 = any failure is an error; 1 = only "nothing succeeded" is."""
     trust_remote_code: bool = False
     """Allow custom model code from the model folder (local backend). Off unless you trust the model."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_failed_fraction <= 1.0:
+            raise ValueError(f"max_failed_fraction must be in [0, 1], got {self.max_failed_fraction!r}")
         # A key pasted where a config expects a name or a URL would be saved with the config and logged: refuse
         # it, without repeating it in the message.
         if not _ENV_NAME.fullmatch(self.api_key_env):

@@ -4,13 +4,17 @@ Works with OpenAI and with local servers that speak the same JSON: vLLM (``vllm 
 (``llama-server``), Ollama (``http://localhost:11434/v1``). ``base_url`` is the part before
 ``/chat/completions``, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
 
-The API key is read from ``os.environ[api_key_env]`` at every call and never stored on the client. A
-missing variable is allowed: the request is then sent without an ``Authorization`` header, which is what
+The API key is read from ``os.environ[api_key_env]`` at every call (by :func:`read_api_key`, the one place
+that reads it) and never stored on the client. Surrounding whitespace is stripped (a key file saved with CRLF
+line ends, ``export KEY=$'sk-abc\\r'``); a key that still holds a control character is refused with a message
+naming the variable, never the key, when the client is built. A missing variable is allowed: the request is then sent without an ``Authorization`` header, which is what
 local servers expect (they ignore or do not require it); a remote API will answer 401, which raises
 :class:`LLMHTTPError` at once.
 
 Retries (exponential backoff with jitter, ``sleep`` injectable for tests) happen on: timeouts, connection
-errors (reset, refused, truncated body), 429 (honouring ``Retry-After``), 408/409/425 and 5xx, a body that is
+errors (reset, refused, truncated body; a refused connection before this client ever got an answer is
+retried only :data:`REFUSED_RETRIES` times, at most 1 s apart, then raises :class:`ServerUnreachableError`:
+the server is most likely not running, and a batch job stops at once), 429 (honouring ``Retry-After``), 408/409/425 and 5xx, a body that is
 not valid JSON, and a response without ``choices[i].message.content``. Other 4xx statuses (400, 401, 403,
 404, ...) raise :class:`LLMHTTPError` without a retry. Retries are counted per cause in
 :attr:`OpenAICompatibleClient.retry_counts`.
@@ -38,7 +42,15 @@ from typing import Any
 from rewardmix.llm.client import ChatRequest, ChatResponse, LLMError, LLMHTTPError, RetriesExhaustedError
 from rewardmix.redact import get_redacting_logger, redact, register_secret_env
 
-__all__ = ["RETRY_CAUSES", "OpenAICompatibleClient", "RateLimiter", "parse_retry_after"]
+__all__ = [
+    "REFUSED_RETRIES",
+    "RETRY_CAUSES",
+    "OpenAICompatibleClient",
+    "RateLimiter",
+    "ServerUnreachableError",
+    "parse_retry_after",
+    "read_api_key",
+]
 
 logger = get_redacting_logger(__name__)
 
@@ -49,15 +61,46 @@ _RETRYABLE_4XX = frozenset({408, 409, 425})
 # A hostile or buggy Retry-After must not stall a job for hours.
 _MAX_RETRY_AFTER_S = 600.0
 _BODY_SNIPPET = 300
+REFUSED_RETRIES = 2
+"""Retries of a refused connection while the client has had no answer yet (the server is probably down)."""
+_REFUSED_MAX_DELAY_S = 1.0
+
+
+class ServerUnreachableError(LLMError):
+    """The connection was refused and no request of this client ever succeeded: nothing listens at
+    ``base_url``. Fatal: a batch job stops instead of failing every item the same way."""
+
+    fatal = True
+
+
+def read_api_key(env_name: str) -> str | None:
+    """The API key in ``os.environ[env_name]``, surrounding whitespace stripped; ``None`` when unset or blank.
+
+    Raises:
+        LLMError: The key holds a control character (after stripping); the message names the variable only.
+    """
+    raw = os.environ.get(env_name)
+    if raw is None:
+        return None
+    key = raw.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise LLMError(
+            f"the API key in environment variable {env_name} holds a control character (a line break or "
+            f"tab inside it?); set {env_name} to the key alone, e.g. export {env_name}=\"$(tr -d '\\r\\n' < keyfile)\""
+        )
+    return key or None
 
 
 class _RetryableError(Exception):
     """Internal: one failed attempt that may succeed when repeated."""
 
-    def __init__(self, cause: str, detail: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, cause: str, detail: str, retry_after: float | None = None, *, refused: bool = False
+    ) -> None:
         super().__init__(detail)
         self.cause = cause
         self.retry_after = retry_after
+        self.refused = refused
 
 
 class RateLimiter:
@@ -172,7 +215,9 @@ class OpenAICompatibleClient:
         self._lock = threading.Lock()
         self._retry_counts: Counter[str] = Counter()
         self._attempts = 0
+        self._answered = False
         register_secret_env(api_key_env)
+        read_api_key(api_key_env)  # a malformed key fails here, once, with a clean message
 
     def __repr__(self) -> str:
         # Only the variable's name, never its value; user:password in the URL is dropped too.
@@ -209,6 +254,12 @@ class OpenAICompatibleClient:
             try:
                 return self._attempt(body, request.n)
             except _RetryableError as err:
+                refused = err.cause == "connection" and err.refused and not self._answered
+                if refused and attempt >= min(REFUSED_RETRIES, self.max_retries):
+                    raise ServerUnreachableError(
+                        f"{self.url}: connection refused ({attempt + 1} attempts); is the server at "
+                        f"{self.base_url} running?"
+                    ) from None
                 if attempt == self.max_retries:
                     raise RetriesExhaustedError(
                         attempt + 1,
@@ -216,6 +267,8 @@ class OpenAICompatibleClient:
                         f"{self.url}: gave up after {attempt + 1} attempts; last failure ({err.cause}): {err}",
                     ) from None
                 delay = self._delay(attempt, err.retry_after)
+                if refused:
+                    delay = min(delay, _REFUSED_MAX_DELAY_S)
                 with self._lock:
                     self._retry_counts[err.cause] += 1
                 logger.warning(
@@ -247,7 +300,7 @@ class OpenAICompatibleClient:
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json", **self._extra_headers}
-        key = os.environ.get(self.api_key_env)
+        key = read_api_key(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
@@ -268,17 +321,27 @@ class OpenAICompatibleClient:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
+        except ValueError as e:
+            # http.client refuses a header value with a control character (an extra header); its message
+            # quotes the value, hence redacted; retrying cannot help.
+            raise LLMError(f"{self.url}: the request could not be sent: {e}") from None
         except urllib.error.HTTPError as e:
+            self._answered = True  # a server is there, even if it fails
             raise self._http_error(e) from None
         except TimeoutError as e:
             raise _RetryableError("timeout", f"timed out after {self.timeout}s ({e})") from None
         except urllib.error.URLError as e:
             if isinstance(e.reason, (TimeoutError, socket.timeout)):
                 raise _RetryableError("timeout", f"timed out after {self.timeout}s ({e.reason})") from None
-            raise _RetryableError("connection", f"connection error: {e.reason}") from None
+            refused = isinstance(e.reason, ConnectionRefusedError)
+            raise _RetryableError("connection", f"connection error: {e.reason}", refused=refused) from None
         except (ConnectionError, http.client.HTTPException, OSError) as e:
             # RemoteDisconnected / reset / IncompleteRead (body cut short): the server or network dropped us.
-            raise _RetryableError("connection", f"connection error: {type(e).__name__}: {e}") from None
+            refused = isinstance(e, ConnectionRefusedError)
+            raise _RetryableError(
+                "connection", f"connection error: {type(e).__name__}: {e}", refused=refused
+            ) from None
+        self._answered = True
         return _parse_completion(raw, n)
 
     def _http_error(self, e: urllib.error.HTTPError) -> Exception:

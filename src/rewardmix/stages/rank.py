@@ -6,7 +6,8 @@ judge may declare ties (``2>1=5>3=4``), and an answer whose ranking does not par
 recorded as failed (a refusal among them is also counted as ``refused`` in stats.json). Output
 ``rankings.jsonl`` adds ``ranks`` (aligned with ``answers``, 1 = best, ties share a rank) and ``judge_text``;
 ``rewardmix pairs source=rankings`` turns it into rationale-sensitive pairs. Calls are cached and the job
-resumes after a kill.
+resumes after a kill. When no question is ranked, or more than ``judge.max_failed_fraction`` of the requests
+fail, the stage writes what it has, then stops with an error (exit code 1).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from rewardmix.data.readers import DataError, as_str, read_records, save_report
-from rewardmix.llm.batch import read_batch_texts, run_batch
+from rewardmix.llm.batch import check_failures, read_batch_texts, run_batch
 from rewardmix.llm.config import LLMConfig, build_client
 from rewardmix.llm.filters import find_refusal
 from rewardmix.llm.prompts import ParseError, parse_ranking, ranking_prompt
@@ -107,6 +108,8 @@ def run(cfg: Config) -> RankResult:
     }
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
     log.info("rank: %d questions -> %d ranked, %d failed", len(records), len(rows), stats["failed"])
+    # a judge that ranked nothing (or too little) is an error, not an empty file a recipe goes on with
+    check_failures(batch, cfg.judge.max_failed_fraction, what="rank: judge requests")
     return RankResult(out, rankings_path, stats)
 
 

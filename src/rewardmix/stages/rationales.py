@@ -8,7 +8,9 @@ The output ``rationales.jsonl`` holds one record per kept example::
     {"id", "task", "question", "gold_label", "gold_rationale", "wrong_label", "wrong_rationale"}
 
 which ``rewardmix pairs`` turns into label-sensitive pairs and ``rewardmix sft`` can train on (SFT w. rat.).
-Teacher calls are cached and the batch resumes after a kill without paying twice.
+Teacher calls are cached and the batch resumes after a kill without paying twice. When no teacher request
+succeeds, or more than ``teacher.max_failed_fraction`` of them fail, the stage writes what it has, then stops
+with an error (exit code 1).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Literal, NamedTuple
 from rewardmix.data.pairs import wrong_label
 from rewardmix.data.readers import DataError, save_report
 from rewardmix.data.tasks import get_task, load_task_examples, parse_label, task_names
-from rewardmix.llm.batch import read_batch_texts, run_batch
+from rewardmix.llm.batch import check_failures, read_batch_texts, run_batch
 from rewardmix.llm.config import LLMConfig, build_client
 from rewardmix.llm.filters import check_rationale
 from rewardmix.llm.prompts import rationale_request
@@ -151,6 +153,8 @@ def run(cfg: Config) -> RationalesResult:
         dropped,
         rationales_path,
     )
+    # a teacher that answered nothing (or too little) is an error, not an empty file a recipe goes on with
+    check_failures(batch, cfg.teacher.max_failed_fraction, what="rationales: teacher requests")
     return RationalesResult(out, rationales_path, stats)
 
 
