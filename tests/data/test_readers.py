@@ -255,6 +255,71 @@ BAD_CASES = {
         "label",
         "not a finite number",
     ),
+    # Issue 17: JSON that Python's json accepts or chokes on, each a bad row at its line.
+    "json duplicate key": (
+        ".jsonl",
+        b'{"text": "x", "label": 1, "label": 0}\n',
+        {},
+        None,
+        "duplicate key 'label'",
+    ),
+    "json duplicate nested key": (
+        ".jsonl",
+        b'{"text": "x", "meta": {"chosen": "a", "rejected": "b", "chosen": "b"}}\n',
+        {},
+        None,
+        "duplicate key 'chosen'",
+    ),
+    "json huge integer": (
+        ".jsonl",
+        b'{"text": "x", "label": ' + b"9" * 5000 + b"}\n",
+        {},
+        "label",
+        "integer of 5000 digits",
+    ),
+    "json deep nesting": (
+        ".jsonl",
+        b'{"text": "x", "label": ' + b"[" * 5000 + b"]" * 5000 + b"}\n",
+        {},
+        None,
+        "nested deeper than",
+    ),
+    "json moderately deep nesting": (
+        ".jsonl",
+        b'{"text": "x", "label": ' + b"[" * 200 + b"]" * 200 + b"}\n",
+        {},
+        None,
+        "nested deeper than",
+    ),
+    "json lone surrogate": (
+        ".jsonl",
+        b'{"text": "bad \\ud800 half", "label": 1}\n',
+        {},
+        "text",
+        "lone surrogate '\\ud800'",
+    ),
+    "json lone surrogate in a key": (
+        ".jsonl",
+        b'{"text": "x", "\\udc00": 1}\n',
+        {},
+        None,
+        "lone surrogate '\\udc00' in a key",
+    ),
+    "json NaN unconverted": (".jsonl", b'{"text": "x", "label": NaN}\n', {}, "label", "not a finite number"),
+    "json Infinity nested": (
+        ".jsonl",
+        b'{"text": "x", "scores": [1, -Infinity]}\n',
+        {},
+        "scores",
+        "not a finite number: -Infinity",
+    ),
+    "json float overflow": (
+        ".jsonl",
+        b'{"text": "x", "label": 1e999}\n',
+        {},
+        "label",
+        "not a finite number: 1e999",
+    ),
     "csv range": (
         ".csv",
         b"x,5.5\n",
@@ -289,6 +354,38 @@ def test_bad_row_skip_policy_counts_and_reports(tmp_path: Path, name: str) -> No
     assert (report.rows_in, report.rows_out) == (3, 2)
     assert [(s.line, s.field) for s in report.skipped] == [(3, field)]
     assert reason in report.skipped[0].reason
+    assert_counts(report)
+
+
+def test_json_valid_unicode_and_numbers_still_read(tmp_path: Path) -> None:
+    """Emoji, surrogate pairs written as escapes, big-but-fine integers and moderate nesting are kept."""
+    lines = [
+        '{"text": "smile \U0001f600 ok", "n": 1}',
+        '{"text": "pair \\ud83d\\ude00 escaped", "n": -2.5e10}',
+        '{"text": "big", "n": ' + "9" * 4000 + "}",
+        '{"text": "nested", "n": ' + "[" * 50 + "]" * 50 + ', "m": {"a": {"b": 1}}}',
+    ]
+    path = write(tmp_path / "ok.jsonl", "\n".join(lines) + "\n")
+    rows, report = read_records(path)
+    assert [r["text"] for r in rows] == ["smile \U0001f600 ok", "pair \U0001f600 escaped", "big", "nested"]
+    assert rows[2]["n"] == int("9" * 4000)
+    assert (report.rows_in, report.rows_out, report.skipped) == (4, 4, [])
+    json.dumps(rows[1], ensure_ascii=False).encode("utf-8")  # valid Unicode all the way
+
+
+def test_json_duplicate_keys_in_rows_are_counted_skips(tmp_path: Path) -> None:
+    """A label given twice is a bad row, never a silently flipped label (issue 17)."""
+    path = write(
+        tmp_path / "d.jsonl",
+        '{"chosen": "a", "rejected": "b"}\n{"chosen": "a", "rejected": "b", "chosen": "b"}\n'
+        '{"chosen": "c", "rejected": "d", "meta": {"k": 1, "k": 2}}\n',
+    )
+    rows, report = read_records(path, on_bad_row="skip")
+    assert rows == [{"chosen": "a", "rejected": "b"}]
+    assert [(s.line, s.reason) for s in report.skipped] == [
+        (2, "duplicate key 'chosen'"),
+        (3, "duplicate key 'k'"),
+    ]
     assert_counts(report)
 
 

@@ -6,10 +6,12 @@ position, field and reason, so that ``rows_in == rows_out + len(skipped)`` alway
 dropped silently. Positions are 1-based: the physical line where a row starts for JSONL/CSV/TSV, the row
 index ("row N") for Parquet and ``datasets``.
 
-A bad row is one of: invalid JSON, a JSON value that is not an object, a wrong number of columns, a line
-that is not UTF-8, a line longer than ``max_line_bytes``, a CSV quoting error, a required field (a key of
-``fields``) that is missing, null or blank, a value its converter rejects (``ValueError``/``TypeError``), or
-a row the ``check`` hook rejects (a cross-field rule, e.g. "the wrong label differs from the gold label";
+A bad row is one of: invalid JSON, a JSON value that is not an object, JSON that Python's ``json`` would let
+through or choke on (a key given twice in any object, ``NaN``/``Infinity`` or a number too big for a float, an
+integer over 4300 digits, nesting deeper than 100 levels, a lone surrogate such as ``"\\ud800"``), a wrong
+number of columns, a line that is not UTF-8, a line longer than ``max_line_bytes``, a CSV quoting error, a
+required field (a key of ``fields``) that is missing, null or blank, a value its converter rejects
+(``ValueError``/``TypeError``), or a row the ``check`` hook rejects (a cross-field rule, e.g. "the wrong label differs from the gold label";
 raise :class:`RowError` to name the field).
 Under ``on_bad_row="error"`` the first one raises :class:`DataError` (``"file:line: field 'x': reason"``);
 under ``"skip"`` it is counted, logged (one warning each for the first 20, then a summary) and skipped.
@@ -495,9 +497,12 @@ def _read_jsonl(
             bad.add(line.number, None, line.problem)
             continue
         try:
-            obj = json.loads(line.text)  # type: ignore[arg-type]
+            obj = _decode_json_row(line.text)  # type: ignore[arg-type]
         except json.JSONDecodeError as exc:
             bad.add(line.number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except RowError as exc:
+            bad.add(line.number, exc.field, str(exc))
             continue
         if not isinstance(obj, dict):
             bad.add(line.number, None, f"expected a JSON object, got {type(obj).__name__}")
@@ -506,6 +511,115 @@ def _read_jsonl(
         if row is not None:
             rows.append(row)
     return rows, rows_in
+
+
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of objects and arrays accepted in a JSON row (the row object itself is level 1)."""
+
+MAX_JSON_INT_DIGITS = 4300
+"""Longest integer accepted in a JSON row, in digits (Python's default ``int`` parsing limit)."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _BadValue:
+    """Stands in for a JSON value the row cannot keep (NaN, an infinity, a huge integer) until the row is walked."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RowError(None, f"duplicate key {_short(key)}")
+            seen.add(key)
+    return obj
+
+
+def _decode_json_row(text: str) -> Any:
+    """``json.loads``, strict about what Python's json lets through or chokes on (issue 17).
+
+    Raises:
+        json.JSONDecodeError: invalid JSON.
+        RowError: a duplicate key in any object; ``NaN``/``Infinity`` or a number too big for a float; an
+            integer over :data:`MAX_JSON_INT_DIGITS` digits; nesting deeper than :data:`MAX_JSON_DEPTH`; a lone
+            surrogate (``"\\ud800"``, not valid Unicode) in a string or key. The field is the top-level key
+            holding the bad value, where there is one.
+    """
+    flagged: list[_BadValue] = []
+
+    def bad_value(reason: str) -> _BadValue:
+        flagged.append(_BadValue(reason))
+        return flagged[-1]
+
+    def parse_int(digits: str) -> Any:
+        count = len(digits) - digits.startswith("-")
+        if count > MAX_JSON_INT_DIGITS:
+            return bad_value(f"an integer of {count} digits (at most {MAX_JSON_INT_DIGITS})")
+        try:
+            return int(digits)
+        except ValueError:  # a lower sys.set_int_max_str_digits()
+            return bad_value(f"an integer of {count} digits (over Python's int parsing limit)")
+
+    def parse_float(number: str) -> Any:
+        value = float(number)
+        if not math.isfinite(value):
+            shown = number if len(number) <= 40 else number[:37] + "..."
+            return bad_value(f"not a finite number: {shown} (too big for a float)")
+        return value
+
+    def parse_constant(name: str) -> Any:
+        return bad_value(f"not a finite number: {name} (not valid JSON)")
+
+    too_deep = f"nested deeper than {MAX_JSON_DEPTH} levels"
+    try:
+        obj = json.loads(
+            text,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_int=parse_int,
+            parse_float=parse_float,
+            parse_constant=parse_constant,
+        )
+    except RecursionError:
+        raise RowError(None, too_deep) from None
+    if flagged or "\\u" in text or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        _check_json_values(obj, too_deep)
+    return obj
+
+
+def _check_json_values(obj: Any, too_deep: str) -> None:
+    """Walk a decoded row (without recursion) for a flagged value, a lone surrogate or too deep nesting."""
+    stack: list[tuple[Any, int, str | None]] = [(obj, 0, None)]  # (value, depth of its container, top key)
+    while stack:
+        value, depth, top = stack.pop()
+        if isinstance(value, dict | list):
+            if depth + 1 > MAX_JSON_DEPTH:
+                raise RowError(None, too_deep)
+            if isinstance(value, dict):
+                for key in value:
+                    surrogate = _SURROGATE.search(key)
+                    if surrogate:
+                        raise RowError(
+                            None, f"lone surrogate {ascii(surrogate.group())} in a key (not valid Unicode)"
+                        )
+                items = [(v, depth + 1, key if depth == 0 else top) for key, v in value.items()]
+            else:
+                items = [(v, depth + 1, top) for v in value]
+            stack.extend(reversed(items))  # document order
+        elif isinstance(value, _BadValue):
+            raise RowError(top, value.reason)
+        elif isinstance(value, str):
+            surrogate = _SURROGATE.search(value)
+            if surrogate:
+                raise RowError(
+                    top, f"lone surrogate {ascii(surrogate.group())} in a string (not valid Unicode)"
+                )
 
 
 def _iter_records(
