@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from rewardmix.llm import http
+
 
 @pytest.fixture
 def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
@@ -24,3 +26,15 @@ class Sleeps(list):
 @pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
+
+
+@pytest.fixture
+def client_sleeps(monkeypatch: pytest.MonkeyPatch, sleeps: Sleeps) -> Sleeps:
+    """Backoff delays of every client the stages build, recorded in ``sleeps`` instead of slept."""
+
+    class RecordingClient(http.OpenAICompatibleClient):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, sleep=sleeps, **kwargs)
+
+    monkeypatch.setattr(http, "OpenAICompatibleClient", RecordingClient)
+    return sleeps

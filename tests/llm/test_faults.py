@@ -38,24 +38,6 @@ FAULTS = [
 ]
 
 
-class Sleeps(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-@pytest.fixture
-def sleeps(monkeypatch) -> Sleeps:
-    """Backoff delays of every client the stages build, recorded instead of slept."""
-    recorded = Sleeps()
-
-    class RecordingClient(http.OpenAICompatibleClient):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, sleep=recorded, **kwargs)
-
-    monkeypatch.setattr(http, "OpenAICompatibleClient", RecordingClient)
-    return recorded
-
-
 @pytest.fixture
 def sst2(tmp_path):
     path = tmp_path / "sst2.tsv"
@@ -85,7 +67,7 @@ def rationales_argv(data, out, server, *extra):
     ]
 
 
-def test_rationales_survive_a_fault_storm(tmp_path, chat_server, sleeps, sst2):
+def test_rationales_survive_a_fault_storm(tmp_path, chat_server, client_sleeps, sst2):
     chat_server.answer = teacher_answer
     assert cli.main(rationales_argv(sst2, tmp_path / "clean", chat_server)) == 0
     clean_requests = chat_server.count
@@ -103,11 +85,11 @@ def test_rationales_survive_a_fault_storm(tmp_path, chat_server, sleeps, sst2):
     assert stats["teacher"]["failed"] == [] and stats["kept"] == 4
     assert stats["dropped"] == {"missing": 0, "refusal": 1, "contradiction": 0}  # refusal filtered, counted
     # Retry-After honoured exactly (429: 1.5 s and 0 s; 503: 2 s); the rest backed off with jitter
-    assert sorted(s for s in sleeps if s in (0.0, 1.5, 2.0)) == [0.0, 1.5, 2.0]
-    assert len(sleeps) == len(FAULTS) and all(0 <= s <= 60 for s in sleeps)
+    assert sorted(s for s in client_sleeps if s in (0.0, 1.5, 2.0)) == [0.0, 1.5, 2.0]
+    assert len(client_sleeps) == len(FAULTS) and all(0 <= s <= 60 for s in client_sleeps)
 
 
-def test_retries_exhausted_item_is_recorded_then_redone(tmp_path, chat_server, sleeps, sst2):
+def test_retries_exhausted_item_is_recorded_then_redone(tmp_path, chat_server, client_sleeps, sst2):
     """An item whose retries all fail is listed as failed (never silently dropped); a rerun asks only for it."""
     chat_server.answer = teacher_answer
     chat_server.faults.extend([("status", 503, {}, "down")] * 3)
@@ -130,7 +112,7 @@ def test_retries_exhausted_item_is_recorded_then_redone(tmp_path, chat_server, s
 
 
 def test_interrupted_job_resumes_without_paying_twice(
-    tmp_path, chat_server, sleeps, sst2, monkeypatch, capsys
+    tmp_path, chat_server, client_sleeps, sst2, monkeypatch, capsys
 ):
     chat_server.answer = teacher_answer
     chat_server.faults.extend(["reset", ("status", 500, {}, "x"), "truncated"])
@@ -161,7 +143,7 @@ def test_interrupted_job_resumes_without_paying_twice(
     assert stats["cache"]["misses"] == 10 - done_first  # the second run paid only for what was missing
 
 
-def test_rank_counts_refusals_and_reasks(tmp_path, chat_server, sleeps):
+def test_rank_counts_refusals_and_reasks(tmp_path, chat_server, client_sleeps):
     samples = tmp_path / "samples.jsonl"
     samples.write_text(
         "".join(json.dumps({"question": f"q{i}", "answers": ["a", "b"]}) + "\n" for i in range(1, 4))

@@ -30,24 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-test-123"
 
 
-class Sleeps(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-@pytest.fixture
-def sleeps(monkeypatch) -> Sleeps:
-    """Backoff delays of every client the stages build, recorded instead of slept."""
-    recorded = Sleeps()
-
-    class RecordingClient(http.OpenAICompatibleClient):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, sleep=recorded, **kwargs)
-
-    monkeypatch.setattr(http, "OpenAICompatibleClient", RecordingClient)
-    return recorded
-
-
 @pytest.fixture
 def sst2(tmp_path):
     path = tmp_path / "sst2.tsv"
@@ -140,7 +122,9 @@ def _closed_port() -> int:
 def test_no_server_fails_fast_with_a_hint(tmp_path, sst2, capsys, stage):
     base_url = f"http://127.0.0.1:{_closed_port()}/v1"
     if stage == "rationales":
-        argv = rationales_argv(sst2, tmp_path / "out", base_url)  # default max_retries (6), real sleeps
+        argv = rationales_argv(
+            sst2, tmp_path / "out", base_url
+        )  # default max_retries (6), real client_sleeps
     else:
         samples = tmp_path / "samples.jsonl"
         samples.write_text(json.dumps({"question": "q", "answers": ["a", "b"]}) + "\n")
@@ -154,7 +138,9 @@ def test_no_server_fails_fast_with_a_hint(tmp_path, sst2, capsys, stage):
     assert "Traceback" not in err
 
 
-def test_a_server_that_always_fails_is_an_error_naming_the_share(tmp_path, chat_server, sleeps, sst2, capsys):
+def test_a_server_that_always_fails_is_an_error_naming_the_share(
+    tmp_path, chat_server, client_sleeps, sst2, capsys
+):
     chat_server.faults.extend([("status", 500, {}, "internal")] * 100)
     out = tmp_path / "out"
     assert cli.main(rationales_argv(sst2, out, chat_server.url, "teacher.max_retries=1")) == 1
@@ -166,7 +152,7 @@ def test_a_server_that_always_fails_is_an_error_naming_the_share(tmp_path, chat_
     assert len(read_jsonl(out / "teacher_outputs.failures.jsonl")) == 10
 
 
-def test_rank_with_a_server_that_always_fails_is_an_error(tmp_path, chat_server, sleeps, capsys):
+def test_rank_with_a_server_that_always_fails_is_an_error(tmp_path, chat_server, client_sleeps, capsys):
     samples = tmp_path / "samples.jsonl"
     samples.write_text(
         "".join(json.dumps({"question": f"q{i}", "answers": ["a", "b"]}) + "\n" for i in range(3))
@@ -179,7 +165,7 @@ def test_rank_with_a_server_that_always_fails_is_an_error(tmp_path, chat_server,
 
 
 def test_a_partly_failing_server_under_the_limit_succeeds_and_counts(
-    tmp_path, chat_server, sleeps, sst2, capsys
+    tmp_path, chat_server, client_sleeps, sst2, capsys
 ):
     chat_server.answer = fake_llm_answer
     # one request at a time, no retry: the first 3 of the 10 requests fail (examples 0 and 1 lose a rationale)
@@ -205,9 +191,9 @@ def test_max_failed_fraction_is_checked():
         LLMConfig(max_failed_fraction=1.5)
 
 
-def test_no_server_on_the_client(sleeps):
+def test_no_server_on_the_client(client_sleeps):
     client = http.OpenAICompatibleClient(f"http://127.0.0.1:{_closed_port()}/v1", "fake", max_retries=6)
     with pytest.raises(LLMError, match="running\\?") as info:
         client.complete(http.ChatRequest.user("hi"))
     assert info.value.fatal and client.attempts == http.REFUSED_RETRIES + 1
-    assert all(s <= 1.0 for s in sleeps) and len(sleeps) == http.REFUSED_RETRIES
+    assert all(s <= 1.0 for s in client_sleeps) and len(client_sleeps) == http.REFUSED_RETRIES
