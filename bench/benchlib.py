@@ -306,6 +306,28 @@ def trl_trainer_kwargs(
     }
 
 
+def trl_prompt_dataset(tokenizer: Any) -> Any:
+    """The ``builtin:toy`` prompts as TRL gets them: a ``datasets.Dataset`` of chat-rendered ``prompt`` texts."""
+    from datasets import Dataset
+
+    from rewardmix.data.prompts import DataConfig, load_prompts
+
+    prompts = [tokenizer.decode(p.input_ids) for p in load_prompts(DataConfig(), tokenizer)]
+    return Dataset.from_dict({"prompt": prompts})
+
+
+def trl_result(timer: Any, *, rss_after_load_mb: float, phases_s: dict[str, list[float]]) -> dict[str, Any]:
+    """What a TRL child reports (the keys :func:`summarize_runs` reads), from its :func:`trl_timer`."""
+    lengths = [row["completions/mean_length"] for row in timer.logs if "completions/mean_length" in row]
+    return {
+        "rss_after_load_mb": rss_after_load_mb,
+        "peak_rss_mb": peak_rss_mb(),
+        "update_intervals_s": intervals(timer.ends),
+        "completion_length_mean": lengths[-1] if lengths else None,
+        "phases_s": phases_s,
+    }
+
+
 def trl_timer() -> Any:
     """A TRL ``TrainerCallback`` keeping the time of every update's end (``ends``) and every logged row (``logs``)."""
     from transformers import TrainerCallback

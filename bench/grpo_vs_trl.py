@@ -217,10 +217,8 @@ def child_rewardmix(args: argparse.Namespace, system: str) -> dict[str, Any]:
 
 def child_trl_grpo(args: argparse.Namespace) -> dict[str, Any]:
     """TRL's GRPOTrainer with two reward-model copies and the rule as a reward function."""
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from rewardmix.data.prompts import DataConfig, load_prompts
     from rewardmix.scoring import ScoringBatch
     from rewardmix.scoring.rules import ContainsConfig, ContainsScorer
 
@@ -236,8 +234,7 @@ def child_trl_grpo(args: argparse.Namespace) -> dict[str, Any]:
         seen_groups[:] = group_sizes(prompts)  # the last batch's samples per prompt
         return scorer.score(ScoringBatch(prompts=prompts, responses=completions)).tolist()
 
-    prompts = [tokenizer.decode(p.input_ids) for p in load_prompts(DataConfig(), tokenizer)]
-    dataset = Dataset.from_dict({"prompt": prompts})
+    dataset = benchlib.trl_prompt_dataset(tokenizer)
     loaded = benchlib.rss_mb()
 
     timer = benchlib.trl_timer()
@@ -278,19 +275,10 @@ def child_trl_grpo(args: argparse.Namespace) -> dict[str, Any]:
     rollout_times = benchlib.time_calls(trainer, "_generate_and_score_completions")
     trainer.train()
     shutil.rmtree(out, ignore_errors=True)
-    lengths = [row["completions/mean_length"] for row in timer.logs if "completions/mean_length" in row]
-    return {
-        "rss_after_load_mb": loaded,
-        "peak_rss_mb": benchlib.peak_rss_mb(),
-        "update_intervals_s": benchlib.intervals(timer.ends),
-        "completion_length_mean": lengths[-1] if lengths else None,
-        "group_sizes": seen_groups,
-        # the first update is the warm-up; "rollout" = generate + rewards + reference log-probabilities
-        "phases_s": {
-            "generate": generate_times[1:],
-            "reward": reward_times[1:],
-            "rollout": rollout_times[1:],
-        },
+    # the first update is the warm-up; "rollout" = generate + rewards + reference log-probabilities
+    phases = {"generate": generate_times[1:], "reward": reward_times[1:], "rollout": rollout_times[1:]}
+    return benchlib.trl_result(timer, rss_after_load_mb=loaded, phases_s=phases) | {
+        "group_sizes": seen_groups
     }
 
 

@@ -130,10 +130,6 @@ def child_rewardmix(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_trl(args: argparse.Namespace, kind: str) -> dict[str, Any]:
-    from datasets import Dataset
-
-    from rewardmix.data.prompts import DataConfig, load_prompts
-
     if kind == "grpo":
         from trl import GRPOConfig as TrainerConfig
         from trl import GRPOTrainer as Trainer
@@ -144,8 +140,7 @@ def child_trl(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     workdir = Path(args.workdir)
     tokenizer, base, path = benchlib.load_base(args.model)
     rm = benchlib.trl_reward_model(base, path, workdir / "rm", tokenizer)
-    prompts = [tokenizer.decode(p.input_ids) for p in load_prompts(DataConfig(), tokenizer)]
-    dataset = Dataset.from_dict({"prompt": prompts})
+    dataset = benchlib.trl_prompt_dataset(tokenizer)
     loaded = benchlib.rss_mb()
 
     timer = benchlib.trl_timer()
@@ -175,14 +170,7 @@ def child_trl(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     generate_times = benchlib.time_calls(trainer, "_generate")
     trainer.train()
     shutil.rmtree(out, ignore_errors=True)
-    lengths = [row["completions/mean_length"] for row in timer.logs if "completions/mean_length" in row]
-    return {
-        "rss_after_load_mb": loaded,
-        "peak_rss_mb": benchlib.peak_rss_mb(),
-        "update_intervals_s": benchlib.intervals(timer.ends),
-        "completion_length_mean": lengths[-1] if lengths else None,
-        "phases_s": {"generate": generate_times[1:]},
-    }
+    return benchlib.trl_result(timer, rss_after_load_mb=loaded, phases_s={"generate": generate_times[1:]})
 
 
 CHILDREN = {
