@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -264,7 +265,7 @@ def main() -> None:
         command = [str(Path(sys.executable).with_name("rewardmix")), "run", "recipes/crs-sentiment.yaml",
                    "profile=gold", f"profiles.gold.output_dir={args.run_dir}"]  # fmt: skip
         subprocess.run(
-            command, cwd=REPO, check=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+            command, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
         )
     record, lines = summarize(args.run_dir)
     record["machine"] = finish_machine_info(info)

@@ -485,39 +485,33 @@ def rollout_forward(
     Returns:
         ``(logprobs (B, R), ref_logprobs (B, R), values (B, R), entropy ())``.
     """
-    if not with_policy:
-        ref_logprobs = []
-        for rows in chunk(range(query_responses.shape[0]), batch_size):
-            ids, mask = query_responses[list(rows)], attention_mask[list(rows)]
-            with roles.reference_context(models):
-                ref_logprobs.append(
-                    policy_logits_logprobs(models.shared, ids, mask, response_mask.shape[1], temperature)[1]
-                )
-        ref = torch.cat(ref_logprobs)
-        return torch.zeros_like(ref), ref, torch.zeros_like(ref), torch.tensor(math.nan)
     R = response_mask.shape[1]
     logprobs, ref_logprobs, values, entropies = [], [], [], []
     head_values = with_values and models.policy_value_head is not None
     for rows in chunk(range(query_responses.shape[0]), batch_size):
         ids, mask = query_responses[list(rows)], attention_mask[list(rows)]
-        with roles.policy_context(models):
-            if head_values:  # one pass: the logits and the head on the policy's hidden states
-                logits, lp, v = policy_logits_logprobs_values(models, ids, mask, R, temperature)
-            else:
-                logits, lp = policy_logits_logprobs(models.policy, ids, mask, R, temperature)
-        entropies.append(entropy_from_logits(logits))
-        del logits
+        v = None
+        if with_policy:
+            with roles.policy_context(models):
+                if head_values:  # one pass: the logits and the head on the policy's hidden states
+                    logits, lp, v = policy_logits_logprobs_values(models, ids, mask, R, temperature)
+                else:
+                    logits, lp = policy_logits_logprobs(models.policy, ids, mask, R, temperature)
+            entropies.append(entropy_from_logits(logits))
+            del logits
         with roles.reference_context(models):
             _, ref_lp = policy_logits_logprobs(models.shared, ids, mask, R, temperature)
+        if not with_policy:
+            lp = torch.zeros_like(ref_lp)  # filled in by the update's own pass
         logprobs.append(lp)
         ref_logprobs.append(ref_lp)
-        if head_values:
+        if v is not None:
             values.append(v.float())
         elif with_values:
             values.append(value_estimates(models, ids, mask, R).float())
         else:
             values.append(torch.zeros_like(lp))
-    entropy = masked_mean(torch.cat(entropies), response_mask)
+    entropy = masked_mean(torch.cat(entropies), response_mask) if entropies else torch.tensor(math.nan)
     return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values), entropy
 
 
