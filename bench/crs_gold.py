@@ -264,9 +264,7 @@ def main() -> None:
     if not args.summarize_only:
         command = [str(Path(sys.executable).with_name("rewardmix")), "run", "recipes/crs-sentiment.yaml",
                    "profile=gold", f"profiles.gold.output_dir={args.run_dir}"]  # fmt: skip
-        subprocess.run(
-            command, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
-        )
+        subprocess.run(command, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     record, lines = summarize(args.run_dir)
     record["machine"] = finish_machine_info(info)
     figure = args.run_dir / "report" / "figures" / "overoptimization.png"
