@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
 
 @pytest.fixture
-def crs_gold(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    sys.modules.pop("crs_gold", None)
-    import crs_gold
-
-    return crs_gold
+def crs_gold(import_bench):
+    return import_bench("crs_gold")
 
 
 def test_policy_names_map_to_w_seed_and_the_recipes_ppo_steps(crs_gold):

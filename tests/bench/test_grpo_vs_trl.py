@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,10 @@ from rewardmix.algos.combine import get_combinator
 from rewardmix.config import from_dict
 from rewardmix.stages import ppo
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
 
 @pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    sys.modules.pop("grpo_vs_trl", None)
-    import grpo_vs_trl
-
-    return grpo_vs_trl
+def bench(import_bench):
+    return import_bench("grpo_vs_trl")
 
 
 def _args(bench, tmp_path: Path):
