@@ -446,6 +446,13 @@ def _spec(**overrides) -> TaskSpec:
         ({"labels": ("the answer is yes", "no")}, "answer is"),
         ({"label_map": {"0": "c"}}, "not one of"),
         ({"label_map": {"a": "b"}}, "another label"),
+        ({"label_words": {"c": ("see",)}}, "label_words names 'c'"),
+        ({"label_words": {"a": ("good.*",)}}, "must be words"),
+        ({"label_words": {"a": ("two  spaces",)}}, "must be words"),
+        (
+            {"labels": None, "scale": T.Scale(0, 5), "metric": "pearson", "label_words": {"a": ("x",)}},
+            "categorical",
+        ),
         ({"metric": "pearson"}, "needs a numeric scale"),
         ({"labels": None, "scale": T.Scale(0, 5)}, "pearson"),
         ({"name": "Bad-Name"}, "must match"),
@@ -507,6 +514,7 @@ def _line(text: str, key: str) -> int:
         (lambda y: y.replace("has_header: false", "has_header: true"), "columns", "header-less"),
         (lambda y: y.replace("format: tsv", "format: xlsx"), "format", "must be one of"),
         (lambda y: y.replace('{"0": bad, "1": good}', "{0: bad}"), "label_map", "must be a string"),
+        (lambda y: y.replace("source:", "label_words: {fine: [ok]}\nsource:"), "label_words", "not one of"),
     ],
 )
 def test_bad_yaml_names_file_and_line(tmp_path, registry, edit, key, message):

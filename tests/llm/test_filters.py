@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from rewardmix.llm.filters import check_rationale, filter_rationales, find_contradiction, find_refusal
+from rewardmix.data.tasks import get_task
+from rewardmix.llm.filters import (
+    check_rationale,
+    filter_rationales,
+    find_contradiction,
+    find_plain_contradiction,
+    find_refusal,
+)
 
 SENTIMENT = ["negative", "positive"]
 AGNEWS = ["World politics", "Sports", "Business", "Science and technology"]
@@ -118,3 +125,96 @@ def test_filter_rationales_splits_and_counts():
         (2, "contradiction"),
         (4, "refusal"),
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plain-language contradictions (issue 17): the task's label_words, negation, hedges, parts of the text
+
+SST2_WORDS = get_task("sst2").label_words
+MNLI_WORDS = get_task("mnli_m").label_words
+
+
+@pytest.mark.parametrize(
+    "text, label, words, matched",
+    [
+        # the reviewer's case: "positive sentiment" asked for negative
+        ('The review expresses a strong and positive sentiment; "joyous" shows delight.', "negative", SST2_WORDS,
+         "asserts 'positive'"),
+        ("The sentiment here is positive, not negative: the writer calls it a delight.", "negative", SST2_WORDS,
+         "asserts 'positive'"),
+        ("Although I was asked to argue for negative, the wording expresses a favorable view.", "negative",
+         SST2_WORDS, "asserts 'positive'"),
+        ("The review is not positive. It calls the jokes stale.", "positive", SST2_WORDS, "denies 'positive'"),
+        ("The hypothesis is entailed by the premise: both say the factory closed.", "contradiction", MNLI_WORDS,
+         "asserts 'entailment'"),
+        ("The hypothesis follows from the premise; playing guitar on stage is performing.", "contradiction",
+         MNLI_WORDS, "asserts 'entailment'"),
+        ("These two sentences contradict each other.", "neutral", MNLI_WORDS, "asserts 'contradiction'"),
+        ("The hypothesis is neither entailed nor contradicted; the relationship is neutral.", "entailment",
+         MNLI_WORDS, "asserts 'neutral'"),
+    ],
+)  # fmt: skip
+def test_plain_language_contradictions_are_detected(text, label, words, matched):
+    assert find_plain_contradiction(text, label, words).startswith(matched)
+    labels = list(words)
+    check = check_rationale(text, label, labels=labels, label_words=words)
+    assert check.reason == "contradiction" and check.detail.startswith(matched)
+    assert check_rationale(text, label, labels=labels).keep  # the rules before issue 17 missed every one
+
+
+@pytest.mark.parametrize(
+    "text, label, words",
+    [
+        ("The review is not positive at all; every line sneers.", "negative", SST2_WORDS),  # negated other label
+        ("Rather than offering a positive assessment, the reviewer shrugs.", "negative", SST2_WORDS),
+        ("Nothing about this review is negative; it is a joy.", "positive", SST2_WORDS),
+        ("Despite its positive moments, the movie is ultimately a negative experience.", "negative", SST2_WORDS),
+        ("At first glance the review may seem negative, but the writer admires it.", "positive", SST2_WORDS),
+        ('The word "lovely" carries positive connotations, used here to mock the film.', "negative", SST2_WORDS),
+        ('The reviewer mentions "positive vibes" only to mock them.', "negative", SST2_WORDS),  # quoted
+        ("The sentiment is favorable, although some words sound negative.", "positive", SST2_WORDS),
+        ("There is no doubt the sentiment is negative.", "negative", SST2_WORDS),  # affirming idiom
+        ("The premise does not entail the hypothesis; this is a contradiction.", "contradiction", MNLI_WORDS),
+        ("One could think the hypothesis is entailed, but they contradict each other.", "contradiction",
+         MNLI_WORDS),
+        ("The premise neither entails nor contradicts the hypothesis. Neutral.", "neutral", MNLI_WORDS),
+        ("This is entailment rather than neutral.", "entailment", MNLI_WORDS),
+        ("It may seem that the sentences contradict each other, but both can be true.", "neutral", MNLI_WORDS),
+        (GOOD_NEGATIVE, "negative", SST2_WORDS),
+    ],
+)  # fmt: skip
+def test_plain_language_mentions_that_do_not_contradict_are_kept(text, label, words):
+    assert find_plain_contradiction(text, label, words) is None
+    assert check_rationale(text, label, labels=list(words), label_words=words).keep
+
+
+def test_label_words_match_whole_words_and_prefixes():
+    words = {"entailment": ["entail*", "follows from"], "contradiction": ["contradict*"], "neutral": []}
+    assert (
+        find_plain_contradiction("The premise ENTAILS it.", "neutral", words)
+        == "asserts 'entailment': The premise ENTAILS it"
+    )
+    # "positively" is not "positive" (no *), and a label is always a word of itself
+    assert find_plain_contradiction("It is positively dreadful.", "negative", {"negative": []}) is None
+    assert find_plain_contradiction("It is positive.", "negative", {"negative": [], "positive": []})
+    # a label of another task spelling (case) is matched case-insensitively by key
+    assert (
+        find_plain_contradiction("Clearly Neutral.", "Entailment", words)
+        == "asserts 'neutral': Clearly Neutral"
+    )
+
+
+def test_filter_rationales_passes_label_words():
+    rows = [
+        {"t": "The sentiment is positive.", "label": "negative"},
+        {"t": "Negative, plainly.", "label": "negative"},
+    ]
+    result = filter_rationales(
+        rows,
+        get_text=lambda r: r["t"],
+        get_label=lambda r: r["label"],
+        labels=SENTIMENT,
+        label_words=SST2_WORDS,
+    )
+    assert result.dropped_contradiction == [rows[0]] and result.kept == [rows[1]]
+    assert result.details == [(0, "contradiction", "asserts 'positive': The sentiment is positive")]

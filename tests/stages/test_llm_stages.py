@@ -89,6 +89,30 @@ def test_rationales_then_label_sensitive_pairs(tmp_path, chat_server, sst2_file)
     assert out.stats["pair_types"]["pairs/label_sensitive/share"] == 1.0
 
 
+def test_rationales_drop_a_plain_language_contradiction(tmp_path, chat_server, sst2_file):
+    """Issue 17: asked to justify "negative" for "a joyous ride", the teacher praises it instead."""
+
+    def honest_teacher(body):
+        prompt = body["messages"][-1]["content"]
+        label = LABEL_IN_PROMPT.search(prompt).group(1)
+        if "joyous" in prompt and label == "negative":
+            return "The review expresses a strong and positive sentiment; the ride is a joy."
+        return f"The wording clearly points to {label}, as the tone shows."
+
+    chat_server.answer = honest_teacher
+    cfg = from_dict(
+        rationales.Config,
+        {"output_dir": str(tmp_path / "rat"), "task": "sst2", "data": str(sst2_file),
+         "teacher": openai_teacher(chat_server)},
+    )  # fmt: skip
+    res = rationales.run(cfg)
+    assert res.stats["dropped"] == {"missing": 0, "refusal": 0, "contradiction": 1}
+    assert [r["question"] for r in read_jsonl(res.rationales_path)] == [
+        get_task("sst2").template.format(text=t)
+        for t in ("dull and tired", "REFUSE-ME please", "warm , funny")
+    ]
+
+
 def test_rank_then_rationale_sensitive_pairs(tmp_path, chat_server):
     samples = tmp_path / "samples.jsonl"
     rows = [

@@ -51,7 +51,9 @@ class Config:
     seed: int = 0
     """Seed of the wrong-label choice (per example, so a resumed run picks the same labels)."""
     filter_rationales: bool = True
-    """Drop refusals and rationales that contradict their label (counted in stats.json)."""
+    """Drop refusals and rationales that contradict their label (counted in stats.json): "the answer is X"
+    for another label, or, for tasks whose spec declares ``label_words`` (sst2, mr, mnli_m, mnli_mm), another
+    label asserted in plain language ("a strong and positive sentiment" asked for negative)."""
     teacher: LLMConfig = field(default_factory=LLMConfig)
 
     def __post_init__(self) -> None:
@@ -106,7 +108,13 @@ def run(cfg: Config) -> RationalesResult:
             continue
         if cfg.filter_rationales:
             verdicts = [
-                check_rationale(text, str(label), labels=labels, parse_label=_label_parser(spec))
+                check_rationale(
+                    text,
+                    str(label),
+                    labels=labels,
+                    parse_label=_label_parser(spec),
+                    label_words=spec.label_words,
+                )
                 for text, label in ((gold_text, ex.label), (wrong_text, wrong[i]))
             ]
             reasons = [v.reason for v in verdicts if not v.keep]

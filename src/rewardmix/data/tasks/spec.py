@@ -11,6 +11,8 @@ A task declaration (every key is checked; unknown keys are errors naming file an
     # scale: {min: 0, max: 5, kind: float}   # ... or a numeric one (exactly one of labels / scale)
     metric: accuracy                  # accuracy | pearson (pearson needs a scale)
     label_map: {"0": negative, "1": positive}   # raw dataset value -> verbalized label
+    label_words:                      # plain-language forms of each label, for the rationale filter
+      negative: [negative, negativity, unfavorable]   # "word*" = any ending; see llm/filters.py
     source:                           # how to read a local file into fields (optional)
       format: tsv
       fields: {text: sentence}        # input field -> column (default: same name)
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
+_LABEL_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]*\*?(?: [A-Za-z][A-Za-z'-]*\*?)*")
 
 
 class TaskSpecError(ValueError):
@@ -194,6 +197,11 @@ class TaskSpec:
     """Numeric label range (rating tasks); exactly one of ``labels`` and ``scale``."""
     label_map: dict[str, str] = field(default_factory=dict)
     """Raw dataset value -> verbalized label (``"0"`` -> ``negative``); answers may use raw values too."""
+    label_words: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Label -> the words and phrases that assert it in plain language (``positive``, ``favorable``;
+    ``entail*``, ``follows from``), case-insensitive, ``*`` at the end of a word = any ending. The rationale
+    filter drops a rationale that asserts another label this way and never its own (:mod:`rewardmix.llm.filters`);
+    a label not listed is matched only by the "the answer is X" rules. Empty: no plain-language rule."""
     display_name: str = ""
     """Name for tables (``SST-2``); defaults to ``name``."""
     description: str = ""
@@ -250,6 +258,10 @@ class TaskSpec:
         if self.scale is not None:
             if self.label_map:
                 raise TaskSpecError("label_map applies to categorical labels, not to a scale", "label_map")
+            if self.label_words:
+                raise TaskSpecError(
+                    "label_words applies to categorical labels, not to a scale", "label_words"
+                )
             if self.metric == "accuracy" and self.scale.kind != "int":
                 raise TaskSpecError("accuracy on a float scale is meaningless: use metric: pearson", "metric")
             return
@@ -270,6 +282,7 @@ class TaskSpec:
                 )
         if len(set(folded)) != len(folded):
             raise TaskSpecError(f"labels differ only in case: {labels}", "labels")
+        self._check_label_words(labels)
         for raw, label in self.label_map.items():
             if label not in labels:
                 raise TaskSpecError(
@@ -279,6 +292,20 @@ class TaskSpec:
                 raise TaskSpecError(
                     f"label_map maps the label {raw!r} to another label {label!r}", "label_map"
                 )
+
+    def _check_label_words(self, labels: list[str]) -> None:
+        for label, words in self.label_words.items():
+            if label not in labels:
+                raise TaskSpecError(
+                    f"label_words names {label!r}, which is not one of {labels}", "label_words"
+                )
+            for word in words:
+                if not _LABEL_WORD_RE.fullmatch(word):
+                    raise TaskSpecError(
+                        f"label_words.{label}: {word!r} must be words (letters, ', -) separated by single "
+                        "spaces, each optionally ending in *",
+                        "label_words",
+                    )
 
     def _check_source(self, source: TaskSource, key: str = "source") -> None:
         unknown = sorted(set(source.fields) - set(self.input_fields))
