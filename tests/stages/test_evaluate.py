@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from rewardmix.config import ConfigError, from_dict, load_config
+from rewardmix.llm.batch import BatchFailedError
 from rewardmix.rundir import read_jsonl
 from rewardmix.stages import evaluate
 
@@ -326,12 +327,29 @@ def test_changed_answers_are_generated_and_judged_again(tmp_path, inputs, chat_s
     assert len(rows) == 4  # stale rows were replaced, not appended
 
 
-def test_failed_judgments_are_counted_not_guessed(tmp_path, inputs, chat_server):
-    chat_server.answer = lambda body: "I refuse to choose."
+def test_a_judge_that_never_answers_is_an_error_not_an_empty_win_rate(tmp_path, inputs, chat_server):
+    chat_server.answer = lambda body: "I refuse to choose."  # no verdict: a failed comparison
     cfg = scripted_config(tmp_path, inputs, chat_server, tasks=[], reward_models=[], human_preferences=None)
+    cfg.win_rate.judge.max_failed_fraction = 1.0  # even the loosest limit: nothing judged is an error
+    with pytest.raises(
+        BatchFailedError, match=r"evaluate: judge requests: 12 of 12 failed \(100%, none answered\)"
+    ):
+        evaluate.run(cfg, generator_factory=fake_factory([]))
+    out = Path(cfg.output_dir)
+    assert not (out / "eval.json").exists()
+    assert len(read_jsonl(out / "judge_outputs.failures.jsonl")) == 12  # listed for the user
+
+
+def test_failed_judgments_under_the_limit_are_counted_not_guessed(tmp_path, inputs, chat_server):
+    # one request at a time, no retry: the first 3 of the 12 comparisons get a 500 (25% <= 50%)
+    chat_server.answer = judge("rllr")
+    chat_server.faults.extend([("status", 500, {}, "internal")] * 3)
+    cfg = scripted_config(tmp_path, inputs, chat_server, tasks=[], reward_models=[], human_preferences=None)
+    cfg.win_rate.judge.max_retries, cfg.win_rate.judge.concurrency = 0, 1
     ev = evaluate.run(cfg, generator_factory=fake_factory([])).metrics
-    assert ev["eval/judge/failed"] == 12 and ev["eval/judge/judged"] == 0
-    assert not any(k.startswith("eval/win_rate/") for k in ev)
+    assert (ev["eval/judge/failed"], ev["eval/judge/judged"]) == (3, 9)
+    n = sum(ev[f"eval/win_rate/{a}/{b}/n"] for a, b in (("rlhf", "sft"), ("rllr", "sft"), ("rlhf", "rllr")))
+    assert n == 9  # the win rates use the judged comparisons only
 
 
 def test_bad_prompt_row_names_file_and_record(tmp_path, inputs, chat_server):
@@ -505,3 +523,35 @@ def test_tiny_models_and_reward_model_end_to_end(tmp_path, inputs, chat_server):
             values.append(1.0 if s_w > s_l else 0.5 if s_w == s_l else 0.0)
     assert ev["eval/rm/rm/judge_agreement"] == pytest.approx(sum(values) / len(values))
     assert ev["eval/rm/rm/score_distribution"]["count"] == 8
+
+
+def test_cli_exits_1_when_most_judge_requests_fail(tmp_path, inputs, chat_server, capsys):
+    """Issue 17: through ``rewardmix evaluate``, 3 of 4 comparisons failing is exit 1 with the cause, not a win
+    rate from the one that succeeded; under a looser ``max_failed_fraction`` the same run succeeds."""
+    from rewardmix import cli
+
+    chat_server.answer = lambda body: "Answer 1 is better. It is clearer."
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "models:\n  - {name: m1, path: 'tiny:1'}\n  - {name: m2, path: 'tiny:2'}\n"
+        "cpu: true\ngeneration: {prompt_max_new_tokens: 4, batch_size: 4}\n"
+        f"win_rate:\n  prompts: {inputs['prompts']}\n"
+        f"  judge: {{backend: openai, base_url: '{chat_server.url}', model: judge, max_retries: 0, concurrency: 1}}\n"
+    )
+    chat_server.faults.extend([("status", 500, {}, "internal")] * 3)  # the first 3 of the 4 comparisons
+    assert cli.main(["evaluate", str(config), f"output_dir={tmp_path / 'e1'}"]) == 1
+    err = capsys.readouterr().err
+    assert "evaluate: judge requests: 3 of 4 failed (75%, above max_failed_fraction=0.5)" in err
+    assert "HTTP 500" in err and "Traceback" not in err
+    assert not (tmp_path / "e1" / "eval.json").exists()
+
+    chat_server.faults.extend([("status", 500, {}, "internal")] * 3)
+    argv = [
+        "evaluate",
+        str(config),
+        f"output_dir={tmp_path / 'e2'}",
+        "win_rate.judge.max_failed_fraction=0.8",
+    ]
+    assert cli.main(argv) == 0
+    ev = json.loads((tmp_path / "e2" / "eval.json").read_text())
+    assert (ev["eval/judge/failed"], ev["eval/judge/judged"]) == (3, 1)

@@ -16,6 +16,10 @@ What a run does, in order (the numbered steps of :func:`run`):
 4. Win rates: the judge compares every pair of models on every prompt, the two answers in a random order
    (seeded per pair and prompt, recorded), with the RLLR Appendix G prompt or the AlpacaEval one. The judge's
    raw answers go to ``judge_outputs.jsonl`` (resumable, cached), the parsed verdicts to ``judgments.jsonl``.
+   When no comparison is judged, or more than ``win_rate.judge.max_failed_fraction`` of them fail (after
+   retries; an answer without a verdict counts as failed), the stage stops with an error (exit code 1)
+   naming the share and the most common cause, before any win rate is computed from the few that succeeded;
+   the failures are listed in ``judge_outputs.failures.jsonl`` and a rerun asks only for the missing ones.
    Matrices row vs column with SE and 95% CI (CRS Eq. 7.1), per dataset, per category and per dataset x
    category when the prompts have those fields, and win / tie / lose against ``win_rate.baseline``.
 5. Reward models: score every judged answer; agreement with the judge (overall, per dataset, per model pair),

@@ -41,7 +41,7 @@ from rewardmix.evaluation.winrate import (
     vs_baseline,
     win_rates,
 )
-from rewardmix.llm.batch import read_batch_texts, run_batch
+from rewardmix.llm.batch import check_failures, read_batch_texts, run_batch
 from rewardmix.llm.config import build_client
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 from rewardmix.stages.evaluate.config import Config, ModelEntry, RewardModelEntry
@@ -434,6 +434,8 @@ def judge_all(
     }
     if report.failed:
         log.warning("judge: %d comparisons failed (see %s)", len(report.failed), report.failures_path)
+    # a win rate from the few comparisons that succeeded is not a result: stop, as rationales and rank do
+    check_failures(report, cfg.win_rate.judge.max_failed_fraction, what="evaluate: judge requests")
     return judgments, stats
 
 
