@@ -33,6 +33,7 @@ from rewardmix.algos.ranking import borda_aggregate, borda_by_group, tideman_ran
 from rewardmix.algos.stats import win_rate_matrix
 from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, SkippedRow
 from rewardmix.human.export import KEY_FILE, MANIFEST_FILE, RANKINGS_FILE, check_ranks, read_task_file
+from rewardmix.markdown import md_cell, md_text
 from rewardmix.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -359,13 +360,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "",
         "## Winning points",
         "",
-        "| model | " + " | ".join(groups) + " | mean | std |",
+        "| model | " + " | ".join(md_cell(g) for g in groups) + " | mean | std |",
         "|---|" + "---:|" * (len(groups) + 2),
     ]
     for m in summary["order"]:
         p = summary["points"][m]
         cells = [_num(p["per_group"].get(g)) for g in groups]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_num(p['mean'])} | {_num(p['std'])} |")
+        lines.append(f"| {md_cell(m)} | " + " | ".join(cells) + f" | {_num(p['mean'])} | {_num(p['std'])} |")
     models = summary["models"]
     lines += [
         "",
@@ -374,7 +375,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "Each cell: prompts where the row model is ranked above / level with / below the column model in the "
         "merged ranking, and the row model's win rate (ties count half) ± its standard error (CRS Eq. 7.1).",
         "",
-        "| model | " + " | ".join(models) + " |",
+        "| model | " + " | ".join(md_cell(m) for m in models) + " |",
         "|---|" + "---:|" * len(models),
     ]
     for a in models:
@@ -386,7 +387,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 if c is None
                 else f"{c['wins']}/{c['ties']}/{c['losses']} ({100 * c['rate']:.0f}% ± {100 * c['se']:.0f})"
             )
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_cell(a)} | " + " | ".join(cells) + " |")
     ties = summary.get("ties")
     if ties:
         lines += [
@@ -410,8 +411,10 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "|---|---|---:|---:|---:|",
     ]
     for g, info in summary["groups"].items():
-        names = ", ".join(info["annotators"]) or "—"
-        lines.append(f"| {g} | {names} | {info['prompts']} | {info['prompts_ranked']} | {info['rankings']} |")
+        names = md_cell(", ".join(info["annotators"])) or "—"
+        lines.append(
+            f"| {md_cell(g)} | {names} | {info['prompts']} | {info['prompts_ranked']} | {info['rankings']} |"
+        )
     read = summary.get("read")
     if read:
         source = read.get("format", "rewardmix")
@@ -422,7 +425,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             )
         else:
             text = (
-                f"Read {read['lines_in']} {source} row(s) or record(s) of {read['source']}: "
+                f"Read {read['lines_in']} {source} row(s) or record(s) of {md_text(read['source'])}: "
                 f"{read['replaced']} ranking(s) replaced by a later one of the same annotator and prompt "
                 f"(last wins), {read['skipped']} skipped as invalid."
             )
