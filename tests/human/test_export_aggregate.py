@@ -79,7 +79,7 @@ def test_export_shuffles_slots_and_keeps_the_key_apart(tmp_path):
             assert r["text"] == f"answer of {key[t['prompt_id']][r['slot']]} to {t['prompt_id']}"
     # annotators never see model names: not in the task file (the texts above only name them in this test,
     # so check the task file's keys and the non-text fields)
-    assert all(set(t) == {"group", "prompt_id", "prompt", "responses"} for t in tasks)
+    assert all(set(t) == {"group", "prompt_id", "prompt", "responses", "task_hash"} for t in tasks)
     # the order varies over prompts (12 prompts all in one order: probability 6^-11) and is the seeded one
     orders = {tuple(slots.values()) for slots in key.values()}
     assert len(orders) > 1
@@ -295,6 +295,8 @@ def test_points_per_group_mean_std_and_pairwise_counts(tmp_path):
         "replaced": 1,
         "skipped": 0,
         "skipped_lines": [],
+        "stale": 0,
+        "stale_lines": [],
     }
     assert s["groups"]["g1"]["annotators"] == ["ann1", "ann2"] and s["groups"]["g2"]["rankings"] == 2
 

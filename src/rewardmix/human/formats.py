@@ -40,18 +40,22 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, SkippedRow
 from rewardmix.human.aggregate import HumanRanking, ImportResult, read_key, write_results
-from rewardmix.human.export import KEY_FILE, OPEN_GROUP, as_prompt_id
+from rewardmix.human.export import KEY_FILE, OPEN_GROUP, as_prompt_id, check_groups, check_name
 
 log = logging.getLogger(__name__)
 
 ToolFormat = Literal["argilla", "labelstudio", "csv"]
 CSV_COLUMNS = ("prompt_id", "annotator", "response_id", "rank")
+BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte-order mark some tools write at the start of a file (accepted and dropped)."""
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by "surrogateescape"
 
 
 class ToolRanking(NamedTuple):
@@ -103,24 +107,28 @@ class Reader(NamedTuple):
 
 
 def _load_records(reader: Reader, container: str) -> list[tuple[str, int, Any]]:
-    """``(where, position, record)`` from a JSON list, ``{container: [...]}`` or JSON Lines."""
+    """``(where, position, record)`` from a JSON list, ``{container: [...]}`` or JSON Lines.
+
+    The file is UTF-8, with or without a leading byte-order mark (spreadsheet and Windows tools write one).
+    Bytes that are not UTF-8 are an error naming the line (in JSON Lines: a bad record), never replaced:
+    replacing them would merge annotator names that differ only in those characters.
+    """
     path = reader.path
-    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes()
+    if raw.startswith(BOM):
+        raw = raw[len(BOM) :]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len([line for line in raw.splitlines() if line.strip()]) < 2:
+            raise DataError(f"{path}:{_line_of(raw, exc.start)}: {_not_utf8(raw, exc)}") from None
+        return _json_lines(reader, raw.split(b"\n"))
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         if len([line for line in text.splitlines() if line.strip()]) < 2:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            reader.report.rows_in += 1
-            try:
-                records.append((f"{path}:{lineno}", lineno, json.loads(line)))
-            except json.JSONDecodeError as line_exc:
-                reader.bad(f"{path}:{lineno}", lineno, None, f"invalid JSON: {line_exc.msg}")
-        return records
+        return _json_lines(reader, raw.split(b"\n"))
     if isinstance(doc, dict) and isinstance(doc.get(container), list):
         doc = doc[container]
     if not isinstance(doc, list):
@@ -128,6 +136,31 @@ def _load_records(reader: Reader, container: str) -> list[tuple[str, int, Any]]:
     reader.report.rows_in += len(doc)
     kind = container.rstrip("s")
     return [(f"{path}: {kind} {i}", i, record) for i, record in enumerate(doc, start=1)]
+
+
+def _json_lines(reader: Reader, lines: list[bytes]) -> list[tuple[str, int, Any]]:
+    path = reader.path
+    records = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        reader.report.rows_in += 1
+        try:
+            records.append((f"{path}:{lineno}", lineno, json.loads(raw.decode("utf-8"))))
+        except UnicodeDecodeError as exc:
+            reader.bad(f"{path}:{lineno}", lineno, None, _not_utf8(raw, exc))
+        except json.JSONDecodeError as exc:
+            reader.bad(f"{path}:{lineno}", lineno, None, f"invalid JSON: {exc.msg}")
+    return records
+
+
+def _line_of(raw: bytes, offset: int) -> int:
+    return raw.count(b"\n", 0, offset) + 1
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+    return f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {column}); save the file as UTF-8"
 
 
 def _name(value: Any, field: str) -> str:
@@ -287,7 +320,7 @@ def _argilla_ballot(
     if q not in values:
         raise _Bad(f"{at}.values", f"no answer to the ranking question {q!r}")
     field = value_field.format(q=q, at=at)
-    annotator = _name(resp.get("user_id"), f"{at}.user_id")
+    annotator = _annotator(resp.get("user_id"), f"{at}.user_id")
     return ToolRanking(
         where, pos, group, prompt_id, annotator, _ranked_items(values[q], field), models, field
     )
@@ -381,7 +414,10 @@ def _annotator(value: Any, field: str) -> str:
     # completed_by is a user id; some exports expand it to the user object
     if isinstance(value, dict):
         value = value.get("email") or value.get("username") or value.get("id")
-    return _name(value, field)
+    try:  # NFC, compared exactly: names differing only in non-ASCII characters stay apart
+        return check_name(_name(value, field), "annotator")
+    except ValueError as exc:
+        raise _Bad(field, str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -392,7 +428,9 @@ def _annotator(value: Any, field: str) -> str:
 def read_csv(reader: Reader) -> list[ToolRanking]:
     """Ballots of a CSV with ``prompt_id, annotator, response_id, rank`` (optional ``group``, ``model``)."""
     path = reader.path
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+    # utf-8-sig: a leading byte-order mark is dropped; surrogateescape keeps bytes that are not UTF-8 so
+    # that their row is refused (replacing them would merge annotator names differing in those characters)
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         rows = csv.DictReader(f)
         header = [(h or "").strip() for h in rows.fieldnames or []]
         missing = [c for c in CSV_COLUMNS if c not in header]
@@ -409,8 +447,11 @@ def read_csv(reader: Reader) -> list[ToolRanking]:
             try:
                 if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
                     raise _Bad(None, f"expected {len(header)} columns")
+                undecodable = [c for c, v in row.items() if v and _UNDECODABLE.search(v)]
+                if undecodable:
+                    raise _Bad(undecodable[0], "not valid UTF-8; save the file as UTF-8")
                 prompt_id = _prompt_id(row["prompt_id"].strip(), "prompt_id")
-                annotator = _name(row["annotator"], "annotator")
+                annotator = _annotator(row["annotator"], "annotator")
                 rid = _name(row["response_id"], "response_id")
                 text = row["rank"].strip()
                 if not text.lstrip("+").isdigit():
@@ -618,6 +659,7 @@ def import_tool_rankings(
         DataError: A bad record under ``on_bad_row="error"``, or no usable ranking at all.
     """
     directory = Path(directory)
+    groups = check_groups(groups or {})  # annotator names in NFC, as the ballots' names are compared
     # step 1. ballots by the tool's response ids
     ballots, reader = read_tool_file(path, fmt, question=question, on_bad_row=on_bad_row)
 

@@ -92,7 +92,7 @@ class Config:
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
 
     def __post_init__(self) -> None:
-        check_groups(self.groups)
+        self.groups = check_groups(self.groups)  # names in NFC, as the server and the import compare them
         if self.import_format == "rewardmix" and self.import_path is not None:
             raise ValueError(
                 "import_path is for rankings made in another tool: set import_format to argilla, "
