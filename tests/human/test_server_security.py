@@ -18,6 +18,7 @@ from rewardmix.data.readers import DataError
 from rewardmix.human import server as server_module
 from rewardmix.human.aggregate import import_rankings
 from rewardmix.human.export import export_tasks
+from rewardmix.human.formats import import_tool_rankings
 from rewardmix.human.server import serve, serving
 
 PROMPTS = {"p1": "one", "p2": "two"}
@@ -332,3 +333,35 @@ def test_all_rankings_stale_is_an_error(tmp_path):
     (new / "rankings.jsonl").write_bytes((old / "rankings.jsonl").read_bytes())
     with pytest.raises(DataError, match=r"all 1 ranking\(s\) were made for other texts"):
         import_rankings(new)
+
+
+def test_tool_ballots_carrying_an_old_task_hash_are_set_aside(tmp_path, caplog):
+    old, new = export(tmp_path / "old"), export(tmp_path / "new", changed=("p2",))
+    old_hash = [json.loads(line)["task_hash"] for line in (old / "key.jsonl").read_text().splitlines()]
+    new_hash = [json.loads(line)["task_hash"] for line in (new / "key.jsonl").read_text().splitlines()]
+    assert old_hash[0] == new_hash[0] and old_hash[1] != new_hash[1]  # only p2's texts changed
+    # a CSV whose ballots name the task_hash of the tasks they were made from (p2: the old texts)
+    rows = [("p1", old_hash[0]), ("p2", old_hash[1])]
+    csv = "prompt_id,annotator,response_id,rank,task_hash\n" + "".join(
+        f"{pid},u1,{slot},{rank},{h}\n" for pid, h in rows for slot, rank in (("A", 1), ("B", 2), ("C", 3))
+    )
+    (tmp_path / "r.csv").write_text(csv)
+    with caplog.at_level(logging.WARNING):
+        s = import_tool_rankings(new, tmp_path / "r.csv", "csv").summary
+    assert s["read"]["stale"] == 1 and [p["prompt_id"] for p in s["prompts"]] == ["p1"]
+    assert any("set aside 1 ranking(s) made for other texts" in r.getMessage() for r in caplog.records)
+    # Argilla: metadata.task_hash; all ballots stale -> nothing to import, said so
+    records = [
+        {
+            "id": "p2",
+            "fields": {},
+            "metadata": {"task_hash": old_hash[1]},
+            "responses": {"ranking": [{"user_id": "u1", "status": "submitted", "value": ["A", "B", "C"]}]},
+        }
+    ]
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    with pytest.raises(DataError, match="1 made for other texts than the current export"):
+        import_tool_rankings(new, tmp_path / "a.json", "argilla")
+    records[0]["metadata"]["task_hash"] = new_hash[1]  # made for the current texts: used
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    assert import_tool_rankings(new, tmp_path / "a.json", "argilla").summary["read"]["stale"] == 0

@@ -484,16 +484,16 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 f"Read {read['lines_in']} ranking line(s): {read['replaced']} replaced by a later submission "
                 f"of the same annotator and prompt (last wins), {read['skipped']} skipped as invalid."
             )
-            if read.get("stale"):
-                text += (
-                    f" {read['stale']} set aside: made for other prompt or response texts than the current "
-                    "export's (the tasks were re-exported since)."
-                )
         else:
             text = (
                 f"Read {read['lines_in']} {source} row(s) or record(s) of {md_text(read['source'])}: "
                 f"{read['replaced']} ranking(s) replaced by a later one of the same annotator and prompt "
                 f"(last wins), {read['skipped']} skipped as invalid."
+            )
+        if read.get("stale"):
+            text += (
+                f" {read['stale']} set aside: made for other prompt or response texts than the current "
+                "export's (the tasks were re-exported since)."
             )
         lines += ["", text]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,15 @@ Accepted shapes (the README, "Importing rankings from Argilla, Label Studio or C
   is ``data.prompt_id`` or else the task ``id``; the group ``data.group`` (optional). Cancelled
   annotations are left out. Each pairwise judgement is one ballot of two responses.
 - **CSV**: a header with ``prompt_id``, ``annotator``, ``response_id``, ``rank`` (optional ``group`` and
-  ``model``), one row per ranked response; the rows of one (group, prompt, annotator) form one ranking.
+  ``model``, ``task_hash``), one row per ranked response; the rows of one (group, prompt, annotator) form
+  one ranking.
+
+Files are UTF-8, a leading byte-order mark accepted; bytes that are not UTF-8 make their line or record
+bad (never replaced). Annotator ids are compared in Unicode NFC, exactly. A ballot may carry the
+``task_hash`` of the rewardmix task it ranks (Argilla ``metadata.task_hash``, Label Studio
+``data.task_hash``, a CSV ``task_hash`` column): when the directory's ``key.jsonl`` holds another one for
+that prompt, the ballot was made for texts this export no longer shows and is set aside (counted as
+``read.stale``, named in a warning), never used.
 
 A bad record raises :class:`~rewardmix.data.readers.DataError` naming file, line or record and field
 (``"rankings.csv:4: field 'rank': ..."``, ``"export.json: record 3: field 'responses[0].values...'"``),
@@ -46,7 +54,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, SkippedRow
-from rewardmix.human.aggregate import HumanRanking, ImportResult, read_key, write_results
+from rewardmix.human.aggregate import HumanRanking, ImportResult, read_key, read_task_hashes, write_results
 from rewardmix.human.export import KEY_FILE, OPEN_GROUP, as_prompt_id, check_groups, check_name
 
 log = logging.getLogger(__name__)
@@ -77,6 +85,8 @@ class ToolRanking(NamedTuple):
     """The field holding the response ids (for messages)."""
     pairwise: bool = False
     """A judgement between two of the prompt's responses (Label Studio Pairwise)."""
+    task_hash: str | None = None
+    """The ``task_hash`` of the rewardmix task the annotator saw, when the file carries it."""
 
 
 class _Bad(Exception):
@@ -176,6 +186,14 @@ def _prompt_id(value: Any, field: str) -> str:
         raise _Bad(field, f"invalid prompt id {value!r}: {exc}") from None
 
 
+def _task_hash(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(field, f"expected the task_hash string of tasks.jsonl, got {value!r}")
+    return value.strip()
+
+
 def _rank(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _Bad(field, f"expected an integer rank >= 1, got {value!r}")
@@ -272,6 +290,7 @@ def read_argilla(reader: Reader, *, question: str | None = None) -> list[ToolRan
                 prompt_id = _prompt_id(record.get(id_name), f"{id_name} (or metadata.prompt_id)")
             group = _name(metadata["group"], "metadata.group") if metadata.get("group") is not None else None
             models = _models(metadata.get("models"), "metadata.models")
+            made_for = _task_hash(metadata.get("task_hash"), "metadata.task_hash")
             for at, resp, values, value_field in answers:
                 if resp.get("status", "submitted") != "submitted":
                     skipped_status += 1
@@ -290,7 +309,7 @@ def read_argilla(reader: Reader, *, question: str | None = None) -> list[ToolRan
                             question,
                             value_field,
                             is_v2=id_name == "id",
-                        )
+                        )._replace(task_hash=made_for)
                     )
                 except _Bad as exc:
                     reader.bad(where, pos, exc.field, exc.reason)
@@ -355,6 +374,7 @@ def read_labelstudio(reader: Reader) -> list[ToolRanking]:
                 prompt_id = _prompt_id(task.get("id"), "id (or data.prompt_id)")
             group = _name(data["group"], "data.group") if data.get("group") is not None else None
             models = _models(data.get("models"), "data.models")
+            made_for = _task_hash(data.get("task_hash"), "data.task_hash")
             annotations = task.get("annotations")
             if not isinstance(annotations, list):
                 raise _Bad("annotations", "expected a list")
@@ -397,7 +417,16 @@ def read_labelstudio(reader: Reader) -> list[ToolRanking]:
                             continue  # other controls of the same labeling page (comments, ratings, ...)
                         found.append(
                             ToolRanking(
-                                where, pos, group, prompt_id, annotator, ranks, models, id_field, pairwise
+                                where,
+                                pos,
+                                group,
+                                prompt_id,
+                                annotator,
+                                ranks,
+                                models,
+                                id_field,
+                                pairwise,
+                                made_for,
                             )
                         )
                     if not found:
@@ -437,7 +466,7 @@ def read_csv(reader: Reader) -> list[ToolRanking]:
         if missing:
             raise DataError(
                 f"{path}:1: header: missing column(s) {missing}; expected {', '.join(CSV_COLUMNS)} "
-                "(optional: group, model)"
+                "(optional: group, model, task_hash)"
             )
         rows.fieldnames = header
         ballots: dict[tuple[str | None, str, str], dict[str, Any]] = {}
@@ -459,6 +488,7 @@ def read_csv(reader: Reader) -> list[ToolRanking]:
                 rank = _rank(int(text), "rank")
                 group = (row.get("group") or "").strip() or None
                 model = (row.get("model") or "").strip() or None
+                made_for = (row.get("task_hash") or "").strip() or None
                 if "model" in header and model is None:
                     raise _Bad("model", "empty (the column is there: give every row its model)")
                 ballot = ballots.setdefault(
@@ -468,6 +498,8 @@ def read_csv(reader: Reader) -> list[ToolRanking]:
                     raise _Bad(
                         "response_id", f"response {rid!r} ranked twice by {annotator!r} on {prompt_id!r}"
                     )
+                if ballot.setdefault("task_hash", made_for) != made_for:
+                    raise _Bad("task_hash", f"differs from the ballot's first row (line {ballot['line']})")
                 ballot["ranks"][rid] = rank
                 if model is not None:
                     ballot["models"][rid] = model
@@ -490,6 +522,7 @@ def read_csv(reader: Reader) -> list[ToolRanking]:
                 ballot["ranks"],
                 ballot["models"] or None,
                 "response_id",
+                task_hash=ballot["task_hash"],
             )
         )
     return out
@@ -514,6 +547,7 @@ class Resolved(NamedTuple):
     """``model -> rank``, dense."""
     order: int
     pairwise_ids: frozenset[str] | None
+    task_hash: str | None = None
 
 
 def to_model_rankings(
@@ -601,7 +635,7 @@ def to_model_rankings(
             known.update(used)
         pair = frozenset(b.ranks) if b.pairwise else None
         ranks = dense({mapping[rid]: r for rid, r in b.ranks.items()})
-        out.append(Resolved(group, b.prompt_id, b.annotator, ranks, b.order, pair))
+        out.append(Resolved(group, b.prompt_id, b.annotator, ranks, b.order, pair, b.task_hash))
     return out, (dict(key) if key is not None else built)  # type: ignore[arg-type]
 
 
@@ -682,6 +716,19 @@ def import_tool_rankings(
 
     resolved, used_key = to_model_rankings(ballots, key=key, groups=groups, bad=bad, key_path=str(key_path))
 
+    # step 2b. ballots made for other texts than this export's (their task_hash differs) are set aside
+    hashes = read_task_hashes(key_path) if key is not None else {}
+    stale = [
+        r for r in resolved if r.task_hash and hashes.get((r.group, r.prompt_id), r.task_hash) != r.task_hash
+    ]
+    if stale:
+        log.warning(
+            "%s: set aside %d ranking(s) made for other texts than the export in %s (first: group %r, prompt "
+            "%r): the tasks were re-exported with changed prompts or responses since",
+            path, len(stale), directory, stale[0].group, stale[0].prompt_id,
+        )  # fmt: skip
+        resolved = [r for r in resolved if r not in stale]
+
     # step 3. last wins per (group, prompt, annotator[, pair])
     latest: dict[tuple[Any, ...], Resolved] = {}
     for r in sorted(resolved, key=lambda r: r.order):
@@ -693,7 +740,8 @@ def import_tool_rankings(
     ]
     if not rankings:
         raise DataError(
-            f"{path}: no submitted ranking to import ({len(reader.report.skipped)} bad record(s))"
+            f"{path}: no submitted ranking to import ({len(reader.report.skipped)} bad record(s), "
+            f"{len(stale)} made for other texts than the current export)"
         )
     report = reader.report
     report.rows_out = report.rows_in - len(report.skipped)
@@ -708,5 +756,7 @@ def import_tool_rankings(
         "skipped": len(report.skipped),
         "skipped_lines": [s.line for s in report.skipped],
         "mapped_by": "key" if key is not None else "file",
+        "stale": len(stale),
+        "stale_lines": sorted({r.order for r in stale}),
     }
     return write_results(directory, rankings, key=used_key, read=read, report=report, std_ddof=std_ddof)
