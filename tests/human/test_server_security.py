@@ -365,3 +365,26 @@ def test_tool_ballots_carrying_an_old_task_hash_are_set_aside(tmp_path, caplog):
     records[0]["metadata"]["task_hash"] = new_hash[1]  # made for the current texts: used
     (tmp_path / "a.json").write_text(json.dumps(records))
     assert import_tool_rankings(new, tmp_path / "a.json", "argilla").summary["read"]["stale"] == 0
+
+
+def test_cli_refuses_the_re_export_in_one_line(tmp_path, capsys):
+    from rewardmix.cli import main
+
+    def generations(suffix: str) -> str:
+        path = tmp_path / f"gen{suffix}.jsonl"
+        rows = [{"model": m, "id": "p1", "prompt": "one", "response": f"{m}{suffix}"} for m in "xy"]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    he = tmp_path / "he"
+    assert (
+        main(["human-eval", "action=export", f"dir={he}", f"export.generations_file={generations('')}"]) == 0
+    )
+    (he / "rankings.jsonl").write_text('{"annotator": "a"}\n')
+    capsys.readouterr()
+    code = main(["human-eval", "action=export", f"dir={he}", f"export.generations_file={generations('-v2')}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert (
+        f"rewardmix: error: {he / 'rankings.jsonl'}: already holds rankings, and this export changes" in err
+    )

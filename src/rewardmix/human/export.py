@@ -31,6 +31,7 @@ annotators in 3 groups, 20 prompts each).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -402,9 +403,11 @@ def _refuse_changes_under_rankings(out: Path, tasks: Sequence[Task], hashes: Seq
     rankings = out / RANKINGS_FILE
     old_key = {(r["group"], r["prompt_id"]): r.get("slots") for r in _read_if_exists(out / KEY_FILE)}
     if old_key != {(t.group, t.prompt_id): t.slots for t in tasks}:
-        raise FileExistsError(
-            f"{rankings} already holds rankings made against the current {KEY_FILE}; exporting a "
-            "different set of tasks there would pair them with the wrong models: use another directory"
+        raise FileExistsError(  # with the file name: the CLI prints it as one line, exit 1
+            errno.EEXIST,
+            f"already holds rankings made against the current {KEY_FILE}; exporting a different set of "
+            "tasks there would pair them with the wrong models: use another directory",
+            str(rankings),
         )
     # the old texts, fingerprinted the same way (also for a tasks.jsonl written before task_hash existed)
     old_hash = {}
@@ -418,9 +421,11 @@ def _refuse_changes_under_rankings(out: Path, tasks: Sequence[Task], hashes: Seq
     if changed:
         first = changed[0]
         raise FileExistsError(
-            f"{rankings} already holds rankings, and this export changes the prompt or response texts of "
-            f"{len(changed)} task(s) (first: group {first.group!r}, prompt {first.prompt_id!r}); those rankings "
-            "were made for the old texts and would be reused for the new ones: export into another directory"
+            errno.EEXIST,
+            f"already holds rankings, and this export changes the prompt or response texts of {len(changed)} "
+            f"task(s) (first: group {first.group!r}, prompt {first.prompt_id!r}); those rankings were made "
+            "for the old texts and would be reused for the new ones: export into another directory",
+            str(rankings),
         )
 
 
