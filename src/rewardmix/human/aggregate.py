@@ -44,7 +44,7 @@ from rewardmix.human.export import (
     read_task_file,
 )
 from rewardmix.markdown import md_cell, md_text
-from rewardmix.rundir import atomic_write_text
+from rewardmix.rundir import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -599,6 +599,7 @@ def write_results(
     json_path, md_path = out / SUMMARY_JSON, out / SUMMARY_MD
     atomic_write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(md_path, render_markdown(summary))
+    fsync_dir(out)  # the renames that put the result files in place
     best = summary["order"][0]
     log.info(
         "human-eval import (%s): %d rankings (%d replaced, %d skipped); best: %s (%.3f points)",

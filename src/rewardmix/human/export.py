@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, SkippedRow, as_str, read_records
-from rewardmix.rundir import atomic_write_text, read_jsonl
+from rewardmix.rundir import atomic_write_text, fsync_dir, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +396,7 @@ def write_tasks(
     atomic_write_text(out / TASKS_FILE, task_lines)
     atomic_write_text(key_path, key_lines)
     atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    fsync_dir(out)  # the renames that put the three files in place
     return out / TASKS_FILE, key_path, manifest
 
 

@@ -73,6 +73,7 @@ from rewardmix.human.export import (
     read_task_file,
     task_hash,
 )
+from rewardmix.rundir import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -290,18 +291,7 @@ def append_line(path: Path, line: bytes) -> None:
     finally:
         os.close(fd)
     if is_new:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """``fsync`` a directory, so that a file just created in it survives a power loss (POSIX only)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)  # the new file's directory entry, so that the file survives a power loss
 
 
 # ---------------------------------------------------------------------------------------------------------
