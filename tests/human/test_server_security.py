@@ -388,3 +388,17 @@ def test_cli_refuses_the_re_export_in_one_line(tmp_path, capsys):
     assert (
         f"rewardmix: error: {he / 'rankings.jsonl'}: already holds rankings, and this export changes" in err
     )
+
+
+def test_declared_annotators_are_matched_in_nfc(tmp_path):
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text(
+        "".join(json.dumps({"model": m, "id": "p1", "prompt": "q", "response": m}) + "\n" for m in "xy")
+    )
+    he = tmp_path / "he"
+    export_tasks(he, generations_file=gen, groups={"g": ["Jose\u0301"]})  # declared in NFD
+    with serving(he) as server:
+        assert next_task(server, "Jos\u00e9")["group"] == "g"  # typed in NFC: the same annotator
+        assert request(server, "GET", "/api/next?annotator=Jose")[0] == 400  # another name: unknown
+        assert rank(server, "Jos\u00e9")[0] == 200
+        assert server.store.all_done()

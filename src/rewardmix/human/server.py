@@ -54,6 +54,7 @@ import re
 import secrets
 import socket
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -125,7 +126,11 @@ class TaskStore:
         self.directory = Path(directory)
         manifest = json.loads((self.directory / MANIFEST_FILE).read_text(encoding="utf-8"))
         self.open_annotators: bool = manifest["open_annotators"]
-        self.groups: dict[str, list[str]] = manifest["groups"]
+        # names compared in NFC (an export made before names were normalized may hold another form)
+        self.groups: dict[str, list[str]] = {
+            group: [unicodedata.normalize("NFC", name) for name in names]
+            for group, names in manifest["groups"].items()
+        }
         self.group_of = {name: group for group, names in self.groups.items() for name in names}
         self.tasks: dict[str, list[dict[str, Any]]] = {group: [] for group in self.groups}
         self.by_id: dict[tuple[str, str], dict[str, Any]] = {}
