@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -120,7 +121,9 @@ def test_rank_tie_submit_error_done_and_reimport(tmp_path, browser):
         wait.until(lambda d: text_of("prompt") == PROMPTS["p2"])
         assert text_of("progress") == "alice: 1 of 2 prompts ranked"
         assert text_of("status") == "Saved your ranking of prompt p1."
-        assert browser.current_url.endswith("?annotator=alice")  # a reload resumes as alice
+        # a reload resumes as alice, with the session token still in the address
+        query = parse_qs(urlsplit(browser.current_url).query)
+        assert query == {"token": [server.token], "annotator": ["alice"]}
 
         # 4. a gap (1, 3, 3: no rank 2) -> the server's message is shown, the prompt stays
         rank({"A": 1, "B": 3, "C": 3})

@@ -4,7 +4,9 @@ import (last wins, bad lines), Tideman per prompt and Borda points per model (CR
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import socket
 import threading
 import time
@@ -79,7 +81,7 @@ def test_export_shuffles_slots_and_keeps_the_key_apart(tmp_path):
             assert r["text"] == f"answer of {key[t['prompt_id']][r['slot']]} to {t['prompt_id']}"
     # annotators never see model names: not in the task file (the texts above only name them in this test,
     # so check the task file's keys and the non-text fields)
-    assert all(set(t) == {"group", "prompt_id", "prompt", "responses"} for t in tasks)
+    assert all(set(t) == {"group", "prompt_id", "prompt", "responses", "task_hash"} for t in tasks)
     # the order varies over prompts (12 prompts all in one order: probability 6^-11) and is the seeded one
     orders = {tuple(slots.values()) for slots in key.values()}
     assert len(orders) > 1
@@ -213,7 +215,10 @@ def test_crs_table_9_through_the_key(tmp_path):
         "annotator3": {R1: 2, R2: 3, R3: 1},
     }
     for name, ranks in table_9.items():  # the annotators see slots only
-        store.submit({"annotator": name, "prompt_id": "q", "ranks": by_slot(he, "all", "q", ranks)})
+        h = store.by_id[("all", "q")]["task_hash"]
+        store.submit(
+            {"annotator": name, "prompt_id": "q", "task_hash": h, "ranks": by_slot(he, "all", "q", ranks)}
+        )
     # the stored lines are by slot, never by model
     assert all(set(row["ranks"]) == {"A", "B", "C"} for row in read_lines(he / "rankings.jsonl"))
 
@@ -244,9 +249,9 @@ def test_points_per_group_mean_std_and_pairwise_counts(tmp_path):
     store = TaskStore(he)
 
     def rank(annotator, group, prompt, ranks):
-        store.submit(
-            {"annotator": annotator, "prompt_id": prompt, "ranks": by_slot(he, group, prompt, ranks)}
-        )
+        h = store.by_id[(group, prompt)]["task_hash"]
+        ranks = by_slot(he, group, prompt, ranks)
+        store.submit({"annotator": annotator, "prompt_id": prompt, "task_hash": h, "ranks": ranks})
 
     rank("ann1", "g1", "p1", {"x": 1, "y": 2, "z": 3})
     rank("ann2", "g1", "p1", {"x": 1, "y": 2, "z": 3})
@@ -295,6 +300,8 @@ def test_points_per_group_mean_std_and_pairwise_counts(tmp_path):
         "replaced": 1,
         "skipped": 0,
         "skipped_lines": [],
+        "stale": 0,
+        "stale_lines": [],
     }
     assert s["groups"]["g1"]["annotators"] == ["ann1", "ann2"] and s["groups"]["g2"]["rankings"] == 2
 
@@ -383,17 +390,22 @@ def test_bad_ranking_lines_name_file_line_and_field(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _get(url: str) -> tuple[int, dict]:
+def _get(url: str, token: str) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers={"X-Rewardmix-Token": token})
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.load(r)
     except urllib.error.HTTPError as e:
         return e.code, json.load(e)
 
 
-def _post(url: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict]:
+def _post(
+    url: str, body: bytes | dict, token: str, content_type: str = "application/json"
+) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+    req = urllib.request.Request(
+        url, data=data, headers={"Content-Type": content_type, "X-Rewardmix-Token": token}
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.load(r)
@@ -406,15 +418,15 @@ def test_api_flow_and_validation_errors(tmp_path):
     he = tmp_path / "he"
     export_tasks(he, generations=gens)
     with serving(he) as server:
-        url = server.url
-        assert url.startswith("http://127.0.0.1:")
-        with urllib.request.urlopen(url, timeout=5) as r:
+        url, token = server.base_url, server.token
+        assert server.url == f"{url}?token={token}" and url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(server.url, timeout=5) as r:
             page = r.read().decode()
             assert r.headers["Content-Type"].startswith("text/html")
             assert "default-src 'none'" in r.headers["Content-Security-Policy"]
         assert 'id="submit"' in page and "http" not in page.split("<script>")[1]  # no external resource
 
-        status, nxt = _get(url + "api/next?annotator=ann")
+        status, nxt = _get(url + "api/next?annotator=ann", token)
         assert (
             status == 200
             and nxt["task"]["prompt_id"] == "p1"
@@ -423,6 +435,7 @@ def test_api_flow_and_validation_errors(tmp_path):
         assert [r["slot"] for r in nxt["task"]["responses"]] == ["A", "B", "C"]
 
         rank = url + "api/rank"
+        h1 = nxt["task"]["task_hash"]
         errors = [
             (
                 {"annotator": "ann", "prompt_id": "p1", "ranks": {"A": 1, "B": 1, "C": 3}},
@@ -440,25 +453,37 @@ def test_api_flow_and_validation_errors(tmp_path):
             (b"[1, 2]", "must be a JSON object"),
         ]
         for body, message in errors:
-            status, answer = _post(rank, body)
+            if isinstance(body, dict):
+                body = {"task_hash": h1, **body}
+            status, answer = _post(rank, body, token)
             assert status == 400 and message in answer["error"], (body, answer)
-        assert _post(rank, b"{}", content_type="text/plain")[0] == 415
-        assert _post(rank, b"x" * (64 * 1024 + 1))[0] == 413
-        assert _get(url + "nothing")[0] == 404
-        assert _get(url + "api/next")[0] == 400  # no annotator
+        assert _post(rank, b"{}", token, content_type="text/plain")[0] == 415
+        assert _post(rank, b"x" * (64 * 1024 + 1), token)[0] == 413
+        assert _get(url + "nothing", token)[0] == 404
+        assert _get(url + "api/next", token)[0] == 400  # no annotator
         assert not (he / "rankings.jsonl").exists()  # nothing invalid was stored
 
         # a valid ranking with a tie -> stored, progress advances, next prompt is p2
         status, answer = _post(
-            rank, {"annotator": "ann", "prompt_id": "p1", "ranks": {"A": 2, "B": 1, "C": 2}}
+            rank,
+            {"annotator": "ann", "prompt_id": "p1", "task_hash": h1, "ranks": {"A": 2, "B": 1, "C": 2}},
+            token,
         )
         assert status == 200 and answer == {"ok": True, "progress": {"ranked": 1, "total": 2}}
-        assert _get(url + "api/next?annotator=ann")[1]["task"]["prompt_id"] == "p2"
-        assert _get(url + "api/next?annotator=other")[1]["task"]["prompt_id"] == "p1"  # per annotator
+        assert _get(url + "api/next?annotator=ann", token)[1]["task"]["prompt_id"] == "p2"
+        assert _get(url + "api/next?annotator=other", token)[1]["task"]["prompt_id"] == "p1"  # per annotator
     # a restarted server resumes: ann continues at p2, and after it is done
     store = TaskStore(he)
-    assert store.next_task("ann")["task"]["prompt_id"] == "p2"
-    store.submit({"annotator": "ann", "prompt_id": "p2", "ranks": {"A": 1, "B": 2, "C": 3}})
+    nxt = store.next_task("ann")["task"]
+    assert nxt["prompt_id"] == "p2"
+    store.submit(
+        {
+            "annotator": "ann",
+            "prompt_id": "p2",
+            "task_hash": nxt["task_hash"],
+            "ranks": {"A": 1, "B": 2, "C": 3},
+        }
+    )
     assert store.next_task("ann") == {
         "annotator": "ann",
         "group": "all",
@@ -485,7 +510,9 @@ def test_a_torn_last_line_does_not_swallow_the_next_ranking(tmp_path):
     he = tmp_path / "he"
     export_tasks(he, generations=gens)
     (he / "rankings.jsonl").write_text('{"annotator": "a", "gro')  # a crash mid-line
-    TaskStore(he).submit({"annotator": "b", "prompt_id": "p1", "ranks": {"A": 1, "B": 2}})
+    store = TaskStore(he)
+    h = store.next_task("b")["task"]["task_hash"]
+    store.submit({"annotator": "b", "prompt_id": "p1", "task_hash": h, "ranks": {"A": 1, "B": 2}})
     lines = (he / "rankings.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["annotator"] == "b"
     s = import_rankings(he, on_bad_row="skip").summary
@@ -503,7 +530,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_stage_export_serve_import(tmp_path):
+def test_stage_export_serve_import(tmp_path, caplog):
     gens = write_generations(tmp_path / "gen", ["x", "y"], {"p1": "one", "p2": "two"})
     port = _free_port()
     base = {
@@ -521,20 +548,24 @@ def test_stage_export_serve_import(tmp_path):
             human_eval.run(from_dict(human_eval.Config, {**base, "action": "serve"}))
         )
     )
+    caplog.set_level(logging.INFO, logger="rewardmix.human.server")
     thread.start()
     url = f"http://127.0.0.1:{port}/"
-    for _ in range(100):  # wait for the server to listen
-        try:
-            _get(url + "api/next?annotator=ann1")
+    token = None
+    for _ in range(100):  # wait for the server to print its address, token included
+        found = [re.search(r"\?token=(\S+)", r.getMessage()) for r in caplog.records]
+        token = next((m.group(1) for m in found if m), None)
+        if token:
             break
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
+    assert token, "the server printed no address with a token"
     he = tmp_path / "he"
     for pid in ("p1", "p2"):
-        status, _ = _post(
-            url + "api/rank",
-            {"annotator": "ann1", "prompt_id": pid, "ranks": by_slot(he, "g1", pid, {"x": 1, "y": 2})},
-        )
+        task = _get(url + "api/next?annotator=ann1", token)[1]["task"]
+        assert task["prompt_id"] == pid
+        ranks = by_slot(he, "g1", pid, {"x": 1, "y": 2})
+        body = {"annotator": "ann1", "prompt_id": pid, "task_hash": task["task_hash"], "ranks": ranks}
+        status, _ = _post(url + "api/rank", body, token)
         assert status == 200
     thread.join(timeout=10)
     assert not thread.is_alive() and results[0].stats["all_done"] is True

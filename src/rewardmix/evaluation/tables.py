@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from rewardmix.algos.stats import standard_error
 from rewardmix.evaluation.winrate import model_pairs
+from rewardmix.markdown import md_cell, md_text
 
 __all__ = [
     "Table",
@@ -533,18 +534,14 @@ def eval_tables(ev: Mapping[str, Any]) -> list[Table]:
     return [t for t in tables if t is not None]
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def to_markdown(table: Table, level: int = 2) -> str:
-    """The table as GitHub Markdown, under a heading of ``level``."""
-    lines = [f"{'#' * level} {table.title}", ""]
-    lines.append("| " + " | ".join(_md_cell(h) for h in table.headers) + " |")
+    """The table as GitHub Markdown, under a heading of ``level`` (every text escaped: :mod:`rewardmix.markdown`)."""
+    lines = [f"{'#' * level} {md_text(table.title)}", ""]
+    lines.append("| " + " | ".join(md_cell(h) for h in table.headers) + " |")
     lines.append("|" + "|".join("---" for _ in table.headers) + "|")
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in table.rows]
     if table.caption:
-        lines += ["", table.caption]
+        lines += ["", md_text(table.caption)]
     return "\n".join(lines) + "\n"
 
 
@@ -562,7 +559,7 @@ def to_html(table: Table, level: int = 3) -> str:
 
 def tables_markdown(tables: Sequence[Table], title: str = "Evaluation") -> str:
     """A Markdown document with every table."""
-    parts = [f"# {title}\n"] + [to_markdown(t) for t in tables]
+    parts = [f"# {md_text(title)}\n"] + [to_markdown(t) for t in tables]
     if not tables:
         parts.append("No results to tabulate.\n")
     return "\n".join(parts)

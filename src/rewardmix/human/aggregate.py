@@ -2,9 +2,12 @@
 
 1. Read ``key.jsonl`` (slot -> model per group and prompt) and ``rankings.jsonl`` (one line per submitted
    ranking, by slot). Every line is checked against the key: known group and prompt, every slot ranked
-   exactly once, ranks integers 1..K dense from 1. A bad line raises :class:`DataError`
+   exactly once, ranks integers 1..K dense from 1, annotator names valid (compared in Unicode NFC), the
+   line valid UTF-8 (a leading byte-order mark is accepted). A bad line raises :class:`DataError`
    (``"rankings.jsonl:7: field 'ranks': ..."``) or, with ``on_bad_row="skip"``, is counted and skipped.
-   When an annotator ranked the same prompt more than once, the last line wins.
+   A ranking whose ``task_hash`` is not the key's was made for other texts (an earlier export): it is set
+   aside, counted as ``stale`` and named in a warning, never used. When an annotator ranked the same
+   prompt more than once, the last line wins.
 2. Translate slots to models: one ranking ``model -> rank`` per (group, prompt, annotator)
    (``rankings_by_model.jsonl``).
 3. Merge the annotators of each (group, prompt) with Tideman's ranked pairs (CRS Table 9).
@@ -32,8 +35,16 @@ from typing import Any, NamedTuple
 from rewardmix.algos.ranking import borda_aggregate, borda_by_group, tideman_ranked_pairs
 from rewardmix.algos.stats import win_rate_matrix
 from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, SkippedRow
-from rewardmix.human.export import KEY_FILE, MANIFEST_FILE, RANKINGS_FILE, check_ranks, read_task_file
-from rewardmix.rundir import atomic_write_text
+from rewardmix.human.export import (
+    KEY_FILE,
+    MANIFEST_FILE,
+    RANKINGS_FILE,
+    check_name,
+    check_ranks,
+    read_task_file,
+)
+from rewardmix.markdown import md_cell, md_text
+from rewardmix.rundir import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,19 @@ class HumanRanking(NamedTuple):
     """``model -> rank`` (1 = best, equal = tie)."""
     line: int
     """Line of ``rankings.jsonl`` it came from (the last one when the annotator resubmitted)."""
+
+
+class RankingsRead(NamedTuple):
+    """What :func:`read_rankings` found."""
+
+    rankings: list[HumanRanking]
+    """One per (group, prompt, annotator), the last line winning."""
+    report: ReadReport
+    """``rows_in`` = non-blank lines; the bad lines skipped."""
+    replaced: int
+    """Lines a later line of the same annotator and prompt replaced."""
+    stale: list[int]
+    """Lines set aside: rankings made for other texts than the key's (their ``task_hash`` differs)."""
 
 
 class ImportResult(NamedTuple):
@@ -89,6 +113,15 @@ def read_key(path: str | Path) -> Key:
     return key
 
 
+def read_task_hashes(path: str | Path) -> dict[tuple[str, str], str]:
+    """``(group, prompt_id) -> task_hash`` from ``key.jsonl`` (empty for a key written before the hashes)."""
+    return {
+        (row["group"], row["prompt_id"]): row["task_hash"]
+        for row in read_task_file(path)
+        if isinstance(row.get("task_hash"), str)
+    }
+
+
 class _Obj(dict):
     """A JSON object that remembers which keys it saw more than once (a plain dict keeps the last)."""
 
@@ -110,8 +143,9 @@ def read_rankings(
     key: Key,
     *,
     groups: Mapping[str, Sequence[str]] | None = None,
+    hashes: Mapping[tuple[str, str], str] | None = None,
     on_bad_row: BadRowPolicy = "error",
-) -> tuple[list[HumanRanking], ReadReport, int]:
+) -> RankingsRead:
     """Read ``rankings.jsonl``, check every line against the key, translate slots to models.
 
     Args:
@@ -119,21 +153,24 @@ def read_rankings(
         key: From :func:`read_key`.
         groups: ``group -> annotators`` from the manifest; when given, an annotator must rank in their
             own group. None or empty = not checked.
+        hashes: ``(group, prompt_id) -> task_hash`` of the current export (:func:`read_task_hashes`); a
+            line carrying another ``task_hash`` is set aside as stale. A line without one (written by hand)
+            is taken as made for the current texts.
         on_bad_row: ``"error"`` raises at the first bad line; ``"skip"`` counts and skips it.
 
     Returns:
-        ``(rankings, report, replaced)``: one ranking per (group, prompt, annotator), the last line
-        winning; the read report (``rows_in`` = non-blank lines); how many lines a later line replaced.
+        A :class:`RankingsRead`.
 
     Raises:
         DataError: ``"file:line: field 'x': reason"`` for a bad line under ``on_bad_row="error"``.
     """
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
-    group_of = {name: g for g, names in (groups or {}).items() for name in names}
+    group_of = {check_name(name, "annotator"): g for g, names in (groups or {}).items() for name in names}
     report = ReadReport(source=str(path), rows_in=0, rows_out=0)
     latest: dict[tuple[str, str, str], HumanRanking] = {}
     replaced = 0
+    stale: list[tuple[int, str, str]] = []
 
     def bad(lineno: int, field_name: str | None, reason: str) -> None:
         at_field = f" field '{field_name}':" if field_name else ""
@@ -143,11 +180,19 @@ def read_rankings(
         report.skipped.append(SkippedRow(line=lineno, field=field_name, reason=reason))
         log.warning("skipping bad ranking: %s", message)
 
-    with Path(path).open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with Path(path).open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as editors may write
+                raw = raw[3:]
+            if not raw.strip():
                 continue
             report.rows_in += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                # strict: replacing bad bytes would merge names that differ only in those characters
+                bad(lineno, None, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
+                continue
             try:
                 row = json.loads(line, object_pairs_hook=_keep_duplicates)
             except json.JSONDecodeError as exc:
@@ -160,8 +205,10 @@ def read_rankings(
                 bad(lineno, row.duplicates[0], "given more than once")
                 continue
             annotator, group, prompt_id = row.get("annotator"), row.get("group"), row.get("prompt_id")
-            if not isinstance(annotator, str) or not annotator.strip():
-                bad(lineno, "annotator", f"expected a non-empty string, got {annotator!r}")
+            try:
+                annotator = check_name(annotator, "annotator")
+            except ValueError as exc:
+                bad(lineno, "annotator", str(exc))
                 continue
             if not isinstance(group, str):
                 bad(lineno, "group", f"expected a string, got {group!r}")
@@ -171,6 +218,13 @@ def read_rankings(
                 continue
             if not isinstance(prompt_id, str) or (group, prompt_id) not in key:
                 bad(lineno, "prompt_id", f"unknown prompt {prompt_id!r} for group {group!r} (not in the key)")
+                continue
+            made_for = row.get("task_hash")
+            if made_for is not None and not isinstance(made_for, str):
+                bad(lineno, "task_hash", f"expected a string, got {made_for!r}")
+                continue
+            if made_for is not None and hashes and hashes.get((group, prompt_id), made_for) != made_for:
+                stale.append((lineno, group, prompt_id))  # made for texts this export no longer shows
                 continue
             slots = key[(group, prompt_id)]
             ranks = row.get("ranks")
@@ -188,10 +242,18 @@ def read_rankings(
                 group, prompt_id, annotator, {slots[s]: r for s, r in by_slot.items()}, lineno
             )
     rankings = sorted(latest.values(), key=lambda r: r.line)
-    report.rows_out = report.rows_in - len(report.skipped)
+    report.rows_out = report.rows_in - len(report.skipped)  # stale lines are valid: set aside, not bad
     if report.skipped:
         log.warning("%s: skipped %d bad line(s) of %d", path, len(report.skipped), report.rows_in)
-    return rankings, report, replaced
+    if stale:
+        lineno, group, prompt_id = stale[0]
+        log.warning(
+            "%s: set aside %d ranking(s) made for other texts than the current export (first: line %d, "
+            "group %r, prompt %r): the tasks were re-exported with changed prompts or responses since; "
+            "those prompts need ranking again",
+            path, len(stale), lineno, group, prompt_id,
+        )  # fmt: skip
+    return RankingsRead(rankings, report, replaced, [line for line, _, _ in stale])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -359,13 +421,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "",
         "## Winning points",
         "",
-        "| model | " + " | ".join(groups) + " | mean | std |",
+        "| model | " + " | ".join(md_cell(g) for g in groups) + " | mean | std |",
         "|---|" + "---:|" * (len(groups) + 2),
     ]
     for m in summary["order"]:
         p = summary["points"][m]
         cells = [_num(p["per_group"].get(g)) for g in groups]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_num(p['mean'])} | {_num(p['std'])} |")
+        lines.append(f"| {md_cell(m)} | " + " | ".join(cells) + f" | {_num(p['mean'])} | {_num(p['std'])} |")
     models = summary["models"]
     lines += [
         "",
@@ -374,7 +436,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "Each cell: prompts where the row model is ranked above / level with / below the column model in the "
         "merged ranking, and the row model's win rate (ties count half) ± its standard error (CRS Eq. 7.1).",
         "",
-        "| model | " + " | ".join(models) + " |",
+        "| model | " + " | ".join(md_cell(m) for m in models) + " |",
         "|---|" + "---:|" * len(models),
     ]
     for a in models:
@@ -386,7 +448,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 if c is None
                 else f"{c['wins']}/{c['ties']}/{c['losses']} ({100 * c['rate']:.0f}% ± {100 * c['se']:.0f})"
             )
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_cell(a)} | " + " | ".join(cells) + " |")
     ties = summary.get("ties")
     if ties:
         lines += [
@@ -410,8 +472,10 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "|---|---|---:|---:|---:|",
     ]
     for g, info in summary["groups"].items():
-        names = ", ".join(info["annotators"]) or "—"
-        lines.append(f"| {g} | {names} | {info['prompts']} | {info['prompts_ranked']} | {info['rankings']} |")
+        names = md_cell(", ".join(info["annotators"])) or "—"
+        lines.append(
+            f"| {md_cell(g)} | {names} | {info['prompts']} | {info['prompts_ranked']} | {info['rankings']} |"
+        )
     read = summary.get("read")
     if read:
         source = read.get("format", "rewardmix")
@@ -422,9 +486,14 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             )
         else:
             text = (
-                f"Read {read['lines_in']} {source} row(s) or record(s) of {read['source']}: "
+                f"Read {read['lines_in']} {source} row(s) or record(s) of {md_text(read['source'])}: "
                 f"{read['replaced']} ranking(s) replaced by a later one of the same annotator and prompt "
                 f"(last wins), {read['skipped']} skipped as invalid."
+            )
+        if read.get("stale"):
+            text += (
+                f" {read['stale']} set aside: made for other prompt or response texts than the current "
+                "export's (the tasks were re-exported since)."
             )
         lines += ["", text]
     return "\n".join(lines) + "\n"
@@ -469,7 +538,15 @@ def import_rankings(
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         groups = None if manifest.get("open_annotators") else manifest.get("groups")
-    rankings, report, replaced = read_rankings(rankings_path, key, groups=groups, on_bad_row=on_bad_row)
+    hashes = read_task_hashes(directory / KEY_FILE)
+    rankings, report, replaced, stale = read_rankings(
+        rankings_path, key, groups=groups, hashes=hashes, on_bad_row=on_bad_row
+    )
+    if not rankings and stale:
+        raise DataError(
+            f"{rankings_path}: all {len(stale)} ranking(s) were made for other texts than the current "
+            f"export (lines {stale[:5]}...); the tasks were re-exported since: rank them again"
+        )
     read = {
         "format": "rewardmix",
         "source": str(rankings_path),
@@ -478,6 +555,8 @@ def import_rankings(
         "replaced": replaced,
         "skipped": len(report.skipped),
         "skipped_lines": [s.line for s in report.skipped],
+        "stale": len(stale),
+        "stale_lines": stale,
     }
     return write_results(out, rankings, key=key, read=read, report=report, std_ddof=std_ddof)
 
@@ -520,6 +599,7 @@ def write_results(
     json_path, md_path = out / SUMMARY_JSON, out / SUMMARY_MD
     atomic_write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(md_path, render_markdown(summary))
+    fsync_dir(out)  # the renames that put the result files in place
     best = summary["order"][0]
     log.info(
         "human-eval import (%s): %d rankings (%d replaced, %d skipped); best: %s (%.3f points)",

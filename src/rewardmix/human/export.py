@@ -10,9 +10,9 @@ Output, in one directory (the files :mod:`rewardmix.human.server` and :mod:`rewa
 read):
 
 - ``tasks.jsonl``: what annotators see, one line per (group, prompt):
-  ``{"group", "prompt_id", "prompt", "responses": [{"slot": "A", "text": ...}, ...]}``;
+  ``{"group", "prompt_id", "prompt", "responses": [{"slot": "A", "text": ...}, ...], "task_hash"}``;
 - ``key.jsonl``: which model wrote which slot, one line per (group, prompt):
-  ``{"group", "prompt_id", "slots": {"A": "model_x", ...}}``. Annotators never see model names;
+  ``{"group", "prompt_id", "slots": {"A": "model_x", ...}, "task_hash"}``. Annotators never see model names;
 - ``manifest.json``: models, K, seed, the groups and their annotators, prompts per group, and how often
   each model landed in each slot (a check of the positional balance).
 
@@ -20,22 +20,30 @@ The order of a prompt's responses is a shuffle seeded by ``(seed, group, prompt_
 depend on the order of the input files and a re-export reproduces it. Slots are letters (``A``, ``B``, ...)
 so that a slot can never be mistaken for a rank.
 
+``task_hash`` (:func:`task_hash`) fingerprints the texts annotators see for one task (the prompt and each
+slot's response). The server stores it with every ranking, and the import sets aside a ranking whose hash is
+not the key's: a ranking is never reused for texts its annotator did not read. A re-export into a directory
+that holds rankings is refused when it would change a slot's model or a task's texts.
+
 Reference: CRS §5.5.2 ("three responses ... in randomized order to reduce the positional bias"; 12
 annotators in 3 groups, 20 prompts each).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import random
 import string
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, SkippedRow, as_str, read_records
-from rewardmix.rundir import atomic_write_text, read_jsonl
+from rewardmix.rundir import atomic_write_text, fsync_dir, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,10 @@ SLOTS = string.ascii_uppercase
 MAX_MODELS = len(SLOTS)
 MAX_NAME_CHARS = 100
 """Longest annotator name, group name or prompt id accepted."""
+
+# Characters that may not appear in a name: they are invisible, break lines, or reorder the text around them.
+_DIRECTION_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})  # control, lone surrogate, line and paragraph separator
 
 
 class Generation(NamedTuple):
@@ -292,6 +304,25 @@ def build_tasks(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def task_hash(prompt: str, responses: Sequence[tuple[str, str]]) -> str:
+    """Fingerprint of what annotators see for one task: the prompt and each slot's text, in slot order.
+
+    Args:
+        prompt: The prompt text.
+        responses: ``(slot, text)`` pairs in slot order.
+
+    Returns:
+        The first 16 hex digits of the SHA-256 of the canonical JSON ``{"prompt", "responses": [[slot,
+        text], ...]}``.
+    """
+    doc = json.dumps(
+        {"prompt": prompt, "responses": [[slot, text] for slot, text in responses]},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(doc.encode("utf-8", errors="surrogatepass")).hexdigest()[:16]
+
+
 def write_tasks(
     tasks: Sequence[Task],
     out_dir: str | Path,
@@ -302,8 +333,10 @@ def write_tasks(
 ) -> tuple[Path, Path, dict[str, Any]]:
     """Write ``tasks.jsonl``, ``key.jsonl`` and ``manifest.json`` atomically.
 
-    Refuses to overwrite a different key when ``rankings.jsonl`` already holds rankings: those rankings
-    name slots of the old key, and a new shuffle would silently pair them with other models.
+    Refuses to overwrite the tasks when ``rankings.jsonl`` already holds rankings and the new export would
+    give a slot another model (the rankings name slots) or show other texts in a task (the rankings were
+    made for the old texts): either would silently pair old rankings with something their annotators never
+    judged.
 
     Args:
         tasks: From :func:`build_tasks`.
@@ -316,21 +349,20 @@ def write_tasks(
         ``(tasks_path, key_path, manifest)``.
 
     Raises:
-        FileExistsError: If rankings exist for a different key.
+        FileExistsError: If rankings exist and the key or a task's texts would change.
     """
     out = Path(out_dir)
+    hashes = [task_hash(t.prompt, t.responses) for t in tasks]
     key_lines = "".join(
-        json.dumps({"group": t.group, "prompt_id": t.prompt_id, "slots": t.slots}, ensure_ascii=False) + "\n"
-        for t in tasks
+        json.dumps(
+            {"group": t.group, "prompt_id": t.prompt_id, "slots": t.slots, "task_hash": h}, ensure_ascii=False
+        )
+        + "\n"
+        for t, h in zip(tasks, hashes, strict=True)
     )
     key_path, rankings = out / KEY_FILE, out / RANKINGS_FILE
     if rankings.exists() and rankings.stat().st_size > 0:
-        old = key_path.read_text(encoding="utf-8") if key_path.exists() else ""
-        if old != key_lines:
-            raise FileExistsError(
-                f"{rankings} already holds rankings made against the current {KEY_FILE}; exporting a "
-                "different set of tasks there would pair them with the wrong models: use another directory"
-            )
+        _refuse_changes_under_rankings(out, tasks, hashes)
     task_lines = "".join(
         json.dumps(
             {
@@ -338,11 +370,12 @@ def write_tasks(
                 "prompt_id": t.prompt_id,
                 "prompt": t.prompt,
                 "responses": [{"slot": s, "text": text} for s, text in t.responses],
+                "task_hash": h,
             },
             ensure_ascii=False,
         )
         + "\n"
-        for t in tasks
+        for t, h in zip(tasks, hashes, strict=True)
     )
     models = sorted({m for t in tasks for m in t.slots.values()})
     slot_counts = {m: dict.fromkeys(SLOTS[: len(models)], 0) for m in models}
@@ -363,7 +396,42 @@ def write_tasks(
     atomic_write_text(out / TASKS_FILE, task_lines)
     atomic_write_text(key_path, key_lines)
     atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    fsync_dir(out)  # the renames that put the three files in place
     return out / TASKS_FILE, key_path, manifest
+
+
+def _refuse_changes_under_rankings(out: Path, tasks: Sequence[Task], hashes: Sequence[str]) -> None:
+    rankings = out / RANKINGS_FILE
+    old_key = {(r["group"], r["prompt_id"]): r.get("slots") for r in _read_if_exists(out / KEY_FILE)}
+    if old_key != {(t.group, t.prompt_id): t.slots for t in tasks}:
+        raise FileExistsError(  # with the file name: the CLI prints it as one line, exit 1
+            errno.EEXIST,
+            f"already holds rankings made against the current {KEY_FILE}; exporting a different set of "
+            "tasks there would pair them with the wrong models: use another directory",
+            str(rankings),
+        )
+    # the old texts, fingerprinted the same way (also for a tasks.jsonl written before task_hash existed)
+    old_hash = {}
+    for row in _read_if_exists(out / TASKS_FILE):
+        try:
+            shown = [(r["slot"], r["text"]) for r in row["responses"]]
+            old_hash[(row["group"], row["prompt_id"])] = task_hash(row["prompt"], shown)
+        except (KeyError, TypeError):
+            old_hash[(row["group"], row["prompt_id"])] = None  # unreadable: treated as changed
+    changed = [t for t, h in zip(tasks, hashes, strict=True) if old_hash.get((t.group, t.prompt_id)) != h]
+    if changed:
+        first = changed[0]
+        raise FileExistsError(
+            errno.EEXIST,
+            f"already holds rankings, and this export changes the prompt or response texts of {len(changed)} "
+            f"task(s) (first: group {first.group!r}, prompt {first.prompt_id!r}); those rankings were made "
+            "for the old texts and would be reused for the new ones: export into another directory",
+            str(rankings),
+        )
+
+
+def _read_if_exists(path: Path) -> list[dict[str, Any]]:
+    return read_task_file(path) if path.exists() else []
 
 
 def export_tasks(
@@ -393,8 +461,7 @@ def export_tasks(
         ValueError: If an annotator is in two groups or a name is empty or too long.
         DataError: Bad input (see :func:`read_generations` and :func:`build_tasks`).
     """
-    groups = dict(groups or {})
-    check_groups(groups)
+    groups = check_groups(groups or {})
     gens, reports = read_generations(generations, generations_file, on_bad_row=on_bad_row)
     tasks, dropped = build_tasks(gens, groups=list(groups), seed=seed, on_bad_row=on_bad_row)
     read = {
@@ -416,24 +483,48 @@ def export_tasks(
     return ExportResult(tasks_path, key_path, manifest, reports)
 
 
-def check_groups(groups: Mapping[str, Sequence[str]]) -> None:
-    """Group and annotator names are short non-empty strings, and no annotator is in two groups."""
+def check_groups(groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Check group and annotator names (:func:`check_name`) and that no annotator is in two groups.
+
+    Returns:
+        The groups with every name in NFC, the form the server and the import compare names in.
+    """
     seen: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
     for group, annotators in groups.items():
-        check_name(group, "group")
+        group = check_name(group, "group")
         if not annotators:
             raise ValueError(f"group {group!r} has no annotators")
+        out[group] = []
         for name in annotators:
-            check_name(name, "annotator")
+            name = check_name(name, "annotator")
             if name in seen:
                 raise ValueError(f"annotator {name!r} is in two groups: {seen[name]!r} and {group!r}")
             seen[name] = group
+            out[group].append(name)
+    return out
 
 
 def check_name(name: Any, what: str) -> str:
-    """A non-empty name of at most :data:`MAX_NAME_CHARS` characters, without surrounding whitespace."""
+    """A name in Unicode NFC: non-empty, at most :data:`MAX_NAME_CHARS` characters, no surrounding whitespace.
+
+    Names are compared exactly after NFC, so ``"José"`` typed with a combining accent is the same annotator
+    as ``"José"`` typed with one code point, while ``"José"`` and ``"Jose"`` stay two annotators. Control
+    characters, line separators, lone surrogates (not Unicode text) and text-direction overrides (they make
+    one name look like another) are refused.
+
+    Raises:
+        ValueError: With a message naming ``what`` (``"annotator"``, ``"group"``).
+    """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{what} name must be a non-empty string, got {name!r}")
+    for char in name:
+        if unicodedata.category(char) in _BAD_CATEGORIES or char in _DIRECTION_CONTROLS:
+            raise ValueError(
+                f"{what} name {ascii(name)} holds the character U+{ord(char):04X}: control characters, "
+                "line breaks, lone surrogates and text-direction marks are not allowed in a name"
+            )
+    name = unicodedata.normalize("NFC", name)
     if name != name.strip():
         raise ValueError(f"{what} name {name!r} has surrounding whitespace")
     if len(name) > MAX_NAME_CHARS:

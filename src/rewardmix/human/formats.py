@@ -28,7 +28,15 @@ Accepted shapes (the README, "Importing rankings from Argilla, Label Studio or C
   is ``data.prompt_id`` or else the task ``id``; the group ``data.group`` (optional). Cancelled
   annotations are left out. Each pairwise judgement is one ballot of two responses.
 - **CSV**: a header with ``prompt_id``, ``annotator``, ``response_id``, ``rank`` (optional ``group`` and
-  ``model``), one row per ranked response; the rows of one (group, prompt, annotator) form one ranking.
+  ``model``, ``task_hash``), one row per ranked response; the rows of one (group, prompt, annotator) form
+  one ranking.
+
+Files are UTF-8, a leading byte-order mark accepted; bytes that are not UTF-8 make their line or record
+bad (never replaced). Annotator ids are compared in Unicode NFC, exactly. A ballot may carry the
+``task_hash`` of the rewardmix task it ranks (Argilla ``metadata.task_hash``, Label Studio
+``data.task_hash``, a CSV ``task_hash`` column): when the directory's ``key.jsonl`` holds another one for
+that prompt, the ballot was made for texts this export no longer shows and is set aside (counted as
+``read.stale``, named in a warning), never used.
 
 A bad record raises :class:`~rewardmix.data.readers.DataError` naming file, line or record and field
 (``"rankings.csv:4: field 'rank': ..."``, ``"export.json: record 3: field 'responses[0].values...'"``),
@@ -40,18 +48,22 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, SkippedRow
-from rewardmix.human.aggregate import HumanRanking, ImportResult, read_key, write_results
-from rewardmix.human.export import KEY_FILE, OPEN_GROUP, as_prompt_id
+from rewardmix.human.aggregate import HumanRanking, ImportResult, read_key, read_task_hashes, write_results
+from rewardmix.human.export import KEY_FILE, OPEN_GROUP, as_prompt_id, check_groups, check_name
 
 log = logging.getLogger(__name__)
 
 ToolFormat = Literal["argilla", "labelstudio", "csv"]
 CSV_COLUMNS = ("prompt_id", "annotator", "response_id", "rank")
+BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte-order mark some tools write at the start of a file (accepted and dropped)."""
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by "surrogateescape"
 
 
 class ToolRanking(NamedTuple):
@@ -73,6 +85,8 @@ class ToolRanking(NamedTuple):
     """The field holding the response ids (for messages)."""
     pairwise: bool = False
     """A judgement between two of the prompt's responses (Label Studio Pairwise)."""
+    task_hash: str | None = None
+    """The ``task_hash`` of the rewardmix task the annotator saw, when the file carries it."""
 
 
 class _Bad(Exception):
@@ -103,24 +117,28 @@ class Reader(NamedTuple):
 
 
 def _load_records(reader: Reader, container: str) -> list[tuple[str, int, Any]]:
-    """``(where, position, record)`` from a JSON list, ``{container: [...]}`` or JSON Lines."""
+    """``(where, position, record)`` from a JSON list, ``{container: [...]}`` or JSON Lines.
+
+    The file is UTF-8, with or without a leading byte-order mark (spreadsheet and Windows tools write one).
+    Bytes that are not UTF-8 are an error naming the line (in JSON Lines: a bad record), never replaced:
+    replacing them would merge annotator names that differ only in those characters.
+    """
     path = reader.path
-    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes()
+    if raw.startswith(BOM):
+        raw = raw[len(BOM) :]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len([line for line in raw.splitlines() if line.strip()]) < 2:
+            raise DataError(f"{path}:{_line_of(raw, exc.start)}: {_not_utf8(raw, exc)}") from None
+        return _json_lines(reader, raw.split(b"\n"))
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         if len([line for line in text.splitlines() if line.strip()]) < 2:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            reader.report.rows_in += 1
-            try:
-                records.append((f"{path}:{lineno}", lineno, json.loads(line)))
-            except json.JSONDecodeError as line_exc:
-                reader.bad(f"{path}:{lineno}", lineno, None, f"invalid JSON: {line_exc.msg}")
-        return records
+        return _json_lines(reader, raw.split(b"\n"))
     if isinstance(doc, dict) and isinstance(doc.get(container), list):
         doc = doc[container]
     if not isinstance(doc, list):
@@ -128,6 +146,31 @@ def _load_records(reader: Reader, container: str) -> list[tuple[str, int, Any]]:
     reader.report.rows_in += len(doc)
     kind = container.rstrip("s")
     return [(f"{path}: {kind} {i}", i, record) for i, record in enumerate(doc, start=1)]
+
+
+def _json_lines(reader: Reader, lines: list[bytes]) -> list[tuple[str, int, Any]]:
+    path = reader.path
+    records = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        reader.report.rows_in += 1
+        try:
+            records.append((f"{path}:{lineno}", lineno, json.loads(raw.decode("utf-8"))))
+        except UnicodeDecodeError as exc:
+            reader.bad(f"{path}:{lineno}", lineno, None, _not_utf8(raw, exc))
+        except json.JSONDecodeError as exc:
+            reader.bad(f"{path}:{lineno}", lineno, None, f"invalid JSON: {exc.msg}")
+    return records
+
+
+def _line_of(raw: bytes, offset: int) -> int:
+    return raw.count(b"\n", 0, offset) + 1
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+    return f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {column}); save the file as UTF-8"
 
 
 def _name(value: Any, field: str) -> str:
@@ -141,6 +184,14 @@ def _prompt_id(value: Any, field: str) -> str:
         return as_prompt_id(value)
     except (TypeError, ValueError) as exc:
         raise _Bad(field, f"invalid prompt id {value!r}: {exc}") from None
+
+
+def _task_hash(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(field, f"expected the task_hash string of tasks.jsonl, got {value!r}")
+    return value.strip()
 
 
 def _rank(value: Any, field: str) -> int:
@@ -239,6 +290,7 @@ def read_argilla(reader: Reader, *, question: str | None = None) -> list[ToolRan
                 prompt_id = _prompt_id(record.get(id_name), f"{id_name} (or metadata.prompt_id)")
             group = _name(metadata["group"], "metadata.group") if metadata.get("group") is not None else None
             models = _models(metadata.get("models"), "metadata.models")
+            made_for = _task_hash(metadata.get("task_hash"), "metadata.task_hash")
             for at, resp, values, value_field in answers:
                 if resp.get("status", "submitted") != "submitted":
                     skipped_status += 1
@@ -257,7 +309,7 @@ def read_argilla(reader: Reader, *, question: str | None = None) -> list[ToolRan
                             question,
                             value_field,
                             is_v2=id_name == "id",
-                        )
+                        )._replace(task_hash=made_for)
                     )
                 except _Bad as exc:
                     reader.bad(where, pos, exc.field, exc.reason)
@@ -287,7 +339,7 @@ def _argilla_ballot(
     if q not in values:
         raise _Bad(f"{at}.values", f"no answer to the ranking question {q!r}")
     field = value_field.format(q=q, at=at)
-    annotator = _name(resp.get("user_id"), f"{at}.user_id")
+    annotator = _annotator(resp.get("user_id"), f"{at}.user_id")
     return ToolRanking(
         where, pos, group, prompt_id, annotator, _ranked_items(values[q], field), models, field
     )
@@ -322,6 +374,7 @@ def read_labelstudio(reader: Reader) -> list[ToolRanking]:
                 prompt_id = _prompt_id(task.get("id"), "id (or data.prompt_id)")
             group = _name(data["group"], "data.group") if data.get("group") is not None else None
             models = _models(data.get("models"), "data.models")
+            made_for = _task_hash(data.get("task_hash"), "data.task_hash")
             annotations = task.get("annotations")
             if not isinstance(annotations, list):
                 raise _Bad("annotations", "expected a list")
@@ -364,7 +417,16 @@ def read_labelstudio(reader: Reader) -> list[ToolRanking]:
                             continue  # other controls of the same labeling page (comments, ratings, ...)
                         found.append(
                             ToolRanking(
-                                where, pos, group, prompt_id, annotator, ranks, models, id_field, pairwise
+                                where,
+                                pos,
+                                group,
+                                prompt_id,
+                                annotator,
+                                ranks,
+                                models,
+                                id_field,
+                                pairwise,
+                                made_for,
                             )
                         )
                     if not found:
@@ -381,7 +443,10 @@ def _annotator(value: Any, field: str) -> str:
     # completed_by is a user id; some exports expand it to the user object
     if isinstance(value, dict):
         value = value.get("email") or value.get("username") or value.get("id")
-    return _name(value, field)
+    try:  # NFC, compared exactly: names differing only in non-ASCII characters stay apart
+        return check_name(_name(value, field), "annotator")
+    except ValueError as exc:
+        raise _Bad(field, str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -392,14 +457,16 @@ def _annotator(value: Any, field: str) -> str:
 def read_csv(reader: Reader) -> list[ToolRanking]:
     """Ballots of a CSV with ``prompt_id, annotator, response_id, rank`` (optional ``group``, ``model``)."""
     path = reader.path
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+    # utf-8-sig: a leading byte-order mark is dropped; surrogateescape keeps bytes that are not UTF-8 so
+    # that their row is refused (replacing them would merge annotator names differing in those characters)
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         rows = csv.DictReader(f)
         header = [(h or "").strip() for h in rows.fieldnames or []]
         missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
             raise DataError(
                 f"{path}:1: header: missing column(s) {missing}; expected {', '.join(CSV_COLUMNS)} "
-                "(optional: group, model)"
+                "(optional: group, model, task_hash)"
             )
         rows.fieldnames = header
         ballots: dict[tuple[str | None, str, str], dict[str, Any]] = {}
@@ -409,8 +476,11 @@ def read_csv(reader: Reader) -> list[ToolRanking]:
             try:
                 if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
                     raise _Bad(None, f"expected {len(header)} columns")
+                undecodable = [c for c, v in row.items() if v and _UNDECODABLE.search(v)]
+                if undecodable:
+                    raise _Bad(undecodable[0], "not valid UTF-8; save the file as UTF-8")
                 prompt_id = _prompt_id(row["prompt_id"].strip(), "prompt_id")
-                annotator = _name(row["annotator"], "annotator")
+                annotator = _annotator(row["annotator"], "annotator")
                 rid = _name(row["response_id"], "response_id")
                 text = row["rank"].strip()
                 if not text.lstrip("+").isdigit():
@@ -418,6 +488,7 @@ def read_csv(reader: Reader) -> list[ToolRanking]:
                 rank = _rank(int(text), "rank")
                 group = (row.get("group") or "").strip() or None
                 model = (row.get("model") or "").strip() or None
+                made_for = (row.get("task_hash") or "").strip() or None
                 if "model" in header and model is None:
                     raise _Bad("model", "empty (the column is there: give every row its model)")
                 ballot = ballots.setdefault(
@@ -427,6 +498,8 @@ def read_csv(reader: Reader) -> list[ToolRanking]:
                     raise _Bad(
                         "response_id", f"response {rid!r} ranked twice by {annotator!r} on {prompt_id!r}"
                     )
+                if ballot.setdefault("task_hash", made_for) != made_for:
+                    raise _Bad("task_hash", f"differs from the ballot's first row (line {ballot['line']})")
                 ballot["ranks"][rid] = rank
                 if model is not None:
                     ballot["models"][rid] = model
@@ -449,6 +522,7 @@ def read_csv(reader: Reader) -> list[ToolRanking]:
                 ballot["ranks"],
                 ballot["models"] or None,
                 "response_id",
+                task_hash=ballot["task_hash"],
             )
         )
     return out
@@ -473,6 +547,7 @@ class Resolved(NamedTuple):
     """``model -> rank``, dense."""
     order: int
     pairwise_ids: frozenset[str] | None
+    task_hash: str | None = None
 
 
 def to_model_rankings(
@@ -560,7 +635,7 @@ def to_model_rankings(
             known.update(used)
         pair = frozenset(b.ranks) if b.pairwise else None
         ranks = dense({mapping[rid]: r for rid, r in b.ranks.items()})
-        out.append(Resolved(group, b.prompt_id, b.annotator, ranks, b.order, pair))
+        out.append(Resolved(group, b.prompt_id, b.annotator, ranks, b.order, pair, b.task_hash))
     return out, (dict(key) if key is not None else built)  # type: ignore[arg-type]
 
 
@@ -618,6 +693,7 @@ def import_tool_rankings(
         DataError: A bad record under ``on_bad_row="error"``, or no usable ranking at all.
     """
     directory = Path(directory)
+    groups = check_groups(groups or {})  # annotator names in NFC, as the ballots' names are compared
     # step 1. ballots by the tool's response ids
     ballots, reader = read_tool_file(path, fmt, question=question, on_bad_row=on_bad_row)
 
@@ -640,6 +716,19 @@ def import_tool_rankings(
 
     resolved, used_key = to_model_rankings(ballots, key=key, groups=groups, bad=bad, key_path=str(key_path))
 
+    # step 2b. ballots made for other texts than this export's (their task_hash differs) are set aside
+    hashes = read_task_hashes(key_path) if key is not None else {}
+    stale = [
+        r for r in resolved if r.task_hash and hashes.get((r.group, r.prompt_id), r.task_hash) != r.task_hash
+    ]
+    if stale:
+        log.warning(
+            "%s: set aside %d ranking(s) made for other texts than the export in %s (first: group %r, prompt "
+            "%r): the tasks were re-exported with changed prompts or responses since",
+            path, len(stale), directory, stale[0].group, stale[0].prompt_id,
+        )  # fmt: skip
+        resolved = [r for r in resolved if r not in stale]
+
     # step 3. last wins per (group, prompt, annotator[, pair])
     latest: dict[tuple[Any, ...], Resolved] = {}
     for r in sorted(resolved, key=lambda r: r.order):
@@ -651,7 +740,8 @@ def import_tool_rankings(
     ]
     if not rankings:
         raise DataError(
-            f"{path}: no submitted ranking to import ({len(reader.report.skipped)} bad record(s))"
+            f"{path}: no submitted ranking to import ({len(reader.report.skipped)} bad record(s), "
+            f"{len(stale)} made for other texts than the current export)"
         )
     report = reader.report
     report.rows_out = report.rows_in - len(report.skipped)
@@ -666,5 +756,7 @@ def import_tool_rankings(
         "skipped": len(report.skipped),
         "skipped_lines": [s.line for s in report.skipped],
         "mapped_by": "key" if key is not None else "file",
+        "stale": len(stale),
+        "stale_lines": sorted({r.order for r in stale}),
     }
     return write_results(directory, rankings, key=used_key, read=read, report=report, std_ddof=std_ddof)

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from rewardmix.algos.stats import trend
 from rewardmix.config import ConfigError, config_path, load_config
+from rewardmix.markdown import md_cell, md_code, md_text
 from rewardmix.rundir import atomic_write_text, read_jsonl
 from rewardmix.stages import run as recipe
 
@@ -222,21 +223,21 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             for task, m in tasks.items():
                 unparse = "" if m["unparseable_rate"] is None else f"{m['unparseable_rate']:.2f}"
                 lines.append(
-                    f"| {model} | {task} | {m['accuracy']:.3f} | {m['se']:.3f} | {m['n']} | {unparse} |"
+                    f"| {md_cell(model)} | {md_cell(task)} | {m['accuracy']:.3f} | {m['se']:.3f} | {m['n']} | {unparse} |"
                 )
         lines.append("")
     for name, rm in summary["reward_models"].items():
         acc = rm["accuracy"]
         shown = "n/a" if acc is None else f"{acc:.3f}"
         lines.append(
-            f"Reward model `{name}`: accuracy {shown} on {rm['pairs']} held-out label-sensitive pairs."
+            f"Reward model {md_code(name)}: accuracy {shown} on {rm['pairs']} held-out label-sensitive pairs."
         )
     for task, pairs in summary.get("paired", {}).items():
         for p in pairs.values():
             lo, hi = p["ci95"]
             helped = "better" if lo > 0 else "worse" if hi < 0 else "no measurable difference"
             lines.append(
-                f"Accuracy change {p['from']} -> {p['to']} ({task}, same {p['n']} sentences): {p['change']:+.3f} "
+                f"Accuracy change {md_text(p['from'])} -> {md_text(p['to'])} ({md_text(task)}, same {p['n']} sentences): {p['change']:+.3f} "
                 f"(95% CI [{lo:+.3f}, {hi:+.3f}], McNemar p = {p['mcnemar_p']:.3g}): {helped}."
             )
     for name, ppo in summary["ppo"].items():
@@ -245,18 +246,18 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             for k, v in ppo.items()
             if isinstance(v, dict) and k != "score_trend" and v["first"] is not None and v["last"] is not None
         ]
-        lines.append(f"PPO `{name}` ({ppo['steps']} steps): " + "; ".join(parts) + ".")
+        lines.append(f"PPO {md_code(name)} ({ppo['steps']} steps): " + "; ".join(parts) + ".")
         for key, value in ppo.items():
             if key.startswith("reward/") and key.endswith("/label_pair_accuracy"):
                 lines.append(
-                    f"PPO `{name}`: `{key.split('/')[1]}` ranks a right answer above a wrong one to the same "
+                    f"PPO {md_code(name)}: {md_code(key.split('/')[1])} ranks a right answer above a wrong one to the same "
                     f"sentence in {value:.2f} of the policy's own sample pairs (mean over steps; 0.5 = chance)."
                 )
         t = ppo.get("score_trend")
         if t is not None:
             verdict = "rose beyond noise" if t["rose"] else f"did NOT rise by more than {TREND_Z:g} SE"
             lines.append(
-                f"PPO `{name}` score, mean of the last {t['k']} steps vs the first {t['k']}: {t['first']:.3f} -> "
+                f"PPO {md_code(name)} score, mean of the last {t['k']} steps vs the first {t['k']}: {t['first']:.3f} -> "
                 f"{t['last']:.3f} ({t['diff']:+.3f} ± {t['se']:.3f} SE, z = {t['z']:.1f}): {verdict}."
             )
     lines.append("")
@@ -266,8 +267,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
     lines.append(f"Steps: {times}. Wall time of this command: {summary['wall_seconds'] / 60:.1f} min.")
     if summary["report"]:
-        lines.append(f"Report: {summary['report']}")
-    lines.append(f"Numbers: {summary['recipe_dir']}/demo_summary.json")
+        lines.append(f"Report: {md_text(summary['report'])}")
+    lines.append(f"Numbers: {md_text(summary['recipe_dir'])}/demo_summary.json")
     return "\n".join(lines) + "\n"
 
 

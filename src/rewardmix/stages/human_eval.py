@@ -6,8 +6,9 @@ One directory (``dir``) holds the whole evaluation; ``action`` picks the step:
   or one file with a ``model`` field; an optional ``group`` field gives an annotator group its own
   responses) and write ``tasks.jsonl`` (each prompt's K responses in a seeded random order, slots A, B, ...),
   ``key.jsonl`` (slot -> model, never shown to annotators) and ``manifest.json``.
-- ``serve``: serve the ranking page on ``serve.host:serve.port`` (127.0.0.1; port 0 = a free one, logged);
-  each annotator opens ``http://HOST:PORT/?annotator=NAME`` (or types the name), ranks the responses of one
+- ``serve``: serve the ranking page on ``serve.host:serve.port`` (127.0.0.1; port 0 = a free one); the
+  address, with this session's random token, is printed when the server starts. Each annotator opens
+  ``http://HOST:PORT/?token=TOKEN&annotator=NAME`` (or types the name), ranks the responses of one
   prompt after the other (ties allowed) and submits; rankings are appended to ``rankings.jsonl``. Stop with
   Ctrl+C (or ``serve.stop_when_done``); a restart resumes every annotator where they stopped.
 - ``import``: check ``rankings.jsonl`` against the key (last submission per annotator and prompt wins),
@@ -50,11 +51,13 @@ class ExportConfig:
 @dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
-    """Address to bind. There is no login: bind another address only on a network you trust."""
+    """Address to bind. The only credential is the session token in the page address (printed at start): bind another address only on a network you trust."""
     port: int = 8765
     """Port to listen on; 0 picks a free one (the URL is logged)."""
     stop_when_done: bool = False
     """Stop the server once every declared annotator has ranked every prompt of their group."""
+    allowed_hosts: list[str] = field(default_factory=list)
+    """More host names or addresses annotators may open the page under (e.g. the machine's name on the network when host is 0.0.0.0). Requests whose Host header names anything but these, localhost, 127.0.0.1, ::1 or host (with the port) are refused, against DNS rebinding."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -92,7 +95,7 @@ class Config:
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
 
     def __post_init__(self) -> None:
-        check_groups(self.groups)
+        self.groups = check_groups(self.groups)  # names in NFC, as the server and the import compare them
         if self.import_format == "rewardmix" and self.import_path is not None:
             raise ValueError(
                 "import_path is for rankings made in another tool: set import_format to argilla, "
@@ -130,7 +133,13 @@ def run(cfg: Config) -> HumanEvalResult:
         return HumanEvalResult(out, "export", outputs, result.manifest)
     if cfg.action == "serve":
         # step 2. the ranking page; rankings.jsonl grows one line per submission
-        served = serve(out, host=cfg.serve.host, port=cfg.serve.port, stop_when_done=cfg.serve.stop_when_done)
+        served = serve(
+            out,
+            host=cfg.serve.host,
+            port=cfg.serve.port,
+            stop_when_done=cfg.serve.stop_when_done,
+            allowed_hosts=cfg.serve.allowed_hosts,
+        )
         return HumanEvalResult(out, "serve", {"rankings": out / "rankings.jsonl"}, served._asdict())
     # step 3. rankings -> Tideman per prompt -> Borda points per model, mean and std over groups
     if from_tool:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rewardmix.evaluation import tables as tb
+from rewardmix.markdown import md_text
 from rewardmix.rundir import atomic_write_bytes, atomic_write_text, prepare_run_dir, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -604,15 +605,16 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
 
 
 def render_markdown(blocks: Sequence[Block]) -> str:
-    """Markdown with the images referenced in ``figures/``."""
+    """Markdown with the images referenced in ``figures/``; every text escaped (:mod:`rewardmix.markdown`)."""
     parts = []
     for block in blocks:
         if isinstance(block, Heading):
-            parts.append(f"{'#' * block.level} {block.text}\n")
+            parts.append(f"{'#' * block.level} {md_text(block.text)}\n")
         elif isinstance(block, Text):
-            parts.append(f"> {block.text}\n" if block.note else f"{block.text}\n")
+            parts.append(f"> {md_text(block.text)}\n" if block.note else f"{md_text(block.text)}\n")
         elif isinstance(block, TableBlock):
             parts.append(tb.to_markdown(block.table, level=block.level))
         else:
-            parts.append(f"![{block.caption}](figures/{block.name})\n")
+            alt = md_text(block.caption).replace("[", "\\[").replace("]", "\\]")
+            parts.append(f"![{alt}](figures/{block.name})\n")
     return "\n".join(parts)

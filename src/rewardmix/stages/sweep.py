@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 from rewardmix.config import ConfigError, apply_overrides, config_defaults, from_dict, load_yaml, parse_key
 from rewardmix.config import set_key as _set_key
+from rewardmix.markdown import md_cell, md_code
 from rewardmix.rundir import atomic_write_text, prepare_run_dir, read_jsonl
 from rewardmix.stages import ppo
 
@@ -204,17 +205,17 @@ def summary_markdown(cfg: Config, runs: list[SweepRun]) -> str:
     columns = sorted({k for r in runs for k in r.summary if k != "steps"}, key=_column_order)
     header = ["run", cfg.key, "steps", *columns]
     lines = [
-        f"# Sweep over `{cfg.key}`"
-        + (f" (and `{cfg.complement_key}` = 1 - value)" if cfg.complement_key else ""),
+        f"# Sweep over {md_code(cfg.key)}"
+        + (f" (and {md_code(cfg.complement_key)} = 1 - value)" if cfg.complement_key else ""),
         "",
-        f"Base config: `{cfg.base}`. `final/...`: last step; `mean/...`: mean over the last "
+        f"Base config: {md_code(cfg.base)}. `final/...`: last step; `mean/...`: mean over the last "
         f"{cfg.summary_window} steps.",
         "",
-        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(md_cell(h) for h in header) + " |",
         "|" + "---|" * len(header),
     ]
     for r in runs:
-        cells = [r.name, str(r.value), f"{r.summary.get('steps', math.nan):.0f}"]
+        cells = [md_cell(r.name), md_cell(r.value), f"{r.summary.get('steps', math.nan):.0f}"]
         cells += [f"{r.summary.get(c, math.nan):.4g}" for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rewardmix.markdown import md_cell, md_code, md_text
 from rewardmix.redact import redact
 from rewardmix.rundir import atomic_write_text, read_jsonl
 
@@ -77,17 +78,19 @@ def model_card(
         front.append(f"base_model: {base_model}")
     front.append("---")
     kind = "LoRA adapter" if push == "adapter" else "model"
-    lines = [*front, "", f"# {repo_id}", ""]
-    lines.append(f"A {kind} trained with the rewardmix `{stage}` stage from `{base_model}`.")
+    lines = [*front, "", f"# {md_text(repo_id)}", ""]
+    lines.append(f"A {kind} trained with the rewardmix `{stage}` stage from {md_code(base_model)}.")
     if push == "adapter":
-        lines.append(f"Load it on top of `{base_model}` (e.g. `peft.PeftModel.from_pretrained`).")
+        lines.append(f"Load it on top of {md_code(base_model)} (e.g. `peft.PeftModel.from_pretrained`).")
     if command:
         lines += ["", "Command:", "", "```bash", shlex.join(command), "```"]
     lines += ["", "## Reward", ""]
     if reward is None:
         lines.append(f"No reward: the `{stage}` stage does not train on a reward.")
     else:
-        lines.append(f"Combinator: `{reward.get('combinator')}`{_params(reward.get('combinator_params'))}")
+        lines.append(
+            f"Combinator: {md_code(reward.get('combinator'))}{_params(reward.get('combinator_params'))}"
+        )
         lines += [
             "",
             "| component | type | weight | normalize | clip | settings |",
@@ -96,13 +99,14 @@ def model_card(
         for c in reward.get("components", []):
             settings = c.get(c.get("type")) or c.get("params") or {}
             lines.append(
-                f"| {c.get('name')} | {c.get('type')} | {c.get('weight', 1.0)} | {c.get('normalize')} | "
-                f"{_number(c.get('clip'))} | `{json.dumps(settings, sort_keys=True)}` |"
+                f"| {md_cell(c.get('name'))} | {md_cell(c.get('type'))} | {md_cell(c.get('weight', 1.0))} | "
+                f"{md_cell(c.get('normalize'))} | {md_cell(_number(c.get('clip')))} | "
+                f"{md_code(json.dumps(settings, sort_keys=True), cell=True)} |"
             )
     lines += ["", "## Final metrics", ""]
     if metrics:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| `{k}` | {_number(v)} |" for k, v in _flatten(metrics)]
+        lines += [f"| {md_code(k, cell=True)} | {md_cell(_number(v))} |" for k, v in _flatten(metrics)]
     else:
         lines.append("None logged.")
     lines += ["", "## Config", "", "The resolved config of the run (`config.yaml`):", ""]
