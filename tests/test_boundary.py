@@ -455,3 +455,25 @@ def test_a_hub_dataset_that_cannot_load_is_a_data_error(monkeypatch):
         "hf:nobody/nothing:train: cannot load this dataset (ConnectionError: Couldn't reach 'nobody/nothing' on "
         "the Hub (LocalEntryNotFoundError)); offline (HF_DATASETS_OFFLINE=1) only cached datasets load"
     )
+
+
+def test_a_sweep_checks_every_runs_paths_before_the_first_starts(capsys, tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "stage: ppo\nmodel: {name: tiny}\ndata: {prompts: builtin:toy}\n"
+        "reward: {components: [{name: rm, type: reward_model, reward_model: {path: /no/rm}}]}\n"
+    )
+    argv = [
+        "sweep",
+        f"base={base}",
+        f"output_dir={tmp_path / 'sweep'}",
+        "key=ppo.kl.init_coef",
+        "values=[0.1, 0.2]",
+    ]
+    code, err = run_cli(capsys, [*argv, "complement_key=null"])
+    assert code == 1
+    (line,) = error_lines(err)
+    assert line.startswith(
+        "rewardmix: error: sweep run init_coef_0.1: reward.components[0].reward_model.path: no such"
+    )
+    assert not list((tmp_path / "sweep").glob("init_coef_*"))
