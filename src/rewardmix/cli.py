@@ -5,6 +5,11 @@ rewardmix <stage> --help                        the stage's config fields: key, 
 rewardmix show-config CONFIG.yaml [key.sub=value ...]
 rewardmix show-config --stage <stage> [...]     a stage's defaults as YAML, ready to edit
 rewardmix show-config --list                    the configs shipped in the package (builtin:<name>)
+rewardmix --debug <stage> ...                   on failure, also print the (redacted) traceback
+
+Every failure ends in one line ``rewardmix: error: <what is wrong>`` on stderr (secrets redacted), no
+traceback, and one of the exit codes of :data:`EXIT_CODES`. ``--debug`` (before or after the stage name) or
+``REWARDMIX_DEBUG=1`` adds the redacted traceback.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import logging
 import os
 import shlex
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
-from rewardmix import __version__
+from rewardmix import __version__, preflight
 from rewardmix.config import (
     BUILTIN,
     ConfigError,
@@ -31,10 +37,26 @@ from rewardmix.config import (
 )
 from rewardmix.data.readers import DataError
 from rewardmix.llm.client import LLMError
+from rewardmix.preflight import PreflightError
 from rewardmix.redact import install_excepthooks, install_redaction, redact
+from rewardmix.rundir import NoSpaceError
 from rewardmix.stages import STAGES, Stage, get_stage
 
 log = logging.getLogger("rewardmix")
+
+EXIT_CODES = {
+    0: "done",
+    1: "bad input data, a missing or unreadable file or model, a fatal LLM endpoint error, a disk full, a "
+    "missing package",
+    2: "config or command-line error (the message names the file:line or override and the key)",
+    3: "NaN/inf in a reward, loss or gradient",
+    70: "internal error: a bug in rewardmix or a library (run with --debug for the traceback)",
+    130: "interrupted (run the same command again to resume)",
+}
+"""The CLI's exit codes and what each means (README, ``rewardmix --help``)."""
+EXIT_INTERNAL = 70
+DEBUG_ENV = "REWARDMIX_DEBUG"
+"""Environment variable that turns ``--debug`` on (``1``, ``true`` or ``yes``)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,10 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         "  rewardmix <stage> --help               the stage's config fields: key, type, default, meaning\n"
         "  rewardmix show-config --stage <stage>  its defaults as YAML, ready to edit\n"
         "  rewardmix show-config --list           the configs shipped in the package (builtin:<name>)\n"
-        "  rewardmix show-config FILE             what a config resolves to",
+        "  rewardmix show-config FILE             what a config resolves to\n\n"
+        "exit codes: " + "; ".join(f"{code} {what.split(' (')[0]}" for code, what in EXIT_CODES.items()),
     )
     parser.add_argument("--version", action="version", version=f"rewardmix {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"on failure, also print the (redacted) traceback (or set {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(
         dest="command", metavar="<command>", title="stages (pipeline order)", parser_class=_StageParser
     )
@@ -124,6 +152,8 @@ def _shorten(text: str, width: int) -> str:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
+    # --debug is accepted after the stage name too; SUPPRESS keeps a global --debug when it is not given here
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument(
         "args",
         nargs="*",
@@ -270,6 +300,7 @@ def quiet_known_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``rewardmix`` command; returns its exit code (:data:`EXIT_CODES`), never raises but SystemExit."""
     quiet_known_warnings()
     install_excepthooks()  # an uncaught exception's traceback is printed redacted (no API key in it)
     if "torch" not in sys.modules:  # OpenMP reads these when torch loads; too late once it is loaded
@@ -292,40 +323,65 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         # API keys never reach the console or log files, whichever logger a record comes from.
         install_redaction(handler)
+    debug = bool(getattr(ns, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+    )
     try:
         if ns.command == "show-config":
             return show_config(ns)
         path, overrides = split_config_args(ns.args)
         stage_name, cfg = resolve(ns.command, path, overrides)
+        preflight.check(cfg, stage=stage_name)  # every named model, adapter and data path, before any loads
         get_stage(stage_name).load().run(cfg)
-    except ConfigError as e:
-        # redact: an override such as teacher.base_url=...?key=sk-... is echoed in the message.
-        print(f"rewardmix: error: {redact(str(e))}", file=sys.stderr)
-        return 2
-    except DataError as e:
-        # Bad input data: the message names file, line and field; a traceback would only hide it.
-        print(f"rewardmix: error: {redact(str(e))}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        # A named input that is missing, a folder or unreadable; other OS errors keep their traceback.
-        if e.filename is None and not isinstance(e, FileNotFoundError):
-            raise
-        where = f"{e.filename}: {e.strerror or 'cannot read'}" if e.filename else str(e)
-        print(f"rewardmix: error: {redact(where)}", file=sys.stderr)
-        return 1
-    except LLMError as e:
-        # A fatal teacher/judge error (401, 403, 404, no server, a malformed key, too many failed requests):
-        # finished items are kept, a rerun resumes. The message is redacted when the error is made.
-        print(f"rewardmix: error: {e}", file=sys.stderr)
-        return 1
-    except FloatingPointError as e:
-        # NaN/inf in a reward, loss or gradient: the message names the culprit; no weight took it in.
-        print(f"rewardmix: error: {redact(str(e))}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("rewardmix: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except SystemExit:
+        raise
+    except BaseException as e:  # the one place a failure becomes a message and an exit code
+        code, message = describe_failure(e)
+        if debug:
+            sys.stderr.write(redact("".join(traceback.format_exception(type(e), e, e.__traceback__))))
+        print(f"rewardmix: {redact(message)}", file=sys.stderr)
+        return code
     return 0
+
+
+def describe_failure(e: BaseException) -> tuple[int, str]:
+    """The exit code (:data:`EXIT_CODES`) and the one-line message (without the ``rewardmix: `` prefix, not yet
+    redacted) for an exception that ended a command."""
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "interrupted; run the same command again to resume"
+    if isinstance(e, ConfigError):
+        return 2, f"error: {e}"
+    if isinstance(e, DataError | LLMError | PreflightError):
+        # Bad input data names file, line and field; a path in the config names its key; an LLM endpoint
+        # error says what the server answered (finished items are kept, a rerun resumes).
+        return 1, f"error: {e}"
+    if isinstance(e, FloatingPointError):
+        # NaN/inf in a reward, loss or gradient: the message names the culprit; no weight took it in.
+        return 3, f"error: {e}"
+    if isinstance(e, OSError):
+        # A named input that is missing, a folder or unreadable; a disk full (NoSpaceError names what was
+        # being saved); any other error of the operating system, with its reason.
+        if isinstance(e, NoSpaceError) or (e.filename is None and e.strerror is None):
+            return 1, f"error: {_one_line(str(e))}"
+        where = f"{e.filename}: " if e.filename else ""
+        return 1, f"error: {where}{e.strerror or _one_line(str(e)) or 'cannot read'}"
+    if isinstance(e, ImportError):
+        return 1, f"error: a required package is missing: {_one_line(str(e))} (see README, Install)"
+    return EXIT_INTERNAL, (
+        f"error: internal error: {type(e).__name__}: {_one_line(str(e))} "
+        f"(run with --debug or {DEBUG_ENV}=1 for the traceback)"
+    )
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """The first non-empty line of ``text`` (with "..." when more followed), at most ``limit`` characters."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    line = lines[0] + (" ..." if len(lines) > 1 else "")
+    return _shorten(line, limit)
 
 
 if __name__ == "__main__":

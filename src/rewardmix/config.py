@@ -36,6 +36,8 @@ T = TypeVar("T")
 __all__ = [
     "ConfigError",
     "BUILTIN",
+    "RangeError",
+    "check_ranges",
     "apply_overrides",
     "builtin_configs",
     "config_defaults",
@@ -53,6 +55,61 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A config value that cannot be accepted; the message names file, line and key."""
+
+
+class RangeError(ValueError):
+    """A size, step or rate out of its range; raised by :func:`check_ranges` in a config's ``__post_init__``.
+
+    :func:`from_dict` turns it into a :class:`ConfigError` naming the dotted key and the file line (or the
+    override) that set it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field!r} {message}")
+        self.field, self.message = field, message
+
+
+_RANGES: dict[str, tuple[str, Any]] = {
+    "at_least_1": ("must be >= 1", lambda v: v >= 1),
+    "at_least_0": ("must be >= 0", lambda v: v >= 0),
+    "positive": ("must be > 0", lambda v: v > 0),
+    "fraction": ("must be in [0, 1]", lambda v: 0 <= v <= 1),
+    "below_1": ("must be in [0, 1)", lambda v: 0 <= v < 1),
+}
+
+
+def check_ranges(
+    obj: Any,
+    *,
+    at_least_1: tuple[str, ...] = (),
+    at_least_0: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+    fraction: tuple[str, ...] = (),
+    below_1: tuple[str, ...] = (),
+) -> None:
+    """Check the named fields of config dataclass ``obj``: the one place per dataclass that says which sizes,
+    steps and rates are allowed (call it first in ``__post_init__``). A field set to None (null: "off" or
+    "all") is not checked.
+
+    Args:
+        obj: The dataclass instance.
+        at_least_1: Counts and sizes that must be >= 1 (batch sizes, steps, epochs, token budgets).
+        at_least_0: Counts where 0 means "none" or "off".
+        positive: Rates and scales that must be > 0 (learning rates, timeouts).
+        fraction: Shares and probabilities in [0, 1].
+        below_1: Values in [0, 1) (dropout).
+
+    Raises:
+        RangeError: The first field out of its range (the message: ``'field' must be >= 1, got 0``).
+    """
+    groups = {"at_least_1": at_least_1, "at_least_0": at_least_0, "positive": positive}
+    groups.update(fraction=fraction, below_1=below_1)
+    for group, names in groups.items():
+        rule, ok = _RANGES[group]
+        for name in names:
+            value = getattr(obj, name)
+            if value is not None and not ok(value):
+                raise RangeError(name, f"{rule}, got {value!r}")
 
 
 class _Map(dict):
@@ -447,6 +504,11 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", pre
         )
     try:
         return cls(**kwargs)
+    except RangeError as e:
+        # the key's own line (or the override that set it), as for a value of the wrong type
+        raise ConfigError(
+            f"{_where(data, e.field, source, prefix)}: {_dotted(prefix, e.field)!r} {e.message}"
+        ) from None
     except (ValueError, TypeError) as e:
         # __post_init__ validation (cross-field checks) reports against the section, or against the line of the
         # key its message starts with (``reward.components: ...`` -> the line of ``reward:``) when it is here.

@@ -15,6 +15,7 @@ hub and W&B tokens are kept by their own libraries.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import math
 import os
@@ -32,6 +33,8 @@ from rewardmix.redact import redact
 
 __all__ = [
     "MetricsLogger",
+    "NoSpaceError",
+    "no_space",
     "atomic_write_bytes",
     "atomic_write_text",
     "dir_mode",
@@ -43,6 +46,30 @@ __all__ = [
     "read_jsonl",
     "read_jsonl_repair",
 ]
+
+
+class NoSpaceError(OSError):
+    """The disk filled up while saving something; the message names it and what is still intact."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def no_space(error: BaseException, path: str | Path, kept: str) -> NoSpaceError | None:
+    """A :class:`NoSpaceError` for ``error`` when it is "no space left on device" (ENOSPC, or EDQUOT: a disk
+    quota), else None; ``raise no_space(...) from None`` replaces a library's traceback with one line.
+
+    Args:
+        error: What the write raised.
+        path: What was being saved.
+        kept: What is intact, e.g. ``"the previous checkpoint is intact"``.
+    """
+    if isinstance(error, NoSpaceError):
+        return error
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(f"no space left on device while saving {path}; {kept}")
+    return None
 
 
 def _umask() -> int:

@@ -24,6 +24,10 @@ def calls(monkeypatch):
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "done.txt").write_text(cfg.model.name)
+        # what step b names as its model (checked before it runs, as a real sft run's output would be)
+        (out / "model").mkdir(exist_ok=True)
+        (out / "model" / "config.json").write_text("{}")
+        (out / "model" / "model.safetensors").write_bytes(b"")
         return f"result of {out.name}"
 
     monkeypatch.setattr(sft, "run", fake_run)

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from rewardmix.config import check_ranges
 from rewardmix.data.chat import (
     ChatDataError,
     Message,
@@ -71,6 +72,9 @@ class ExamplesConfig:
     """A system message put before every conversation that has none; null: no system message."""
     on_bad_row: Literal["error", "skip"] = "error"
     """A malformed row: stop with its file, line and field (``error``), or count it, log it and go on."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("max_length",), at_least_0=("min_prompt_tokens",))
 
 
 class SftExample(NamedTuple):

@@ -174,6 +174,12 @@ def pair_from_row(row: dict[str, Any]) -> PreferencePair:
         close = difflib.get_close_matches(unknown[0], known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise RowError(unknown[0], f"unknown field{hint} (known: {known})")
+    missing = [name for name in _REQUIRED_FIELDS if name not in row]
+    if missing:
+        raise RowError(
+            missing[0],
+            f"missing (a pair row needs {', '.join(_REQUIRED_FIELDS)}; kind is one of {', '.join(PAIR_KINDS)})",
+        )
     meta = row.get("meta")
     # PreferencePair's own validation names the field ("field 'meta': ..."); the reader puts it at its line.
     return PreferencePair(

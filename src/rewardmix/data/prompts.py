@@ -19,8 +19,9 @@ from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
+from rewardmix.config import check_ranges
 from rewardmix.data.chat import ChatDataError, Message, as_messages, tokenize_prompt, truncate_prompt_ids
 from rewardmix.data.readers import DataError, read_converted
 from rewardmix.data.toy import BUILTIN_TOY, toy_rows
@@ -33,6 +34,8 @@ PromptFormat = Literal["auto", "prompt", "messages", "nlu", "task"]
 
 @dataclass
 class DataConfig:
+    preflight_paths: ClassVar[dict[str, str]] = {"prompts": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     prompts: str = BUILTIN_TOY
     """Prompt pool: a JSONL/CSV/TSV/Parquet file, or ``builtin:toy`` (66 "What is two plus three?" prompts)."""
     format: PromptFormat = "auto"
@@ -55,6 +58,9 @@ class DataConfig:
     """Use only the first N prompts (null: all)."""
     on_bad_row: Literal["error", "skip"] = "error"
     """A malformed row: stop with its file, line and field (``error``), or count it, log it and go on."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("max_prompt_tokens", "epochs", "limit"))
 
 
 class PromptExample(NamedTuple):

@@ -886,7 +886,16 @@ def load_hf_dataset(
             kwargs.setdefault("sep", "\t")
             kwargs.setdefault("quoting", csv.QUOTE_NONE)  # as read_records: GLUE TSVs have literal quotes
         target, kwargs["data_files"] = builder, {split: str(local)}
-    ds = datasets.load_dataset(target, config_name, split=split, **kwargs)
+    try:
+        ds = datasets.load_dataset(target, config_name, split=split, **kwargs)
+    except Exception as e:  # not found, offline and not cached, no network, a file the builder cannot parse
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reason = f"{type(e).__name__}: {lines[0] if lines else ''}"[:400]
+        flags = [
+            n for n in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(n, "") in ("1", "true")
+        ]
+        offline = f"; offline ({'='.join(flags[:1])}=1) only cached datasets load" if flags else ""
+        raise DataError(f"{source}: cannot load this dataset ({reason}){offline}") from None
     if isinstance(ds, datasets.DatasetDict | datasets.IterableDatasetDict):
         raise ValueError(f"{source}: got several splits {list(ds)}; pass split= to pick one")
 

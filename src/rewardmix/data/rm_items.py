@@ -35,8 +35,9 @@ from array import array
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
+from rewardmix.config import check_ranges
 from rewardmix.data import ratings as rating_tools
 from rewardmix.data.chat import Message, as_messages
 from rewardmix.data.pairs import PreferencePair, pair_from_row, pairs_from_ranking
@@ -57,6 +58,8 @@ Similarity = Callable[[list[str], list[str]], list[float]]
 
 @dataclass
 class DataConfig:
+    preflight_paths: ClassVar[dict[str, str]] = {"train": "data", "eval": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     train: str = BUILTIN_TOY
     """Training file: preference pairs (JSONL written by ``rewardmix pairs``), ranking records
     (``{"prompt", "responses", "ranks"}``), or ratings (``{"prompt"?, "response", "score"}``; JSONL/CSV/TSV/
@@ -78,6 +81,9 @@ class DataConfig:
     on_bad_row: Literal["error", "skip"] = "error"
     """Ranking/rating files: stop at a malformed row (file, line, field) or count, log and skip it (pair files
     are always strict)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("limit",), below_1=("eval_fraction",))
 
 
 @dataclass
@@ -102,6 +108,13 @@ class BalanceConfig:
     weight_normalize: bool = True
     """Divide the weights by their mean, so the loss scale (and the learning rate) stays comparable."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            at_least_1=("undersample_bins", "undersample_total", "oversample_factor"),
+            at_least_0=("weight_strength",),
+        )
+
 
 @dataclass
 class AugmentConfig:
@@ -116,6 +129,11 @@ class AugmentConfig:
     """Algorithm 1's adjustment factor: new rating = rating * adjustment * similarity."""
     similarity_model: str = "offline:minilm"
     """Sentence encoder for the paraphrase-original similarity (a folder, hub id or ``offline:minilm``)."""
+
+    @property
+    def preflight_paths(self) -> dict[str, str]:
+        """Path fields checked before the run starts (``rewardmix.preflight``); the encoder only when used."""
+        return {"paraphrases": "data", "similarity_model": "model"} if self.paraphrases else {}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from rewardmix.config import check_ranges
 from rewardmix.llm.cache import CachedClient, DiskCache
 from rewardmix.llm.client import ChatClient, ChatRequest
 
@@ -49,9 +50,19 @@ class LLMConfig:
     trust_remote_code: bool = False
     """Allow custom model code from the model folder (local backend). Off unless you trust the model."""
 
+    @property
+    def preflight_paths(self) -> dict[str, str]:
+        """Path fields checked before the run starts (``rewardmix.preflight``): the model of the local backend."""
+        return {"model": "model"} if self.backend == "local" else {}
+
     def __post_init__(self) -> None:
-        if not 0.0 <= self.max_failed_fraction <= 1.0:
-            raise ValueError(f"max_failed_fraction must be in [0, 1], got {self.max_failed_fraction!r}")
+        check_ranges(
+            self,
+            at_least_1=("max_tokens", "concurrency"),
+            at_least_0=("temperature", "max_retries"),
+            positive=("timeout", "rate_limit_per_min"),
+            fraction=("max_failed_fraction",),
+        )
         # A key pasted where a config expects a name or a URL would be saved with the config and logged: refuse
         # it, without repeating it in the message.
         if not _ENV_NAME.fullmatch(self.api_key_env):

@@ -34,7 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rewardmix.rundir import fsync_dir, umask_modes
+from rewardmix.rundir import fsync_dir, no_space, umask_modes
 
 __all__ = [
     "HEAD_CONFIG_NAME",
@@ -218,8 +218,13 @@ def save_pretrained_atomic(
             raise RuntimeError(f"refusing to save pickled weights {pickles}; only safetensors are allowed")
         _fsync_tree(tmp)
         _replace_dir(tmp, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = no_space(
+            e, out_dir, f"{out_dir} is as it was before" if out_dir.exists() else "nothing was written"
+        )
+        if full is not None:
+            raise full from None
         raise
     logger.debug("saved %s atomically", out_dir)
     return out_dir

@@ -107,6 +107,11 @@ class RewardModelParams:
     trust_remote_code: bool = False
     """Allow the model repository's own code (standalone models only)."""
 
+    @property
+    def preflight_paths(self) -> dict[str, str]:
+        """Path fields checked before the run starts (``rewardmix.preflight``)."""
+        return {"path": "adapter" if self.role is not None else "reward_model"}
+
     def __post_init__(self) -> None:
         if not self.path:
             raise ValueError("'path' must not be empty")

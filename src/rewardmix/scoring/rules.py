@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -134,6 +134,15 @@ class LabelCorrectScorer:
             else:
                 out.append(cfg.correct if parsed.label == gold else cfg.wrong)
         return _as_scores(out)
+
+    def check_meta(self, metas: Sequence[Mapping[str, Any]]) -> None:
+        """Check every sample's task and gold label before any is scored (PPO does it on its prompt pool).
+
+        Raises:
+            ValueError: As :meth:`score` would for sample ``i`` (the message names it).
+        """
+        for i, meta in enumerate(metas):
+            self._gold(self._spec if self._spec is not None else self._task_of(meta, i), meta, i)
 
     def _task_of(self, meta: Mapping[str, Any], i: int) -> TaskSpec:
         key = self.cfg.task_key

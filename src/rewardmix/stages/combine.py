@@ -26,8 +26,9 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
+from rewardmix.config import check_ranges
 from rewardmix.data.chat import ChatDataError, Message, from_alpaca, from_dolly, from_gsm8k
 from rewardmix.data.readers import DataError, ReadReport, RowError, read_records, save_report
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
@@ -39,6 +40,8 @@ ChatFormat = Literal["keep", "alpaca", "dolly", "gsm8k", "prompt_response"]
 
 @dataclass
 class InputConfig:
+    preflight_paths: ClassVar[dict[str, str]] = {"data": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     data: str
     """A JSONL/CSV/TSV/Parquet file, or a hub dataset ``hf:<id>[:<config>]:<split>`` (e.g.
     ``hf:tatsu-lab/alpaca:train``)."""
@@ -52,8 +55,7 @@ class InputConfig:
     """Keep this many rows of this input (after its own seeded shuffle when ``shuffle``); null: all."""
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 0:
-            raise ValueError("limit must be >= 0 or null")
+        check_ranges(self, at_least_0=("limit",))
 
 
 @dataclass
@@ -85,8 +87,7 @@ class Config:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"inputs: duplicate name(s) {', '.join(duplicates)}")
-        if self.limit is not None and self.limit < 0:
-            raise ValueError("limit must be >= 0 or null")
+        check_ranges(self, at_least_0=("limit",))
 
     def input_name(self, index: int) -> str:
         """The name of input ``index`` (its ``name``, or ``input<index>``)."""

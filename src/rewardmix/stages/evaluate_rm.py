@@ -35,11 +35,12 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 
 from rewardmix.algos.losses import pairwise_accuracy
+from rewardmix.config import check_ranges
 from rewardmix.data.pairs import PreferencePair, read_pairs
 from rewardmix.data.readers import DataError, as_float, read_records
 from rewardmix.evaluation.rewards import distribution
@@ -68,6 +69,13 @@ class RangesConfig:
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {
+        "model": "reward_model",
+        "pairs": "data",
+        "ratings": "data",
+        "probes": "data",
+    }
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     output_dir: str = "runs/evaluate-rm"
     """Run directory: config, eval.json, scores.jsonl."""
     model: str = "runs/reward-model/model"
@@ -107,8 +115,11 @@ class Config:
     """Score on the CPU even when a GPU is present."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.histogram_bins < 1:
-            raise ValueError("batch_size and histogram_bins must be >= 1")
+        check_ranges(
+            self,
+            at_least_1=("batch_size", "histogram_bins", "limit", "max_length"),
+            at_least_0=("min_prompt_tokens",),
+        )
         if not 0.0 <= self.ranges.low_max < self.ranges.high_min <= 1.0:
             raise ValueError("ranges: need 0 <= low_max < high_min <= 1")
         if any(not 0.0 <= q <= 1.0 for q in self.quantiles):

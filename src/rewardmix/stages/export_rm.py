@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rewardmix.scoring.rm_export import ExportResult, export_reward_model
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {"model": "folder"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     model: str = "runs/reward-model"
     """The reward model: a reward-model run directory or its ``model`` folder (a LoRA reward model is saved
     there merged into its base)."""

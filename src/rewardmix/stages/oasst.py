@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from rewardmix.data.chat import OASST_ROLES, build_trees, top_ranked_thread
 from rewardmix.data.ratings import aggregate_ratings
@@ -52,6 +52,8 @@ OUTPUTS = ("sft", "rankings", "ratings", "prompts", "human_pairs")
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {"train": "data", "eval": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     output_dir: str = "runs/oasst"
     """Run directory: ``<output>_train.jsonl`` and ``<output>_eval.jsonl`` for each output, stats.json."""
     train: str = "hf:OpenAssistant/oasst1:train"

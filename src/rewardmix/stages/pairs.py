@@ -22,7 +22,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from rewardmix.data.pairs import (
     PreferencePair,
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {"input": "data", "labeled": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     input: str = "runs/rationales/rationales.jsonl"
     """JSONL input: rationales.jsonl (source=rationales), rankings.jsonl (rankings) or rated responses (ratings)."""
     output_dir: str = "runs/pairs"

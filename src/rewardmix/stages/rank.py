@@ -17,7 +17,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from rewardmix.data.readers import DataError, as_str, read_records, save_report
 from rewardmix.llm.batch import check_failures, read_batch_texts, run_batch
@@ -35,6 +35,8 @@ def _judge_defaults() -> LLMConfig:
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {"input": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     input: str = "runs/samples/samples.jsonl"
     """JSONL with ``question`` and ``answers`` (a list of at least 2 strings) per line."""
     output_dir: str = "runs/rank"

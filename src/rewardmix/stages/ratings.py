@@ -54,7 +54,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from rewardmix.data.pairs import pairs_from_ratings
 from rewardmix.data.readers import as_float, as_str, in_range, read_records, save_report
@@ -91,6 +91,8 @@ class PromptConfig:
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {"input": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     output_dir: str = "runs/ratings"
     """Run directory: ratings_{train,eval}.jsonl (and ratings_gold.jsonl), groups_{train,eval}.jsonl,
     prompts.jsonl, eval_prompts.jsonl, stats.json, read_report.json."""

@@ -20,8 +20,9 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
+from rewardmix.config import check_ranges
 from rewardmix.data.pairs import wrong_label
 from rewardmix.data.readers import DataError, save_report
 from rewardmix.data.tasks import get_task, load_task_examples, parse_label, task_names
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {"data": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     output_dir: str = "runs/rationales"
     """Run directory: rationales.jsonl (gold and wrong rationale per example), sft.jsonl (the gold ones as
     ``question``/``rationale``/``label`` rows for the sft stage), teacher_outputs.jsonl, stats.json,
@@ -57,6 +60,7 @@ class Config:
     teacher: LLMConfig = field(default_factory=LLMConfig)
 
     def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("limit",))
         if self.task not in task_names():
             raise ValueError(f"unknown task {self.task!r} (registered: {', '.join(task_names())})")
 

@@ -38,8 +38,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
+from rewardmix.config import ConfigError
+from rewardmix.data.readers import DataError
 from rewardmix.evaluation import tables as tb
 from rewardmix.markdown import md_text
 from rewardmix.rundir import atomic_write_bytes, atomic_write_text, prepare_run_dir, read_jsonl
@@ -56,6 +58,8 @@ _NORMALIZED_KEY = re.compile(r"^reward/(.+)/normalized$")
 
 @dataclass
 class RunEntry:
+    preflight_paths: ClassVar[dict[str, str]] = {"path": "folder"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     path: str
     """A run directory (training run, ``rewardmix evaluate`` or ``evaluate-rm`` output)."""
     name: str = ""
@@ -148,11 +152,19 @@ def run(cfg: Config) -> ReportResult:
     """
     # step 1. read the runs
     if not cfg.runs:
-        raise ValueError("runs: give at least one run directory")
+        raise ConfigError(
+            "runs: nothing to report; give at least one run directory, e.g. `runs: [{path: runs/ppo}]`"
+        )
     runs = [read_run(entry) for entry in cfg.runs]
+    for i, r in enumerate(runs):
+        if not (r.info or r.metrics or r.eval is not None or r.rm_scores):
+            raise DataError(
+                f"runs[{i}].path: {r.path} holds nothing to report (no {', '.join(RUN_FILES)}); "
+                f"is it the output_dir of a rewardmix run?"
+            )
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
-        raise ValueError(f"runs: two runs have the same name {names}; set 'name' for each")
+        raise ConfigError(f"runs: two runs have the same name {names}; set 'name' for each")
     out = prepare_run_dir(cfg.output_dir, cfg, stage="report")
 
     # step 2. the results first, then the runs and their training curves
@@ -187,6 +199,10 @@ def run(cfg: Config) -> ReportResult:
 
 # ---------------------------------------------------------------------------------------------------------
 # Step 1: reading runs
+
+
+RUN_FILES = ("run_info.json", "metrics.jsonl", "eval.json", "rm_scores.jsonl")
+"""What :func:`read_run` reads from a run directory (each may be absent, not all)."""
 
 
 def read_run(entry: RunEntry) -> RunData:

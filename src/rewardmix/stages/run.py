@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from rewardmix import preflight
 from rewardmix.config import ConfigError, from_dict, to_dict
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 from rewardmix.stages import get_stage
@@ -231,7 +232,17 @@ def run(cfg: Config) -> RecipeResult:
             continue
         log.info("step %d/%d %s (%s): running in %s", i + 1, len(resolved), step.name, step.stage, output_dir)
         started = time.perf_counter()
-        result = get_stage(step.stage).load().run(step.config)
+        try:
+            # its inputs exist only now (an earlier step made them): checked as `rewardmix <stage>` checks them
+            preflight.check(step.config, stage=step.stage)
+            result = get_stage(step.stage).load().run(step.config)
+        except Exception:
+            # the CLI prints the step's own message and exit code; this line says which step it was
+            log.error(
+                "step %d/%d %s (%s) failed; finished steps are kept: fix it and run the same command to resume",
+                *(i + 1, len(resolved), step.name, step.stage),
+            )
+            raise
         seconds = time.perf_counter() - started
 
         # step 4. record it as done

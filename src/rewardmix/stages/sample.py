@@ -30,10 +30,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from tqdm.auto import tqdm
 
+from rewardmix.config import check_ranges
 from rewardmix.data.readers import RowError, read_records, save_report
 from rewardmix.rundir import atomic_write_text, prepare_run_dir, read_jsonl_repair
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class SamplerModelConfig:
     """The model answers are sampled from (read-only: nothing trains here)."""
+
+    preflight_paths: ClassVar[dict[str, str]] = {"path": "model"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
 
     path: str = "tiny"
     """The model to sample from: a model folder (``<sft run>/model``), a LoRA adapter folder, a hub id,
@@ -69,8 +73,7 @@ class GenerationConfig:
     """Sequences per ``generate`` call (K answers of one question may share a call)."""
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("num_samples, max_new_tokens and batch_size must be >= 1")
+        check_ranges(self, at_least_1=("num_samples", "max_new_tokens", "batch_size"))
         if not self.temperature > 0:
             raise ValueError("temperature must be > 0 (sampling; greedy answers would all be the same)")
         if not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
@@ -79,6 +82,8 @@ class GenerationConfig:
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {"input": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     output_dir: str = "runs/sample"
     """Run directory: samples.jsonl, stats.json, read_report.json."""
     input: str = "runs/rationales/rationales.jsonl"
@@ -106,8 +111,7 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 0:
-            raise ValueError("limit must be >= 0 or null")
+        check_ranges(self, at_least_0=("limit",))
 
 
 class SampleResult(NamedTuple):

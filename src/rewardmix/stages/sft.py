@@ -29,14 +29,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from rewardmix.algos.losses import TokenCrossEntropy, masked_token_cross_entropy
-from rewardmix.config import to_dict
+from rewardmix.config import check_ranges, to_dict
 from rewardmix.data.conversations import (
     ConversationFormat,
     ExamplesConfig,
@@ -84,9 +84,15 @@ class SftLoraConfig(LoraConfig):
     """At the end also merge the adapter into the base: ``<output_dir>/model`` is then a plain model and the
     adapter goes to ``<output_dir>/adapter``."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, below_1=("dropout",))
+
 
 @dataclass
 class PhaseConfig:
+    preflight_paths: ClassVar[dict[str, str]] = {"data": "data", "eval_data": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     data: str = BUILTIN_TOY
     """Training file (JSONL, CSV, TSV, Parquet), or ``builtin:toy`` (66 generated "What is two plus three?"
     examples, for smoke runs)."""
@@ -106,6 +112,14 @@ class PhaseConfig:
     max_steps: int | None = None
     """Stop this phase after this many optimizer steps (null: run all its epochs)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            at_least_1=("epochs", "max_steps"),
+            positive=("learning_rate",),
+            below_1=("eval_fraction",),
+        )
+
 
 @dataclass
 class SftLoggingConfig(LoggingConfig):
@@ -117,6 +131,10 @@ class SftLoggingConfig(LoggingConfig):
     """Write greedy completions of a few held-out prompts to samples.jsonl every N steps (0: at phase ends)."""
     max_new_tokens: int = 64
     """Generation budget of each sample."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, at_least_0=("eval_every", "sample_every"), at_least_1=("max_new_tokens",))
 
 
 @dataclass
@@ -143,17 +161,7 @@ class Config:
             check_push(self.hub.push, lora=lora, merged=not lora or self.lora.merge_lora)
         if not self.phases:
             raise ValueError("phases: give at least one phase")
-        for i, phase in enumerate(self.phases):
-            if phase.epochs < 1:
-                raise ValueError(f"phases[{i}].epochs must be >= 1")
-            if not 0.0 <= phase.eval_fraction < 1.0:
-                raise ValueError(f"phases[{i}].eval_fraction must be in [0, 1)")
-            if phase.max_steps is not None and phase.max_steps < 1:
-                raise ValueError(f"phases[{i}].max_steps must be >= 1 or null")
-        if self.optim.micro_batch_size < 1 or self.optim.gradient_accumulation_steps < 1:
-            raise ValueError("optim.micro_batch_size and optim.gradient_accumulation_steps must be >= 1")
-        if self.logging.keep_checkpoints < 1 or self.logging.checkpoint_every < 1:
-            raise ValueError("logging.keep_checkpoints and logging.checkpoint_every must be >= 1")
+        # sizes, steps and rates: each section's check_ranges
 
 
 # ---------------------------------------------------------------------------------------------------------

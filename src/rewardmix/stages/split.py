@@ -20,7 +20,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from rewardmix.data.readers import save_report
 from rewardmix.data.splits import shuffled, split_counts, split_records
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {"data": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     output_dir: str = "runs/split"
     """Run directory: ``<split>.jsonl`` for each split, split_stats.json, read_report.json."""
     task: str = "mr"

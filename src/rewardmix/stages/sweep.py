@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from rewardmix import preflight
 from rewardmix.config import ConfigError, apply_overrides, config_defaults, from_dict, load_yaml, parse_key
 from rewardmix.config import set_key as _set_key
 from rewardmix.markdown import md_cell, md_code
@@ -119,6 +120,11 @@ def run(cfg: Config) -> SweepResult:
     configs = [
         build_run_config(cfg, base, value, out / name) for name, value in zip(names, cfg.values, strict=True)
     ]
+    for name, ppo_cfg in zip(names, configs, strict=True):
+        try:
+            preflight.check(ppo_cfg, stage="ppo")  # every path of every run, before the first one starts
+        except preflight.PreflightError as e:
+            raise preflight.PreflightError(f"sweep run {name}: {e}") from None
 
     # step 3. run each (a finished run is kept; a killed one resumes from its checkpoints)
     runs = []

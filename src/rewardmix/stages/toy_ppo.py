@@ -31,6 +31,7 @@ from rewardmix.algos.gae import compute_gae, whiten
 from rewardmix.algos.kl import AdaptiveKLController, FixedKLController, kl_shaped_rewards
 from rewardmix.algos.masked import masked_mean
 from rewardmix.algos.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
+from rewardmix.config import RangeError, check_ranges
 from rewardmix.rundir import MetricsLogger, atomic_write_text, prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class RewardConfig:
     dual ascent)."""
     weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
     """Component weights for ``combinator: weighted``, in the order [target, distinct]."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_0=("multiplier_lr", "multiplier_kp"))
 
 
 @dataclass
@@ -87,6 +91,15 @@ class PPOConfig:
     whiten_advantages: bool = True
     """Normalize advantages to mean 0, std 1 over valid tokens of the batch."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            at_least_1=("steps", "batch_size", "ppo_epochs", "minibatch_size", "kl_horizon"),
+            positive=("learning_rate", "clip_range", "clip_range_value", "kl_target"),
+            at_least_0=("vf_coef", "kl_coef"),
+            fraction=("gamma", "lam"),
+        )
+
 
 @dataclass
 class Config:
@@ -102,6 +115,9 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
     def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("response_length",))
+        if self.vocab_size < 2:
+            raise RangeError("vocab_size", f"must be >= 2 (token 0 is EOS), got {self.vocab_size!r}")
         if not 1 <= self.reward.target_token < self.vocab_size:
             raise ValueError(f"reward.target_token must be in [1, {self.vocab_size - 1}] (0 is EOS)")
         if self.ppo.batch_size % self.ppo.minibatch_size:

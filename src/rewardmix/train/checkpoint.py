@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import load_file, save_file
 
-from rewardmix.rundir import fsync_dir, umask_modes
+from rewardmix.rundir import fsync_dir, no_space, umask_modes
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -187,6 +187,7 @@ def save_checkpoint(
     Raises:
         ValueError: ``step < 0``, ``keep < 1`` or a non-tensor in ``trainable_state``.
         TypeError: ``extra`` is not JSON-serializable.
+        NoSpaceError: The disk filled up (ENOSPC/EDQUOT) during the save; the previous checkpoint is intact.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
@@ -198,9 +199,34 @@ def save_checkpoint(
     extra_text = json.dumps(dict(extra or {}), indent=2, sort_keys=True)  # fails before anything is written
 
     root = Path(run_dir) / CHECKPOINTS_DIR
+    final = checkpoint_path(run_dir, step)
+    try:
+        path = _write_checkpoint(root, final, step, trainable_state, optimizer, scheduler, rng, extra_text)
+    except OSError as e:
+        # a disk that fills up mid-save: one message, not a traceback out of safetensors or torch.save
+        full = no_space(e, final, "the previous checkpoint is intact")
+        if full is None:
+            raise
+        raise full from None
+    # step 3. prune: the newest `keep` by step stay
+    prune_checkpoints(run_dir, keep=keep, up_to=step)
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def _write_checkpoint(
+    root: Path,
+    final: Path,
+    step: int,
+    trainable_state: Mapping[str, torch.Tensor],
+    optimizer: _HasStateDict | None,
+    scheduler: _HasStateDict | None,
+    rng: bool | Mapping[str, Any],
+    extra_text: str,
+) -> Path:
+    """Steps 1-2 of :func:`save_checkpoint`: build ``final`` in a temporary folder and rename it into place."""
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(root)
-    final = checkpoint_path(run_dir, step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
     try:
         # step 1. every file, each fsync'd; the manifest last, so its presence means "complete"
@@ -232,9 +258,6 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # step 3. prune: the newest `keep` by step stay
-    prune_checkpoints(run_dir, keep=keep, up_to=step)
-    logger.info("saved checkpoint %s", final)
     return final
 
 

@@ -8,7 +8,9 @@ is, or subclasses it to add its own fields or to redeclare a field whose default
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+from rewardmix.config import check_ranges
 
 __all__ = ["LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig"]
 
@@ -16,6 +18,9 @@ __all__ = ["LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig"]
 @dataclass
 class ModelConfig:
     """The model a stage trains and how it is loaded."""
+
+    preflight_paths: ClassVar[dict[str, str]] = {"name": "model"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
 
     name: str = "tiny"
     """Model to fine-tune: a local folder, a hub id, ``offline:smollm2`` (SmolLM2-135M-Instruct from the PyPI
@@ -42,6 +47,9 @@ class LoraConfig:
     target_modules: list[str] | None = None
     """Module names to adapt; null lets rewardmix.models choose (every linear layer but the LM head, as CRS
     "Lora Target Module: All")."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("r", "alpha"))
 
 
 @dataclass
@@ -70,6 +78,15 @@ class OptimConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast through Accelerate; ``no`` computes in the weights' dtype."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            at_least_1=("micro_batch_size", "gradient_accumulation_steps"),
+            positive=("learning_rate", "adam_epsilon", "max_grad_norm"),
+            at_least_0=("weight_decay",),
+            fraction=("warmup_ratio", "min_lr_ratio"),
+        )
+
 
 MetricSink = Literal["tensorboard", "wandb"]
 
@@ -90,6 +107,7 @@ class LoggingConfig:
     installed is left out with a warning saying so. W&B reads its key from ``WANDB_API_KEY`` or ``wandb login``."""
 
     def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("checkpoint_every", "keep_checkpoints"), at_least_0=("num_samples",))
         if isinstance(self.report_to, str):  # `report_to: wandb` is one sink
             self.report_to = [self.report_to]
 

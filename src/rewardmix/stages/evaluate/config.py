@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+from rewardmix.config import check_ranges
 from rewardmix.evaluation.winrate import JudgePrompt
 from rewardmix.llm.config import LLMConfig
 
@@ -22,6 +23,8 @@ RESERVED_NAMES = frozenset(
 
 @dataclass
 class ModelEntry:
+    preflight_paths: ClassVar[dict[str, str]] = {"path": "model_or_adapter", "base": "model"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     name: str
     """Name in tables and keys: letters, digits, ``_``, ``.``, ``-`` (e.g. ``sft``, ``rllr_mixed``)."""
     path: str
@@ -37,6 +40,8 @@ class ModelEntry:
 
 @dataclass
 class TaskEntry:
+    preflight_paths: ClassVar[dict[str, str]] = {"data": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     task: str
     """A registered NLU task (``sst2``, ``mnli_m``, ``mnli_mm``, ``stsb``, ...; see ``rewardmix.data.tasks``)."""
     data: str | None = None
@@ -45,9 +50,14 @@ class TaskEntry:
     limit: int | None = None
     """Evaluate only the first N examples (null: all)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("limit",))
+
 
 @dataclass
 class RewardModelEntry:
+    preflight_paths: ClassVar[dict[str, str]] = {"path": "reward_model"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     name: str
     """Name in tables and keys (letters, digits, ``_``, ``.``, ``-``)."""
     path: str
@@ -58,6 +68,9 @@ class RewardModelEntry:
     """Sequences per forward pass (right-padded; the scalar head is padding-invariant)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Backbone dtype (scores are float32)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("batch_size",))
 
 
 @dataclass
@@ -71,6 +84,9 @@ class GenerationConfig:
     system_prompt: str | None = None
     """A system message before every question; null: none (as the models were trained)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("nlu_max_new_tokens", "prompt_max_new_tokens", "batch_size"))
+
 
 def _judge_defaults() -> LLMConfig:
     return LLMConfig(backend="openai", model="gpt-4o", temperature=0.0, max_tokens=512)
@@ -78,6 +94,8 @@ def _judge_defaults() -> LLMConfig:
 
 @dataclass
 class WinRateConfig:
+    preflight_paths: ClassVar[dict[str, str]] = {"prompts": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     prompts: str | None = None
     """JSONL of prompts to compare the models on: ``prompt`` (or ``instruction`` / ``question``), optional
     ``id``, ``dataset`` and ``category`` (CRS Tables 15, 22). Null: no generation-quality evaluation."""
@@ -99,6 +117,9 @@ class WinRateConfig:
     judge: LLMConfig = field(default_factory=_judge_defaults)
     """The judge: an OpenAI-compatible endpoint (GPT-4 in both papers) or a local model."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("limit",), fraction=("tie_value",))
+
 
 @dataclass
 class GoldConfig:
@@ -110,6 +131,9 @@ class GoldConfig:
     tie_tolerance: float = 0.0
     """Gold scores at most this far apart are a tie (0: only equal scores)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_0=("tie_tolerance",))
+
 
 @dataclass
 class PairedConfig:
@@ -118,9 +142,14 @@ class PairedConfig:
     seed: int = 0
     """Seed of the bootstrap resamples (the same for every pair and task)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_1=("bootstrap_resamples",))
+
 
 @dataclass
 class Config:
+    preflight_paths: ClassVar[dict[str, str]] = {"human_preferences": "data"}
+    """Path fields checked before the run starts, by kind (``rewardmix.preflight``)."""
     output_dir: str = "runs/evaluate"
     """Run directory: eval.json, tables.md, generations/, nlu_predictions.jsonl, judgments.jsonl, rm_scores.jsonl."""
     models: list[ModelEntry] = field(default_factory=list)
@@ -164,8 +193,6 @@ class Config:
         tasks = [t.task for t in self.tasks]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks: a task is listed twice: {tasks}")
-        if any(t.limit is not None and t.limit < 1 for t in self.tasks):
-            raise ValueError("tasks: limit must be >= 1 or null")
         baseline = self.win_rate.baseline
         if baseline is not None and baseline not in [m.name for m in self.models]:
             raise ValueError(f"win_rate.baseline {baseline!r} is not the name of a model")

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 from rewardmix.algos.stats import paired_accuracy_difference, paired_bootstrap
+from rewardmix.config import ConfigError
 from rewardmix.data.readers import as_str, read_records, save_report
 from rewardmix.data.tasks import Example, get_task, load_task_examples
 from rewardmix.evaluation.generation import (
@@ -100,7 +101,9 @@ def run(
     """
     # step 1. run directory; read every input before loading any model
     if not cfg.models:
-        raise ValueError("models: give at least one model to evaluate")
+        raise ConfigError(
+            "models: nothing to evaluate; give at least one model, e.g. `models: [{name: sft, path: runs/sft/model}]`"
+        )
     out = prepare_run_dir(cfg.output_dir, cfg, stage="evaluate")
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     examples, reports = read_tasks(cfg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rewardmix.config import check_ranges
 from rewardmix.data.prompts import DataConfig
 from rewardmix.scoring import CompositeConfig
 from rewardmix.train.config import HubConfig, LoggingConfig, LoraConfig, ModelConfig
@@ -100,6 +101,9 @@ class KLConfig:
     estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator in the reward (k1 = log pi - log pi_ref, as Ziegler et al.)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_0=("init_coef",), positive=("target",), at_least_1=("horizon",))
+
 
 @dataclass
 class PPOConfig:
@@ -174,6 +178,14 @@ class PPOConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast through Accelerate; ``no`` computes in the weights' dtype."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            positive=("learning_rate", "adam_epsilon", "max_grad_norm", "clip_range", "clip_range_value"),
+            at_least_0=("weight_decay", "vf_coef", "reference_samples"),
+            fraction=("warmup_ratio", "min_lr_ratio", "gamma", "lam"),
+        )
+
 
 def needs_value(p: PPOConfig) -> bool:
     """Whether the advantage estimator needs value estimates (GAE); every other estimator is critic-free."""
@@ -188,6 +200,10 @@ class PPOLoggingConfig(LoggingConfig):
     """Save a checkpoint every N steps (and always at the end)."""
     sample_every: int = 10
     """Write a sample table (prompt, response, every component's score) every N steps (0: only at the end)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, at_least_0=("sample_every",))
 
 
 @dataclass

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,6 +27,7 @@ from rewardmix.algos.ppo import entropy_from_logits, policy_loss, value_loss
 from rewardmix.algos.sequences import batch_indices, epoch_order, rollout_seeds
 from rewardmix.config import to_dict
 from rewardmix.data.prompts import load_prompts, prompt_hash
+from rewardmix.data.readers import DataError
 from rewardmix.stages.ppo import roles
 from rewardmix.stages.ppo.config import Config, KLConfig, PPOConfig, needs_value
 from rewardmix.stages.ppo.metrics import PhaseTimes, make_label_monitor, sample_rows, step_metrics
@@ -115,6 +116,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
 
     # step 4. the prompt pool
     prompts = load_prompts(cfg.data, models.tokenizer, out=out if is_main else None)
+    check_prompt_meta(reward, prompts, cfg.data.prompts)
     # Batch sizes are per process: an iteration takes batch_size responses from each process.
     global_batch = cfg.ppo.batch_size * accelerator.num_processes
     group = cfg.ppo.samples_per_prompt  # K answers per prompt, in consecutive rows of the batch
@@ -290,6 +292,24 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         )  # fmt: skip
     finish(ctx, summary, json_default=_json_float)
     return PPOResult(out, model_dir, adapter_dir, value_dir, total_steps, row)
+
+
+def check_prompt_meta(reward: Any, prompts: Sequence[Any], source: str) -> None:
+    """Check every prompt's meta with the components that read one (``label_correct``: the task and the gold
+    label) before the first rollout, not when the prompt's batch comes up mid-training.
+
+    Raises:
+        DataError: Naming the prompt file and the prompt (``sample N``: the N-th prompt read, from 0).
+    """
+    metas = [p.meta for p in prompts]
+    for scorer in reward.scorers.values():
+        check = getattr(scorer, "check_meta", None)
+        if check is None:
+            continue
+        try:
+            check(metas)
+        except ValueError as e:
+            raise DataError(f"data.prompts {source}: {e} (sample N: the N-th prompt read, from 0)") from None
 
 
 def _json_float(value: Any) -> Any:

@@ -110,16 +110,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.hub.repo_id is not None:
             check_push(self.hub.push, lora=self.lora.enabled, merged=True)  # LoRA is always merged here
-        if self.optim.micro_batch_size < 1 or self.optim.gradient_accumulation_steps < 1:
-            raise ValueError("optim.micro_batch_size and optim.gradient_accumulation_steps must be >= 1")
-        if self.optim.epochs < 1 or (self.optim.max_steps is not None and self.optim.max_steps < 1):
-            raise ValueError("optim.epochs must be >= 1 and optim.max_steps >= 1 or null")
-        if not 0.0 <= self.data.eval_fraction < 1.0:
-            raise ValueError("data.eval_fraction must be in [0, 1)")
-        if self.logging.keep_checkpoints < 1 or self.logging.checkpoint_every < 1:
-            raise ValueError("logging.keep_checkpoints and logging.checkpoint_every must be >= 1")
-        if self.model.max_length < 2 or self.model.min_prompt_tokens < 0:
-            raise ValueError("model.max_length must be >= 2 and model.min_prompt_tokens >= 0")
+        # sizes, steps and rates: each section's check_ranges
         for name in ("undersample_range", "oversample_range"):
             span = getattr(self.balance, name)
             if span is not None and not 0.0 <= span[0] <= span[1] <= 1.0:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rewardmix.algos.losses import AbsoluteLossKind
+from rewardmix.config import RangeError, check_ranges
 from rewardmix.data.rm_items import ObjectiveKind
 from rewardmix.scoring.rm_inputs import DEFAULT_MAX_LENGTH, DEFAULT_MIN_PROMPT_TOKENS
 from rewardmix.train.config import LoggingConfig, LoraConfig, ModelConfig, OptimConfig
@@ -48,6 +49,11 @@ class RmModelConfig(ModelConfig):
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS
     """Prompt tokens kept at least when truncating (CRS §5.3); a shorter prompt is kept whole."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_0=("min_prompt_tokens",))
+        if self.max_length < 2:
+            raise RangeError("max_length", f"must be >= 2, got {self.max_length!r}")
+
 
 @dataclass
 class RmLoraConfig(LoraConfig):
@@ -57,6 +63,10 @@ class RmLoraConfig(LoraConfig):
     """Train a LoRA adapter (and the head) on the frozen backbone (true) or every weight (false)."""
     dropout: float = 0.0
     """Dropout on the adapter input (forced to 0 by ``model.disable_dropout``)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, below_1=("dropout",))
 
 
 @dataclass
@@ -96,6 +106,10 @@ class RmOptimConfig(OptimConfig):
     max_steps: int | None = None
     """Stop after this many optimizer steps (null: run all epochs)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, at_least_1=("epochs", "max_steps"))
+
 
 @dataclass
 class RmLoggingConfig(LoggingConfig):
@@ -107,3 +121,7 @@ class RmLoggingConfig(LoggingConfig):
     """Evaluate every N optimizer steps (0: only at step 0 and at the end)."""
     eval_batch_size: int = 16
     """Sequences per forward pass when scoring the eval set."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, at_least_0=("eval_every",), at_least_1=("eval_batch_size",))
