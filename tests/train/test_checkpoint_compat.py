@@ -74,7 +74,8 @@ def test_an_sft_checkpoint_written_before_the_restructuring_resumes_to_the_unint
     assert "resuming from checkpoint" in caplog.text and "step-00000004" in caplog.text
     straight = sft.run(sft_config(tmp_path / "straight"))
     assert resumed.global_step == straight.global_step == 7
-    assert resumed.eval_loss == pytest.approx(straight.eval_loss, abs=1e-7)
+    # across machines (the fixture was written on another CPU) the float rounding differs: 1.6e-7 seen
+    assert resumed.eval_loss == pytest.approx(straight.eval_loss, abs=1e-6)
 
     # the same final weights as an uninterrupted run (on the machine that wrote the fixture: bit for bit)
     got = load_file(str(resumed.model_dir / "adapter_model.safetensors"))
