@@ -48,6 +48,19 @@ def command(
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
+def assert_sharded(out: Path, step: int) -> None:
+    """Checkpoint ``step`` holds each process's shards, every file checksummed in the manifest; no
+    optimizer.pt (a run that fell back to data parallelism would write that instead)."""
+    files = json.loads((out / "checkpoints" / f"step-{step:08d}" / "manifest.json").read_text())["files"]
+    for part in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert {
+            f"shards/{part}/__0_0.distcp",
+            f"shards/{part}/__1_0.distcp",
+            f"shards/{part}/.metadata",
+        } <= set(files)
+    assert "optimizer.pt" not in files and not list((out / "checkpoints").glob(".shards-*"))
+
+
 def launch(tmp_path: Path, stage: str, config: dict[str, Any], name: str, accelerate_config: Path) -> str:
     """Run ``stage`` to the end with 2 processes; its stderr."""
     out = tmp_path / name
@@ -141,8 +154,11 @@ def test_reward_model_fsdp_equals_one_process_and_resumes_from_its_shards(tmp_pa
         "optim": {"micro_batch_size": 4, "max_steps": 4, "learning_rate": 1e-2, "adam_epsilon": 1e-4},
         "logging": {"num_samples": 2, "eval_every": 2, "checkpoint_every": 2},
     }
-    launch(tmp_path, "reward-model", config, "fsdp", FSDP_CPU)
+    stderr = launch(tmp_path, "reward-model", config, "fsdp", FSDP_CPU)
+    assert "FSDP2 on CPU processes (gloo)" in stderr
     fsdp = tmp_path / "fsdp"
+    assert_sharded(fsdp, 2)
+    assert_sharded(fsdp, 4)
     one = run_here(tmp_path, reward_model, {**config, "optim": {**config["optim"], "micro_batch_size": 8}})
     rows = assert_same_metrics(fsdp, one)
     assert sum("rm/accuracy" in r for r in rows) == 3
