@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow  # each launch starts 2 Python processes: ~15 s on
 REPO = Path(__file__).resolve().parents[2]
 FSDP_CPU = REPO / "configs/accelerate/fsdp-cpu-2proc.yaml"
 DDP_CPU = REPO / "configs/accelerate/cpu-2proc.yaml"
+CONTAINS_E = {"name": "e_count", "type": "contains", "contains": {"substring": "e", "mode": "count"}}
 
 
 def command(
@@ -177,3 +178,20 @@ def test_reward_model_fsdp_equals_one_process_and_resumes_from_its_shards(tmp_pa
     assert json.loads((fsdp / "summary.json").read_text())["eval_metrics"] == pytest.approx(
         first["eval_metrics"], rel=1e-5, abs=1e-6
     )
+
+
+def test_ppo_under_fsdp_stops_before_any_work_naming_the_reason(tmp_path):
+    out = tmp_path / "ppo"
+    done = subprocess.run(
+        command(tmp_path, "ppo", {"ppo": {"steps": 1}, "reward": {"components": [CONTAINS_E]}}, out, FSDP_CPU),
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("rewardmix: error:")]
+    assert len(lines) == 2  # one per process, each the config error, no traceback from the stage
+    assert lines[0].startswith(
+        "rewardmix: error: ppo: accelerate config distributed_type FSDP is not supported"
+    )
+    assert "ONE shared base" in lines[0] and "configs/accelerate/multi-gpu.yaml" in lines[0]
+    assert "rewardmix/train" not in done.stderr and "rewardmix/stages" not in done.stderr
+    assert not out.exists()  # refused before the run directory was made
