@@ -31,6 +31,7 @@ Usage (bench/gpu_check.sh calls it; by hand from the repository root):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch", type=int, default=None, help="responses per iteration (default 32; dry 4)")
     parser.add_argument("--new-tokens", type=int, default=None, help="max new tokens (default 128; dry 6)")
-    parser.add_argument("--timeout", type=float, default=150.0, help="seconds per run")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per run (4 runs)")
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child[0], Path(args.child[1]), Path(args.child[2]))
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         runs["all_roles_hf"] = run_child(
             "ppo", "all_roles_hf", ppo_config(args, work, all_roles=True, backend="hf"), work, args.timeout
         )
-        vllm_missing = __import__("importlib.util").util.find_spec("vllm") is None
+        vllm_missing = importlib.util.find_spec("vllm") is None
         if args.dry_run or vllm_missing:
             runs["all_roles_vllm"] = {"skipped": "dry run" if args.dry_run else "vllm is not installed"}
         else:
