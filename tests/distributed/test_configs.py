@@ -15,7 +15,8 @@ from accelerate.commands.config.config_args import ClusterConfig
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DistributedType
 
-from rewardmix.train.distributed import check_data_parallel
+from rewardmix.config import ConfigError
+from rewardmix.train.distributed import check_backend
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
@@ -26,6 +27,7 @@ EXPECTED = {
     "deepspeed-zero2.yaml": "use_deepspeed",
     "deepspeed-zero3.yaml": "use_deepspeed",
     "fsdp.yaml": "use_fsdp",
+    "fsdp-cpu-2proc.yaml": "use_fsdp",
 }
 
 
@@ -54,20 +56,35 @@ def test_config_loads_and_launches_as_the_backend_it_names(path):
 
 
 @pytest.mark.parametrize(
-    ("kind", "supported"),
+    ("kind", "stage", "refusal"),
     [
-        (DistributedType.NO, True),
-        (DistributedType.MULTI_CPU, True),
-        (DistributedType.MULTI_GPU, True),
-        (DistributedType.DEEPSPEED, False),
-        (DistributedType.FSDP, False),
-        (DistributedType.MEGATRON_LM, False),
+        (DistributedType.NO, "ppo", None),
+        (DistributedType.MULTI_CPU, "sft", None),
+        (DistributedType.MULTI_GPU, "ppo", None),
+        (DistributedType.FSDP, "sft", None),
+        (DistributedType.FSDP, "reward-model", None),
+        (DistributedType.FSDP, "ppo", "adapters on ONE shared base"),
+        (DistributedType.DEEPSPEED, "sft", "DeepSpeed's engine owns the optimizer step"),
+        (DistributedType.DEEPSPEED, "ppo", "DeepSpeed's engine owns the optimizer step"),
+        (DistributedType.MEGATRON_LM, "reward-model", "no Megatron-LM model code"),
     ],
 )
-def test_sharded_backends_are_refused_before_any_work(kind, supported):
-    accelerator = SimpleNamespace(distributed_type=kind)
-    if supported:
-        check_data_parallel(accelerator, "sft")
+def test_backends_are_refused_before_any_work_with_the_reason(kind, stage, refusal):
+    plugin = SimpleNamespace(fsdp_version=2)
+    accelerator = SimpleNamespace(distributed_type=kind, state=SimpleNamespace(fsdp_plugin=plugin))
+    if refusal is None:
+        check_backend(accelerator, stage)
     else:
-        with pytest.raises(NotImplementedError, match="sft: Accelerate backend .* not supported yet"):
-            check_data_parallel(accelerator, "sft")
+        with pytest.raises(
+            ConfigError, match=f"{stage}: accelerate config distributed_type {kind.value} .*{refusal}"
+        ):
+            check_backend(accelerator, stage)
+
+
+def test_fsdp1_is_refused():
+    plugin = SimpleNamespace(fsdp_version=1)
+    accelerator = SimpleNamespace(
+        distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin)
+    )
+    with pytest.raises(ConfigError, match="FSDP2 .* fsdp_version: 2"):
+        check_backend(accelerator, "sft")

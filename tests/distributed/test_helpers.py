@@ -51,3 +51,19 @@ def test_one_process_returns_its_inputs_untouched():
     p.grad = torch.full((2,), 5.0)
     dist.all_reduce_gradients(one, [p])
     assert torch.equal(p.grad, torch.full((2,), 5.0))
+
+
+def test_only_fsdp_counts_as_sharded_and_lockstep_is_the_identity_otherwise():
+    """Accelerate's DistributedType is a str enum: the check must compare values, not ``str()`` (which gives
+    ``DistributedType.FSDP``: the first FSDP runs silently took the unsharded path that way)."""
+    from accelerate.utils import DistributedType
+
+    from rewardmix.train import sharded
+
+    for kind in DistributedType:
+        assert sharded.is_sharded(SimpleNamespace(distributed_type=kind)) is (kind == DistributedType.FSDP)
+    assert sharded.is_sharded(None) is False
+    ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2)
+    assert sharded.lockstep(ddp, 3) == 3  # no collective: processes may run different numbers of passes
+    fsdp_alone = SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=1)
+    assert sharded.lockstep(fsdp_alone, 5) == 5

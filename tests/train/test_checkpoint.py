@@ -260,3 +260,54 @@ def test_bad_arguments_fail_before_writing(tmp_path):
     with pytest.raises(ValueError):
         save_checkpoint(tmp_path, 1, trainable_state={"w": [1.0]})
     assert list_checkpoints(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FSDP checkpoints: shards written by every process, moved in by the main one
+
+
+def write_shards(tmp_path, step: int, token: str = "t0"):
+    """What two FSDP processes leave for the main one: a folder of shard files (nested, one dotfile)."""
+    shards = ckpt.shards_path(tmp_path, step, token)
+    for rank in range(2):
+        (shards / "pytorch_model_fsdp_0").mkdir(parents=True, exist_ok=True)
+        (shards / "pytorch_model_fsdp_0" / f"__{rank}_0.distcp").write_bytes(bytes([rank]) * 100)
+    (shards / "pytorch_model_fsdp_0" / ".metadata").write_bytes(b"index")
+    return shards
+
+
+def test_shards_are_moved_in_and_every_shard_file_is_checksummed(tmp_path):
+    shards = write_shards(tmp_path, 3)
+    path = save_checkpoint(tmp_path, 3, trainable_state={"w": torch.ones(2)}, shards=shards)
+    files = json.loads((path / "manifest.json").read_text())["files"]
+    names = {"shards/pytorch_model_fsdp_0/__0_0.distcp", "shards/pytorch_model_fsdp_0/__1_0.distcp"}
+    assert names | {"shards/pytorch_model_fsdp_0/.metadata"} <= set(files)
+    assert files["shards/pytorch_model_fsdp_0/__1_0.distcp"]["bytes"] == 100
+    assert not shards.exists()  # moved, not copied
+    loaded = load_checkpoint(path)
+    assert (
+        loaded.shards == path / "shards" and (loaded.shards / "pytorch_model_fsdp_0" / ".metadata").is_file()
+    )
+    # a data-parallel checkpoint has none
+    assert load_checkpoint(save_checkpoint(tmp_path, 4, trainable_state={"w": torch.ones(2)})).shards is None
+
+
+def test_a_damaged_shard_makes_the_checkpoint_skipped(tmp_path, caplog):
+    save_checkpoint(
+        tmp_path, 1, trainable_state={"w": torch.ones(2)}, shards=write_shards(tmp_path, 1), keep=3
+    )
+    latest = save_checkpoint(
+        tmp_path, 2, trainable_state={"w": torch.ones(2)}, shards=write_shards(tmp_path, 2), keep=3
+    )
+    flip_a_byte(latest / "shards" / "pytorch_model_fsdp_0" / "__1_0.distcp")
+    with caplog.at_level(logging.WARNING):
+        assert load_latest_checkpoint(tmp_path).step == 1
+    assert "__1_0.distcp does not match its sha256" in caplog.text
+
+
+def test_shards_left_by_a_killed_save_are_removed_but_not_the_ones_being_saved(tmp_path):
+    stale = write_shards(tmp_path, 5, token="killed")
+    current = write_shards(tmp_path, 6, token="now")
+    path = save_checkpoint(tmp_path, 6, trainable_state={"w": torch.ones(1)}, shards=current)
+    assert not stale.exists() and (path / "shards" / "pytorch_model_fsdp_0" / "__0_0.distcp").is_file()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000006"]

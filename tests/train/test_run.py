@@ -366,3 +366,25 @@ def test_report_to_wandb_logs_each_row_and_a_missing_package_names_the_extra(tmp
     assert "wandb package is not installed" in caplog.text
     assert "pip install 'rewardmix[wandb]'" in caplog.text
     assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["loss/train"] == 0.5
+
+
+def test_a_checkpoint_is_not_restored_across_a_change_of_sharding(tmp_path):
+    """An FSDP checkpoint (it has shards/) under a data-parallel launch, and the other way round: a clear
+    config error before any tensor is touched, not a half-restored run."""
+    from types import SimpleNamespace
+
+    from rewardmix.config import ConfigError
+    from rewardmix.train.checkpoint import Checkpoint
+    from rewardmix.train.run import RunContext, restore_optimizer, restore_weights
+
+    model = torch.nn.Linear(2, 2)
+    data_parallel = SimpleNamespace(distributed_type="MULTI_CPU", unwrap_model=lambda m: m)
+    fsdp = SimpleNamespace(distributed_type="FSDP", unwrap_model=lambda m: m)
+    sharded = Checkpoint(tmp_path / "step-00000002", 2, {}, shards=tmp_path / "step-00000002" / "shards")
+    plain = Checkpoint(tmp_path / "step-00000002", 2, {"weight": torch.ones(2, 2), "bias": torch.ones(2)})
+    with pytest.raises(ConfigError, match="written by a FSDP run and this launch is data-parallel"):
+        restore_weights(RunContext(data_parallel, tmp_path, True), sharded, model)
+    with pytest.raises(ConfigError, match="written by a data-parallel run and this launch is FSDP"):
+        restore_optimizer(RunContext(fsdp, tmp_path, True), plain, model, None, None)
+    restore_weights(RunContext(data_parallel, tmp_path, True), plain, model)
+    assert torch.equal(model.weight, torch.ones(2, 2))

@@ -58,12 +58,27 @@ from rewardmix.train.loop import (
     chunk,
     epoch_order,
     global_sum,
-    load_trainable_state,
     pad_sequences,
     sync_gradients_if,
-    trainable_state,
 )
-from rewardmix.train.run import every, finish, make_adamw, optimizer_step, resume, save_step, start_run
+from rewardmix.train.run import (
+    every,
+    finish,
+    make_adamw,
+    optimizer_step,
+    restore_optimizer,
+    restore_weights,
+    resume,
+    save_step,
+    start_run,
+)
+from rewardmix.train.sharded import (
+    full_weights_for_generation,
+    gathered_trainable_state,
+    is_sharded,
+    lockstep,
+    model_to_save,
+)
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +258,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     )
     start_phase, start_step, step, eval_loss = 0, 0, 0, None
     if checkpoint is not None:
-        load_trainable_state(unwrapped, checkpoint.trainable_state)
+        restore_weights(ctx, checkpoint, model)
         start_phase, start_step = checkpoint.extra["phase"], checkpoint.extra["phase_step"]
         step, eval_loss = checkpoint.step, checkpoint.extra.get("eval_loss")
         if start_step >= phases[start_phase].total_steps:  # that phase was complete: go on with the next
@@ -261,8 +276,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         optimizer = accelerator.prepare_optimizer(optimizer)
         first = start_step if p == start_phase else 0
         if first > 0:
-            optimizer.load_state_dict(checkpoint.optimizer_state)
-            scheduler.load_state_dict(checkpoint.scheduler_state)
+            restore_optimizer(ctx, checkpoint, model, optimizer, scheduler)
         log.info(
             "phase %d (%s): %d examples, steps %d..%d",
             p,
@@ -320,30 +334,36 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
                 )
             metrics.log(step, row)
             bar.set_postfix(loss=f"{row['loss/train']:.4f}", lr=f"{lr:.2e}")
-            if samples.enabled and (phase_end or every(cfg.logging.sample_every, step)):  # main process only
-                rows = generate_samples(
-                    unwrapped, tokenizer, phase.samples, max_new_tokens=cfg.logging.max_new_tokens
-                )
+            # the main process writes them; under FSDP every process takes part in each forward pass
+            sampling = samples.enabled or (is_sharded(accelerator) and bool(phase.samples))
+            if sampling and (phase_end or every(cfg.logging.sample_every, step)):
+                with full_weights_for_generation(unwrapped):
+                    rows = generate_samples(
+                        unwrapped, tokenizer, phase.samples, max_new_tokens=cfg.logging.max_new_tokens
+                    )
                 samples.log(step, rows)
             if phase_end or every(cfg.logging.checkpoint_every, step):
                 save_step(
                     ctx,
                     step,
-                    trainable_state=trainable_state(unwrapped),
+                    trainable_state=gathered_trainable_state(accelerator, model),
                     optimizer=optimizer,
                     scheduler=scheduler,
                     extra={"phase": p, "phase_step": phase_step, "plan": plan, "eval_loss": eval_loss},
                     keep=cfg.logging.keep_checkpoints,
+                    model=model,
                 )
             if on_step is not None:
                 on_step(step, row)
         bar.close()
     metrics.close()
 
-    # step 6. save the model and tokenizer: full weights, or the adapter (and the merged model on request)
+    # step 6. save the model and tokenizer: full weights, or the adapter (and the merged model on request);
+    # under FSDP the weights are gathered into a whole copy first
     model_dir, adapter_dir = out / "model", None
+    whole = model_to_save(accelerator, model, lambda: load_model(cfg)[1])
     if is_main:
-        model_dir, adapter_dir = save_final_model(cfg.lora, unwrapped, tokenizer, out)
+        model_dir, adapter_dir = save_final_model(cfg.lora, whole, tokenizer, out)
         log.info("SFT done after %d steps; model in %s", step, model_dir)
     summary: dict[str, Any] = {"global_step": step, "eval_loss": eval_loss, "model_dir": str(model_dir)}
 
@@ -463,6 +483,8 @@ def accumulate_gradients(
     step_tokens = global_sum(accelerator, sum(answer_tokens(e) for e in batch))
     input_tokens = global_sum(accelerator, sum(len(e.input_ids) for e in batch))
     micro_batches = chunk(batch, micro_batch_size) or [[]]
+    # Under FSDP every pass gathers weights from all processes: all run as many (the extra ones empty).
+    micro_batches += [[]] * (lockstep(accelerator, len(micro_batches)) - len(micro_batches))
     loss_sum = 0.0
     for i, micro in enumerate(micro_batches):
         # A process without examples still runs one pass (weighted 0) so that DDP's all-reduce lines up.
@@ -492,8 +514,11 @@ def evaluate(
     """Mean cross-entropy per answer token over ``examples`` (every process takes its share)."""
     model.eval()
     share = list(examples[accelerator.process_index :: accelerator.num_processes])
+    micro_batches = chunk(share, micro_batch_size)
+    # Under FSDP all processes run as many passes; a padding pass has no answer token, so it adds nothing.
+    micro_batches += [[_NO_ANSWER]] * (lockstep(accelerator, len(micro_batches)) - len(micro_batches))
     total, tokens = 0.0, 0
-    for micro in chunk(share, micro_batch_size):
+    for micro in micro_batches:
         ce = token_loss(model, collate(micro, pad_id, accelerator.device))
         total += float(ce.loss)
         tokens += int(ce.num_tokens)

@@ -8,7 +8,12 @@ Layout of one checkpoint, ``<run_dir>/checkpoints/step-{N:08d}/``:
   ``torch.load(..., weights_only=True)`` (tensors and plain containers only, no code runs on load).
 - ``rng.pt``: the Python, NumPy and torch (CPU and every CUDA device) random states, same format.
 - ``extra.json``: the caller's own JSON state (phase, data position, ...).
-- ``manifest.json``: written last; the step and the sha256 and size of every other file.
+- ``shards/`` (FSDP runs only, :mod:`rewardmix.train.sharded`): each process's shards of the model and the
+  optimizer (``pytorch_model_fsdp_0/`` and ``optimizer_0/``, ``torch.distributed.checkpoint`` format), written
+  by every process into a temporary folder that the main process moves in before the manifest. The weights are
+  also in ``trainable.safetensors``, gathered, and no ``optimizer.pt`` is written.
+- ``manifest.json``: written last; the step and the sha256 and size of every other file (paths relative to
+  the checkpoint folder, ``shards/...`` included).
 
 A checkpoint is built in a temporary folder next to the final one (each file fsync'd, the folder fsync'd)
 and renamed into place, so ``step-N/`` is either complete or absent; a kill during a save leaves only a
@@ -49,6 +54,7 @@ __all__ = [
     "load_latest_checkpoint",
     "restore_rng",
     "save_checkpoint",
+    "shards_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +66,7 @@ OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"
 RNG = "rng.pt"
 EXTRA = "extra.json"
+SHARDS = "shards"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
 
@@ -84,6 +91,7 @@ class Checkpoint:
         scheduler_state: ``scheduler.state_dict()`` or ``None``.
         rng_state: What :func:`capture_rng` returned, for :func:`restore_rng`; ``None`` when not saved.
         extra: The caller's JSON state.
+        shards: The ``shards/`` folder of an FSDP checkpoint, or ``None``.
     """
 
     path: Path
@@ -93,6 +101,7 @@ class Checkpoint:
     scheduler_state: dict[str, Any] | None = None
     rng_state: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    shards: Path | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -164,6 +173,7 @@ def save_checkpoint(
     rng: bool | Mapping[str, Any] = True,
     extra: Mapping[str, Any] | None = None,
     keep: int = 2,
+    shards: Path | None = None,
 ) -> Path:
     """Write ``checkpoints/step-{step:08d}/`` atomically and keep only the last ``keep`` checkpoints.
 
@@ -180,6 +190,9 @@ def save_checkpoint(
             given (e.g. states gathered from several processes); False saves none.
         extra: JSON-serializable caller state, returned as ``Checkpoint.extra``.
         keep: How many checkpoints to keep (>= 1), newest by step; older ones are deleted.
+        shards: A folder every process has written its shards into (FSDP,
+            :func:`rewardmix.train.sharded.save_shards`); it is moved into the checkpoint as ``shards/`` and
+            every file in it goes into the manifest. It must be on the same filesystem (see :func:`shards_path`).
 
     Returns:
         The checkpoint folder.
@@ -201,7 +214,9 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINTS_DIR
     final = checkpoint_path(run_dir, step)
     try:
-        path = _write_checkpoint(root, final, step, trainable_state, optimizer, scheduler, rng, extra_text)
+        path = _write_checkpoint(
+            root, final, step, trainable_state, optimizer, scheduler, rng, extra_text, shards
+        )
     except OSError as e:
         # a disk that fills up mid-save: one message, not a traceback out of safetensors or torch.save
         full = no_space(e, final, "the previous checkpoint is intact")
@@ -223,10 +238,11 @@ def _write_checkpoint(
     scheduler: _HasStateDict | None,
     rng: bool | Mapping[str, Any],
     extra_text: str,
+    shards: Path | None,
 ) -> Path:
     """Steps 1-2 of :func:`save_checkpoint`: build ``final`` in a temporary folder and rename it into place."""
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(root)
+    _remove_stale_temporaries(root, keep_path=shards)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
     try:
         # step 1. every file, each fsync'd; the manifest last, so its presence means "complete"
@@ -240,7 +256,16 @@ def _write_checkpoint(
         if rng is not False:
             _torch_save(capture_rng() if rng is True else dict(rng), tmp / RNG)
         _write_text(tmp / EXTRA, extra_text + "\n")
-        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        if shards is not None:
+            os.replace(shards, tmp / SHARDS)
+            for folder in sorted(p for p in (tmp / SHARDS).rglob("*") if p.is_dir()):
+                fsync_dir(folder)
+            fsync_dir(tmp / SHARDS)
+        files = {
+            p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
         manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
         _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         umask_modes(tmp)  # mkdtemp gives 0700 and safetensors 0600; a checkpoint is like any other folder
@@ -259,6 +284,12 @@ def _write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def shards_path(run_dir: str | Path, step: int, token: str) -> Path:
+    """Where every process writes its shards for the checkpoint of ``step`` before the main process moves them
+    in (``<run_dir>/checkpoints/.shards-step-N-<token>``; ``token`` is the same on every process)."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f".shards-{checkpoint_path(run_dir, step).name}-{token}"
 
 
 def prune_checkpoints(run_dir: str | Path, *, keep: int, up_to: int) -> None:
@@ -293,8 +324,11 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _remove_stale_temporaries(root: Path) -> None:
-    for path in root.glob(".tmp-step-*"):
+def _remove_stale_temporaries(root: Path, *, keep_path: Path | None = None) -> None:
+    stale = [*root.glob(".tmp-step-*"), *root.glob(".shards-step-*")]
+    for path in stale:
+        if keep_path is not None and path.resolve() == Path(keep_path).resolve():
+            continue  # the shards of the checkpoint being saved now
         logger.info("removing %s, left by an interrupted save", path)
         shutil.rmtree(path, ignore_errors=True)
     # A kill between the two renames of a same-step save leaves the replaced checkpoint as .old-step-N-<pid>
@@ -382,6 +416,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             scheduler_state=torch_file(SCHEDULER),
             rng_state=torch_file(RNG),
             extra=json.loads((path / EXTRA).read_text(encoding="utf-8")) if EXTRA in files else {},
+            shards=path / SHARDS if any(name.startswith(SHARDS + "/") for name in files) else None,
         )
     except CheckpointError:
         raise

@@ -7,8 +7,8 @@ processes, so N processes x batch b give the update of 1 process x batch N*b. Ho
 
 - :func:`make_accelerator`: the ``Accelerator`` of a stage; on a machine without CUDA a multi-process launch
   runs on the CPU with gloo, and a launch whose processes would each train alone is an error.
-- :func:`check_data_parallel`: refuse the sharded backends (DeepSpeed, FSDP, Megatron) the stages do not
-  support yet, before any work.
+- :func:`check_backend`: refuse, before any work, a backend the stage cannot run under, naming why (FSDP
+  runs ``sft`` and ``reward-model``; see :mod:`rewardmix.train.sharded`).
 - :func:`gather_rows`: every process's rows, concatenated in process order, padded to a common width.
 - :func:`gather_objects`, :func:`any_process`: picklable objects and flags across processes.
 - :func:`all_reduce_gradients`, :func:`broadcast_parameters`: what a stage that does not wrap its model in
@@ -29,11 +29,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from rewardmix.config import ConfigError
+
 __all__ = [
     "all_reduce_gradients",
     "any_process",
     "broadcast_parameters",
-    "check_data_parallel",
+    "check_backend",
     "gather_objects",
     "gather_rows",
     "launched_world_size",
@@ -84,6 +86,8 @@ def make_accelerator(*, cpu: bool, mixed_precision: str, stage: str) -> Accelera
     if world > 1 and not cpu and not torch.cuda.is_available():
         cpu = True  # several processes, no GPU: gloo on the CPU (see the docstring)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    if _fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        _switch_to_fsdp(accelerator, mixed_precision)
     if world > 1 and accelerator.num_processes == 1:
         raise RuntimeError(
             f"{stage}: launched with WORLD_SIZE={world} but Accelerate set up a single process "
@@ -106,23 +110,76 @@ def make_accelerator(*, cpu: bool, mixed_precision: str, stage: str) -> Accelera
     return accelerator
 
 
-def check_data_parallel(accelerator: Accelerator, stage: str) -> None:
-    """Stop before any work when Accelerate was launched with a sharded backend the stage does not support.
+# Why a stage cannot run under a backend, by stage ("*": every stage). FSDP is supported by sft and reward-model.
+_REFUSED: dict[tuple[str, str], str] = {
+    ("ppo", "FSDP"): (
+        "its roles (policy, value, reference = adapters off, LoRA reward models) are adapters on ONE shared base "
+        "switched between forward passes, and its gradient all-reduce and weight broadcast run over replicated "
+        "LoRA tensors; under FSDP those are shards, and sharding a base that every role reads in turn would "
+        "gather it once per role and per generated token. Run PPO data-parallel "
+        "(configs/accelerate/multi-gpu.yaml)"
+    ),
+    ("*", "DEEPSPEED"): (
+        "DeepSpeed's engine owns the optimizer step and its own gradient-accumulation boundaries, while "
+        "rewardmix scales each micro-batch by the whole step's token count and steps the optimizer itself "
+        "(and SFT starts a new optimizer per phase, which DeepSpeed binds to the engine once); and Accelerate "
+        "does not run DeepSpeed without CUDA, so that path could not be tested. Use FSDP for sharding "
+        "(configs/accelerate/fsdp.yaml; sft and reward-model) or DDP"
+    ),
+    ("*", "MEGATRON_LM"): "rewardmix has no Megatron-LM model code; use FSDP or DDP",
+    ("*", "XLA"): "rewardmix's stages are not tested on TPUs/XLA; use a GPU or CPU launch",
+}
+_SUPPORTED = _DATA_PARALLEL | {DistributedType.FSDP}
 
-    The stages save checkpoints and models from the main process's own (full) tensors and restore them the same
-    way; under DeepSpeed ZeRO or FSDP those tensors are shards, so a run would train but write unusable
-    checkpoints. Data parallelism (DDP on GPUs, gloo on CPUs) is supported.
+
+def check_backend(accelerator: Accelerator, stage: str) -> None:
+    """Stop before any work when Accelerate was launched with a backend the stage cannot run under.
+
+    Data parallelism (DDP on GPUs, gloo on CPUs) runs every stage; FSDP (FSDP2) runs ``sft`` and
+    ``reward-model``. The message names the limitation that stops the others (see ``_REFUSED``).
 
     Raises:
-        NotImplementedError: DeepSpeed, FSDP, Megatron-LM or another non-data-parallel backend.
+        ConfigError: The backend (the accelerate config's ``distributed_type``) is refused for this stage; the
+            message says why and what to use (the CLI exits with code 2, no traceback).
     """
-    if accelerator.distributed_type not in _DATA_PARALLEL:
-        raise NotImplementedError(
-            f"{stage}: Accelerate backend {accelerator.distributed_type} is not supported yet: rewardmix saves and "
-            "resumes checkpoints from each process's full tensors, which DeepSpeed ZeRO and FSDP shard. Launch "
-            "data-parallel instead (`accelerate launch --multi_gpu --num_processes N`, or "
-            "configs/accelerate/multi-gpu.yaml); see docs/distributed.md"
+    kind = accelerator.distributed_type
+    name = str(getattr(kind, "value", kind))
+    reason = _REFUSED.get((stage, name)) or _REFUSED.get(("*", name))
+    if reason is None and kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        reason = "rewardmix runs FSDP2 (fully_shard) only; set fsdp_version: 2 in the accelerate config"
+    if reason is None and kind not in _SUPPORTED:
+        reason = "only data-parallel launches and FSDP are supported (docs/distributed.md)"
+    if reason is not None:
+        raise ConfigError(
+            f"{stage}: accelerate config distributed_type {name} is not supported for this stage: {reason}; "
+            "see docs/distributed.md"
         )
+
+
+def _fsdp_requested() -> bool:
+    """Whether ``accelerate launch`` was given an FSDP config (it exports ``ACCELERATE_USE_FSDP=true``)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def _switch_to_fsdp(accelerator: Accelerator, mixed_precision: str) -> None:
+    """Run an FSDP launch on CPU processes (gloo): Accelerate sets FSDP up for accelerator devices only.
+
+    ``accelerate launch`` with an FSDP config on a machine without CUDA gives a gloo process group of type
+    MULTI_CPU and drops the FSDP settings. FSDP2 (``fully_shard``) itself runs on CPU tensors with gloo, so
+    the state is switched to FSDP with the plugin read from the same launch settings; on GPUs Accelerate does
+    this itself and this function is not called. Both shared states are set, as Accelerate's own setup does,
+    because every new ``AcceleratorState()`` copies ``PartialState``'s values.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables that `accelerate launch` exported
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    logger.info("FSDP%s on CPU processes (gloo)", plugin.fsdp_version)
 
 
 def gather_rows(

@@ -8,8 +8,10 @@ loops differ, and each stage keeps its loop in its own ``run()``:
 - :func:`resume`: the latest valid checkpoint (refused when written for another plan), the metrics and
   sample logs cut back to its step and opened, the random state it saved. The stage then loads its own
   tensors from the checkpoint.
+- :func:`restore_weights`, :func:`restore_optimizer`: load a checkpoint's tensors into the model, the
+  optimizer and its schedule (from the gathered copy, or from the shards under FSDP).
 - In the loop: :func:`optimizer_step` (clip, skip a non-finite step, update, schedule), :func:`every` for
-  the cadences, :func:`save_step` for a checkpoint.
+  the cadences, :func:`save_step` for a checkpoint (sharded under FSDP: :mod:`rewardmix.train.sharded`).
 - :func:`finish`: ``summary.json``.
 
 Nothing here imports ``transformers`` or ``peft``. A function reads no more of a stage's config than it names:
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -27,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from accelerate import Accelerator
 
+from rewardmix.config import ConfigError
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 from rewardmix.train.checkpoint import (
     Checkpoint,
@@ -34,19 +38,22 @@ from rewardmix.train.checkpoint import (
     prune_checkpoints,
     restore_rng,
     save_checkpoint,
+    shards_path,
 )
 from rewardmix.train.config import LoggingConfig
-from rewardmix.train.distributed import check_data_parallel, make_accelerator
+from rewardmix.train.distributed import check_backend, gather_objects, make_accelerator
 from rewardmix.train.loop import (
     NamedParameters,
     NonFiniteGuard,
     SampleTable,
     TrainLogger,
     clip_gradients,
+    load_trainable_state,
     set_seed,
     truncate_jsonl_after,
 )
 from rewardmix.train.schedule import cosine_with_warmup, warmup_steps_for
+from rewardmix.train.sharded import is_sharded, load_model_shards, load_optimizer_shards, save_shards
 
 __all__ = [
     "LOG_FILES",
@@ -59,6 +66,8 @@ __all__ = [
     "finish",
     "make_adamw",
     "optimizer_step",
+    "restore_optimizer",
+    "restore_weights",
     "resume",
     "save_step",
     "start_run",
@@ -131,7 +140,7 @@ def start_run(cfg: RunSettings, *, stage: str, mixed_precision: str) -> RunConte
         mixed_precision: ``no``, ``bf16`` or ``fp16``.
     """
     accelerator = make_accelerator(cpu=cfg.cpu, mixed_precision=mixed_precision, stage=stage)
-    check_data_parallel(accelerator, stage)
+    check_backend(accelerator, stage)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         prepare_run_dir(out, cfg, stage=stage)
@@ -204,6 +213,48 @@ def resume(
     if checkpoint is not None and checkpoint.rng_state is not None:
         restore_rng(checkpoint.rng_state)
     return Resumed(checkpoint, metrics, table)
+
+
+def restore_weights(ctx: RunContext, checkpoint: Checkpoint, model: torch.nn.Module) -> None:
+    """Load the checkpoint's trainable weights into ``model`` (every process; collective under FSDP).
+
+    Data-parallel: from ``trainable.safetensors`` into the unwrapped model. FSDP: each process reads its
+    shards from ``shards/`` (resharded when the process count changed).
+
+    Raises:
+        ConfigError: The checkpoint and the launch disagree on sharding (an FSDP checkpoint resumed
+            data-parallel, or the other way round): the optimizer state could not be restored.
+    """
+    _check_sharding(ctx, checkpoint)
+    if checkpoint.shards is not None:
+        load_model_shards(ctx.accelerator, model, checkpoint.shards)
+    else:
+        load_trainable_state(ctx.accelerator.unwrap_model(model), checkpoint.trainable_state)
+
+
+def restore_optimizer(
+    ctx: RunContext, checkpoint: Checkpoint, model: torch.nn.Module, optimizer: Any, scheduler: Any
+) -> None:
+    """Load the checkpoint's optimizer state and learning-rate schedule (every process; collective under FSDP)."""
+    _check_sharding(ctx, checkpoint)
+    if checkpoint.shards is not None:
+        load_optimizer_shards(ctx.accelerator, optimizer, model, checkpoint.shards)
+    else:
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+    scheduler.load_state_dict(checkpoint.scheduler_state)
+
+
+def _check_sharding(ctx: RunContext, checkpoint: Checkpoint) -> None:
+    sharded = is_sharded(ctx.accelerator)
+    if sharded != (checkpoint.shards is not None):
+        written, now = (
+            ("FSDP", "data-parallel") if checkpoint.shards is not None else ("data-parallel", "FSDP")
+        )
+        raise ConfigError(
+            f"{checkpoint.path} was written by a {written} run and this launch is {now}: its optimizer state "
+            f"cannot be restored across that change; resume with the launch config it was written with, or use "
+            f"a new output_dir"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -314,23 +365,38 @@ def save_step(
     scheduler: Any,
     extra: Mapping[str, Any],
     keep: int,
+    model: torch.nn.Module | None = None,
 ) -> None:
     """Checkpoint after ``step``: the main process writes it, every process waits for it.
 
     See :func:`rewardmix.train.checkpoint.save_checkpoint` (atomic, checksummed, the newest ``keep`` kept).
-    Every process holds the same weights and optimizer state, so one copy is enough; the random state saved
-    is the main process's. ``extra`` is the stage's own state and must hold the ``plan`` that :func:`resume`
-    checks.
+    Data-parallel: every process holds the same weights and optimizer state, so one copy is enough. FSDP:
+    every process first writes its shards of ``model`` and ``optimizer`` into a temporary folder, which the
+    main process moves into the checkpoint (``shards/``, in the manifest); ``trainable_state`` is then the
+    gathered copy (:func:`rewardmix.train.sharded.gathered_trainable_state`). The random state saved is the
+    main process's. ``extra`` is the stage's own state and must hold the ``plan`` that :func:`resume` checks.
+
+    Args:
+        model: The prepared model; required under FSDP (its shards are saved).
     """
+    shards = None
+    if is_sharded(ctx.accelerator):
+        if model is None:
+            raise ValueError("save_step under FSDP needs the prepared model")
+        token = gather_objects(ctx.accelerator, [uuid.uuid4().hex[:12]])[0]  # the main process's, everywhere
+        shards = shards_path(ctx.out, step, token)
+        save_shards(ctx.accelerator, model, optimizer, shards)
+        ctx.accelerator.wait_for_everyone()
     if ctx.is_main:
         save_checkpoint(
             ctx.out,
             step,
             trainable_state=trainable_state,
-            optimizer=optimizer,
+            optimizer=optimizer if shards is None else None,
             scheduler=scheduler,
             extra=extra,
             keep=keep,
+            shards=shards,
         )
     ctx.accelerator.wait_for_everyone()
 

@@ -48,16 +48,19 @@ from rewardmix.scoring.rm_inputs import (
 )
 from rewardmix.stages.reward_model.config import ObjectiveConfig, RmLoggingConfig
 from rewardmix.train.hub import push_final_model
-from rewardmix.train.loop import (
-    NonFiniteGuard,
-    chunk,
-    epoch_order,
-    global_sum,
-    load_trainable_state,
-    sync_gradients_if,
-    trainable_state,
+from rewardmix.train.loop import NonFiniteGuard, chunk, epoch_order, global_sum, sync_gradients_if
+from rewardmix.train.run import (
+    every,
+    finish,
+    make_adamw,
+    optimizer_step,
+    restore_optimizer,
+    restore_weights,
+    resume,
+    save_step,
+    start_run,
 )
-from rewardmix.train.run import every, finish, make_adamw, optimizer_step, resume, save_step, start_run
+from rewardmix.train.sharded import gathered_trainable_state, lockstep, model_to_save
 
 if TYPE_CHECKING:  # the package defines Config and imports this module
     from rewardmix.stages.reward_model import Config
@@ -153,9 +156,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     optimizer = accelerator.prepare_optimizer(optimizer)
     start, eval_metrics, eval_batch = 0, {}, cfg.logging.eval_batch_size
     if checkpoint is not None:
-        load_trainable_state(unwrapped, checkpoint.trainable_state)
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-        scheduler.load_state_dict(checkpoint.scheduler_state)
+        restore_weights(ctx, checkpoint, model)
+        restore_optimizer(ctx, checkpoint, model, optimizer, scheduler)
         start, eval_metrics = checkpoint.step, dict(checkpoint.extra.get("eval_metrics", {}))
     elif eval_items:
         eval_metrics = evaluate(
@@ -226,21 +228,24 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
             save_step(
                 ctx,
                 step,
-                trainable_state=trainable_state(unwrapped),
+                trainable_state=gathered_trainable_state(accelerator, model),
                 optimizer=optimizer,
                 scheduler=scheduler,
                 extra={"plan": plan, "eval_metrics": eval_metrics},
                 keep=cfg.logging.keep_checkpoints,
+                model=model,
             )
         if on_step is not None:
             on_step(step, row)
     bar.close()
     metrics.close()
 
-    # step 6. save <output_dir>/model (merged when LoRA), the adapter, the tokenizer and rewardmix_rm.json
+    # step 6. save <output_dir>/model (merged when LoRA), the adapter, the tokenizer and rewardmix_rm.json;
+    # under FSDP the weights are gathered into a whole copy first
     model_dir, adapter_dir = out / "model", (out / "adapter" if cfg.lora.enabled else None)
+    whole = model_to_save(accelerator, model, lambda: load_model(cfg)[1])
     if is_main:
-        save_final_model(cfg, unwrapped, tokenizer, kind, out)
+        save_final_model(cfg, whole, tokenizer, kind, out)
         log.info("reward model done after %d steps; model in %s", total_steps, model_dir)
         if cfg.export_hf:
             export_reward_model(model_dir, out / "hf")
@@ -445,6 +450,8 @@ def accumulate_gradients(
     # by length, so that each micro-batch pads little (a stable sort keeps the order of equal lengths).
     by_length = sorted(batch, key=lambda item: max(len(seq) for seq in item.sequences))
     micro_batches = chunk(by_length, micro_batch_size) or [[]]
+    # Under FSDP every pass gathers weights from all processes: all run as many (the extra ones weighted 0).
+    micro_batches += [[]] * (lockstep(accelerator, len(micro_batches)) - len(micro_batches))
     for i, micro in enumerate(micro_batches):
         items, weight = (micro, 1.0) if micro else ([filler], 0.0)
         sequences = [seq for item in items for seq in item.sequences]
@@ -488,11 +495,16 @@ def evaluate(
         "se": 0.0,
         "ae": 0.0,
     }
-    if share:
-        sequences = [seq for item in share for seq in item.sequences]
+    sequences = [seq for item in share for seq in item.sequences]
+    # Under FSDP all processes run as many forward passes: pad with whole batches of a filler sequence.
+    passes = math.ceil(len(sequences) / batch_size)
+    real = len(sequences)
+    sequences += [items[0].sequences[0]] * (batch_size * (lockstep(accelerator, passes) - passes))
+    if sequences:
         scores = score_sequences(
             model, sequences, pad_id=pad_id, batch_size=batch_size, device=accelerator.device
-        ).cpu()  # the metrics below are computed on the CPU
+        ).cpu()[:real]  # the metrics below are computed on the CPU
+    if share:
         # Unweighted: loss weights are a training device, the eval loss measures the data as it is.
         plain = [item._replace(weight=1.0) for item in share]
         sums["loss"] = float(items_loss(objective, plain, scores))

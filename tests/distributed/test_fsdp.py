@@ -1,0 +1,197 @@
+"""FSDP2 for real: `accelerate launch` with configs/accelerate/fsdp-cpu-2proc.yaml (2 CPU processes, gloo).
+
+Each test runs a stage with its weights, gradients and optimizer states sharded over 2 processes and checks it
+against the same stage data-parallel (DDP, 2 processes) and in this process (1 process, twice the per-process
+batch): every metric at every step and the final trainable weights agree within the tolerances of
+test_ddp.py (float rounding: the shards reduce in another order). The SFT run is killed (SIGKILL, the whole
+process group) after its first sharded checkpoint and launched again: it must resume from that checkpoint and
+end where the uninterrupted runs end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rewardmix.rundir import read_jsonl
+from rewardmix.stages import reward_model, sft
+from tests.distributed.test_ddp import assert_same_metrics, assert_same_weights, run_here
+
+pytestmark = pytest.mark.slow  # each launch starts 2 Python processes: ~15 s on 2 busy cores
+
+REPO = Path(__file__).resolve().parents[2]
+FSDP_CPU = REPO / "configs/accelerate/fsdp-cpu-2proc.yaml"
+DDP_CPU = REPO / "configs/accelerate/cpu-2proc.yaml"
+CONTAINS_E = {"name": "e_count", "type": "contains", "contains": {"substring": "e", "mode": "count"}}
+
+
+def command(
+    tmp_path: Path, stage: str, config: dict[str, Any], out: Path, accelerate_config: Path
+) -> list[str]:
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump({"stage": stage, **config, "output_dir": str(out)}))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
+    return [*launcher, "-m", "rewardmix.cli", stage, str(path)]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def assert_sharded(out: Path, step: int) -> None:
+    """Checkpoint ``step`` holds each process's shards, every file checksummed in the manifest; no
+    optimizer.pt (a run that fell back to data parallelism would write that instead)."""
+    files = json.loads((out / "checkpoints" / f"step-{step:08d}" / "manifest.json").read_text())["files"]
+    for part in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert {
+            f"shards/{part}/__0_0.distcp",
+            f"shards/{part}/__1_0.distcp",
+            f"shards/{part}/.metadata",
+        } <= set(files)
+    assert "optimizer.pt" not in files and not list((out / "checkpoints").glob(".shards-*"))
+
+
+def launch(tmp_path: Path, stage: str, config: dict[str, Any], name: str, accelerate_config: Path) -> str:
+    """Run ``stage`` to the end with 2 processes; its stderr."""
+    out = tmp_path / name
+    done = subprocess.run(
+        command(tmp_path, stage, config, out, accelerate_config),
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stderr
+
+
+def launch_and_kill(tmp_path: Path, stage: str, config: dict[str, Any], name: str, *, after: int) -> None:
+    """Start ``stage`` with FSDP and SIGKILL every process of the launch once checkpoint ``after`` is complete."""
+    import psutil
+
+    out = tmp_path / name
+    manifest = out / "checkpoints" / f"step-{after:08d}" / "manifest.json"
+    process = subprocess.Popen(
+        command(tmp_path, stage, config, out, FSDP_CPU),
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not manifest.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        # torchrun starts its workers in sessions of their own: kill the launcher and every process under it.
+        launcher = psutil.Process(process.pid)
+        workers = launcher.children(recursive=True)
+        for each in [launcher, *workers]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                each.send_signal(signal.SIGKILL)
+        process.wait()
+        psutil.wait_procs(workers, timeout=30)
+    assert manifest.is_file(), f"no checkpoint {after} before the kill (exit code {process.returncode})"
+    assert not (out / "summary.json").exists(), "the run ended before the kill"
+
+
+def test_sft_fsdp_equals_ddp_equals_one_process_through_a_kill_and_resume(tmp_path):
+    config = {
+        "cpu": True,
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},  # dropout masks would differ between the runs
+        "phases": [{"data": "builtin:toy", "max_steps": 6, "eval_fraction": 0.1}],
+        "optim": {
+            "micro_batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 1e-2,
+            "adam_epsilon": 1e-4,  # see test_ddp.py's docstring
+        },
+        # 6 eval items over 2 processes, micro-batches of 2: the eval passes are even; the training share of
+        # each step (4 per process) too. Samples: greedy generation under FSDP needs every process.
+        "logging": {"num_samples": 2, "eval_every": 2, "sample_every": 3, "checkpoint_every": 2},
+    }
+    launch_and_kill(tmp_path, "sft", config, "fsdp", after=2)
+    stderr = launch(tmp_path, "sft", config, "fsdp", FSDP_CPU)
+    assert re.search(r"resuming from checkpoint \S+/step-0000000[24] \(step [24]\)", stderr)
+    fsdp = tmp_path / "fsdp"
+    launch(tmp_path, "sft", config, "ddp", DDP_CPU)
+    one = run_here(tmp_path, sft, {**config, "optim": {**config["optim"], "micro_batch_size": 4}})
+
+    rows = assert_same_metrics(fsdp, tmp_path / "ddp")
+    assert_same_metrics(fsdp, one)
+    assert [r["step"] for r in rows] == list(range(7)) and "loss/eval" in rows[-1]
+    assert_same_weights(fsdp, tmp_path / "ddp")
+    assert_same_weights(fsdp, one)
+    # The checkpoint holds each process's shards, every file checksummed in the manifest; no optimizer.pt.
+    last = fsdp / "checkpoints" / "step-00000006"
+    files = json.loads((last / "manifest.json").read_text())["files"]
+    assert {"shards/pytorch_model_fsdp_0/__0_0.distcp", "shards/pytorch_model_fsdp_0/__1_0.distcp"} <= set(
+        files
+    )
+    assert {"shards/optimizer_0/__0_0.distcp", "shards/optimizer_0/__1_0.distcp"} <= set(files)
+    assert "optimizer.pt" not in files and not list((fsdp / "checkpoints").glob(".shards-*"))
+    assert (fsdp / "model" / "adapter_model.safetensors").is_file()  # gathered and saved as in one process
+    steps = [r["step"] for r in read_jsonl(fsdp / "samples.jsonl")]
+    assert steps == [3, 3, 6, 6]  # every sample row once, though the run was killed after step 2
+
+
+def test_reward_model_fsdp_equals_one_process_and_resumes_from_its_shards(tmp_path):
+    config = {
+        "cpu": True,
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"train": "builtin:toy", "eval_fraction": 0.2},  # an odd eval set: uneven shares, padded
+        "optim": {"micro_batch_size": 4, "max_steps": 4, "learning_rate": 1e-2, "adam_epsilon": 1e-4},
+        "logging": {"num_samples": 2, "eval_every": 2, "checkpoint_every": 2},
+    }
+    stderr = launch(tmp_path, "reward-model", config, "fsdp", FSDP_CPU)
+    assert "FSDP2 on CPU processes (gloo)" in stderr
+    fsdp = tmp_path / "fsdp"
+    assert_sharded(fsdp, 2)
+    assert_sharded(fsdp, 4)
+    one = run_here(tmp_path, reward_model, {**config, "optim": {**config["optim"], "micro_batch_size": 8}})
+    rows = assert_same_metrics(fsdp, one)
+    assert sum("rm/accuracy" in r for r in rows) == 3
+    assert_same_weights(fsdp, one)
+    assert (fsdp / "model" / "rewardmix_rm.json").is_file()
+    first = json.loads((fsdp / "summary.json").read_text())
+
+    # Lose the last checkpoint and the end of the run: the rerun resumes from step 2's shards.
+    shutil.rmtree(fsdp / "checkpoints" / "step-00000004")
+    for name in ("summary.json", "model", "adapter"):
+        shutil.rmtree(fsdp / name, ignore_errors=True) if (fsdp / name).is_dir() else (fsdp / name).unlink()
+    stderr = launch(tmp_path, "reward-model", config, "fsdp", FSDP_CPU)
+    assert "step-00000002 (step 2)" in stderr
+    assert_same_metrics(fsdp, one)
+    assert_same_weights(fsdp, one)
+    assert json.loads((fsdp / "summary.json").read_text())["eval_metrics"] == pytest.approx(
+        first["eval_metrics"], rel=1e-5, abs=1e-6
+    )
+
+
+def test_ppo_under_fsdp_stops_before_any_work_naming_the_reason(tmp_path):
+    out = tmp_path / "ppo"
+    done = subprocess.run(
+        command(tmp_path, "ppo", {"ppo": {"steps": 1}, "reward": {"components": [CONTAINS_E]}}, out, FSDP_CPU),
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("rewardmix: error:")]
+    assert len(lines) == 2  # one per process, each the config error, no traceback from the stage
+    assert lines[0].startswith(
+        "rewardmix: error: ppo: accelerate config distributed_type FSDP is not supported"
+    )
+    assert "ONE shared base" in lines[0] and "configs/accelerate/multi-gpu.yaml" in lines[0]
+    assert "rewardmix/train" not in done.stderr and "rewardmix/stages" not in done.stderr
+    assert not out.exists()  # refused before the run directory was made
