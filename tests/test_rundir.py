@@ -266,3 +266,11 @@ def test_restart_may_follow_the_recipe_file_and_moves_the_recipe_directory_aside
     assert code == 0, err
     (moved,) = tmp_path.glob("recipe-run.old-*")
     assert (moved / "mine.txt").read_text() == "kept" and not (out / "mine.txt").exists()
+
+
+def test_a_lone_tilde_is_yaml_null_and_the_error_says_how_to_write_home(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, "sft", "output_dir=~")
+    assert code == 2
+    assert "'output_dir' must be a string, got None" in err and "write ~/ for the home folder" in err
+    assert list(tmp_path.iterdir()) == []

@@ -474,13 +474,20 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", pre
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{where}: missing required key {_dotted(prefix, name)!r}")
             continue
-        kwargs[name] = _convert(
-            hints[name],
-            data[name],
-            source=source,
-            key=_dotted(prefix, name),
-            where=_where(data, name, source, prefix),
-        )
+        try:
+            kwargs[name] = _convert(
+                hints[name],
+                data[name],
+                source=source,
+                key=_dotted(prefix, name),
+                where=_where(data, name, source, prefix),
+            )
+        except ConfigError as e:
+            if name in EXPANDED_FIELDS and data[name] is None:  # `output_dir: ~` or `output_dir=~`
+                raise ConfigError(
+                    f"{e} (YAML reads a lone ~ as null: write ~/ for the home folder)"
+                ) from None
+            raise
         if name in EXPANDED_FIELDS and isinstance(kwargs[name], str):
             try:
                 kwargs[name] = expand_path(kwargs[name], key=_dotted(prefix, name))
