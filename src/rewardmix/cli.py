@@ -1,6 +1,7 @@
 """The ``rewardmix`` command: parse arguments, load the config, set up logging, call ``stages.<x>.run(cfg)``.
 
 rewardmix <stage> [CONFIG.yaml | builtin:<name>] [key.sub=value | key[i].sub=value ...]
+rewardmix <stage> --restart [...]               move the run in output_dir aside (<dir>.old-<time>), start afresh
 rewardmix <stage> --help                        the stage's config fields: key, type, default, meaning
 rewardmix show-config CONFIG.yaml [key.sub=value ...]
 rewardmix show-config --stage <stage> [...]     a stage's defaults as YAML, ready to edit
@@ -39,7 +40,7 @@ from rewardmix.data.readers import DataError
 from rewardmix.llm.client import LLMError
 from rewardmix.preflight import PreflightError
 from rewardmix.redact import install_excepthooks, install_redaction, redact
-from rewardmix.rundir import NoSpaceError
+from rewardmix.rundir import NoSpaceError, restarting, run_dir_scope
 from rewardmix.stages import STAGES, Stage, get_stage
 
 log = logging.getLogger("rewardmix")
@@ -69,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  rewardmix <stage> --help               the stage's config fields: key, type, default, meaning\n"
         "  rewardmix show-config --stage <stage>  its defaults as YAML, ready to edit\n"
         "  rewardmix show-config --list           the configs shipped in the package (builtin:<name>)\n"
-        "  rewardmix show-config FILE             what a config resolves to\n\n"
+        "  rewardmix show-config FILE             what a config resolves to\n"
+        "  rewardmix <stage> --restart ...        move the run in output_dir aside and start afresh\n"
+        "A stage writes only into an absent or empty output_dir or a run of the same stage (exit code 2\n"
+        "otherwise), one run per folder at a time; ~ and $VAR in output_dir are expanded.\n\n"
         "exit codes: " + "; ".join(f"{code} {what.split(' (')[0]}" for code, what in EXIT_CODES.items()),
     )
     parser.add_argument("--version", action="version", version=f"rewardmix {__version__}")
@@ -91,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.stage = stage
         _add_config_args(p)
+        p.add_argument(
+            "--restart",
+            action="store_true",
+            help="start afresh: an existing run of this stage in output_dir (a recipe: in its directory and its "
+            "steps' directories) is renamed to <dir>.old-<UTC time>, never deleted. Without it a run resumes, "
+            "and a finished or checkpointed training run (sft, reward-model, ppo) whose config changed is "
+            "refused (exit code 2)",
+        )
     p = sub.add_parser(
         "show-config",
         help="print a resolved config (a file, builtin:<name>, or a stage's defaults); --list: the shipped ones",
@@ -308,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault(key, value)
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
+    if hasattr(
+        ns, "restart"
+    ):  # `run R.yaml --restart key=value`: the arguments after the flag are the stage's too
+        ns.args += [a for a in extra if not a.startswith("-")]
+        extra = [a for a in extra if a.startswith("-")]
     if extra:
         hint = option_hint(extra, sys.argv[1:] if argv is None else argv)
         print(f"rewardmix: error: {redact(hint)}", file=sys.stderr)
@@ -334,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         path, overrides = split_config_args(ns.args)
         stage_name, cfg = resolve(ns.command, path, overrides)
         preflight.check(cfg, stage=stage_name)  # every named model, adapter and data path, before any loads
-        get_stage(stage_name).load().run(cfg)
+        # the run folder's lock is released when the stage ends, however it ends
+        with run_dir_scope(), restarting(ns.restart):
+            get_stage(stage_name).load().run(cfg)
     except SystemExit:
         raise
     except BaseException as e:  # the one place a failure becomes a message and an exit code

@@ -12,6 +12,10 @@ A config path may be ``builtin:<name>``: a config or recipe shipped inside the p
 (``rewardmix/configs/``, ``rewardmix/recipes/``; :func:`builtin_configs` lists them), so ``rewardmix ppo
 builtin:ppo`` works from any directory of any install.
 
+Output folders: a field named ``output_dir`` or ``dir`` (any section) is expanded as a shell would: a leading ``~`` or
+``~user`` becomes that home folder and ``$VAR`` / ``${VAR}`` that environment variable (:func:`expand_path`); an
+unknown user or an unset variable is a :class:`ConfigError`, never a folder named ``~`` or ``$VAR``.
+
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``, ``list[X]``,
 ``tuple[X, ...]``, ``dict[str, X]`` and nested dataclasses, in any combination.
 """
@@ -23,6 +27,7 @@ import dataclasses
 import difflib
 import importlib.resources
 import math
+import os
 import re
 import types
 import typing
@@ -42,6 +47,7 @@ __all__ = [
     "builtin_configs",
     "config_defaults",
     "config_path",
+    "expand_path",
     "from_dict",
     "load_config",
     "load_yaml",
@@ -453,6 +459,36 @@ def _key_text(parts: list[str | int]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
+EXPANDED_FIELDS = ("output_dir", "dir")
+"""Fields whose string value :func:`from_dict` expands with :func:`expand_path` (in any section)."""
+
+_ENV_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand_path(value: str, *, key: str = "output_dir") -> str:
+    """``value`` with ``$VAR`` / ``${VAR}`` and a leading ``~`` / ``~user`` expanded, as a shell would.
+
+    Args:
+        value: A path as the user wrote it.
+        key: The config key, for messages.
+
+    Raises:
+        ConfigError: ``key '<key>': environment variable $X is not set`` or ``... no home folder for ~user``.
+    """
+
+    def variable(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            raise ConfigError(f"key {key!r}: environment variable ${name} is not set (in {value!r})")
+        return os.environ[name]
+
+    expanded = os.path.expanduser(_ENV_VAR.sub(variable, value))
+    if expanded.startswith("~"):
+        user = expanded.split("/", 1)[0]
+        raise ConfigError(f"key {key!r}: no home folder for {user} (in {value!r})")
+    return expanded
+
+
 def load_config(
     cls: type[T], path: str | Path | None, overrides: list[str] | None = None, *, stage: str | None = None
 ) -> T:
@@ -495,13 +531,25 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", pre
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{where}: missing required key {_dotted(prefix, name)!r}")
             continue
-        kwargs[name] = _convert(
-            hints[name],
-            data[name],
-            source=source,
-            key=_dotted(prefix, name),
-            where=_where(data, name, source, prefix),
-        )
+        try:
+            kwargs[name] = _convert(
+                hints[name],
+                data[name],
+                source=source,
+                key=_dotted(prefix, name),
+                where=_where(data, name, source, prefix),
+            )
+        except ConfigError as e:
+            if name in EXPANDED_FIELDS and data[name] is None:  # `output_dir: ~` or `output_dir=~`
+                raise ConfigError(
+                    f"{e} (YAML reads a lone ~ as null: write ~/ for the home folder)"
+                ) from None
+            raise
+        if name in EXPANDED_FIELDS and isinstance(kwargs[name], str):
+            try:
+                kwargs[name] = expand_path(kwargs[name], key=_dotted(prefix, name))
+            except ConfigError as e:
+                raise ConfigError(f"{_where(data, name, source, prefix)}: {e}") from None
     try:
         return cls(**kwargs)
     except RangeError as e:

@@ -38,6 +38,15 @@ METRIC_RTOL, METRIC_ATOL, WEIGHT_ATOL = 1e-5, 1e-6, 1e-5
 
 def launch(tmp_path: Path, stage: str, config: dict[str, Any], *, config_file: bool = True) -> Path:
     """Run ``stage`` with 2 processes through `accelerate launch` (the documented command); its output dir."""
+    out, done = launch_process(tmp_path, stage, config, config_file=config_file)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def launch_process(
+    tmp_path: Path, stage: str, config: dict[str, Any], *, config_file: bool = True
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """:func:`launch` without the check: the output dir and the finished launch."""
     out = tmp_path / "two"
     path = tmp_path / f"{stage}.yaml"
     path.write_text(yaml.safe_dump({"stage": stage, **config, "output_dir": str(out)}))
@@ -58,8 +67,7 @@ def launch(tmp_path: Path, stage: str, config: dict[str, Any], *, config_file: b
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out
+    return out, done
 
 
 def run_here(tmp_path: Path, module: Any, config: dict[str, Any]) -> Path:
@@ -166,3 +174,14 @@ def test_ppo_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
     assert [s["completion"] for s in samples[0]] == [s["completion"] for s in samples[1]]
     assert len({s["completion"] for s in samples[0]}) > 1
     assert_same_weights(two, one)
+
+
+def test_a_refused_run_directory_stops_every_process_with_the_main_ones_message(tmp_path):
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "notes.txt").write_text("mine")  # a folder of the user's: refused by the main process
+    config = {"cpu": True, "lora": {"enabled": False}, "phases": [{"data": "builtin:toy", "max_steps": 1}]}
+    out, done = launch_process(tmp_path, "sft", config)
+    assert done.returncode != 0
+    # both processes stop (no wait for the main one forever) with the same clean message
+    assert done.stderr.count("holds no rewardmix run (no run_info.json); refusing to write into it") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

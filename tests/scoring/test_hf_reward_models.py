@@ -22,7 +22,7 @@ from rewardmix.models.tiny import (
     build_tiny_encoder,
     build_tiny_tokenizer,
 )
-from rewardmix.rundir import read_jsonl
+from rewardmix.rundir import RunDirError, read_jsonl
 from rewardmix.scoring import RewardModelScorer, ScoringBatch
 from rewardmix.scoring.rm_export import export_reward_model
 from rewardmix.scoring.rm_inputs import collate
@@ -186,6 +186,19 @@ def test_what_cannot_be_exact_is_refused_and_nothing_written(tmp_path, kwargs, m
     with pytest.raises(NotExportableError, match=message):
         export_reward_model(folder, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_an_export_into_a_folder_of_other_files_is_refused_and_an_earlier_export_is_replaced(tmp_path):
+    folder = save_head_model(tmp_path / "model")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match=r"mine: exists and is not an exported reward model"):
+        export_reward_model(folder, mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    export_reward_model(folder, tmp_path / "hf")
+    export_reward_model(folder, tmp_path / "hf")  # an earlier export is replaced as before
+    assert "rewardmix_reward_model" in json.loads((tmp_path / "hf" / "config.json").read_text())
 
 
 def test_a_bias_is_exported_as_a_stated_shift_when_allowed(tmp_path):

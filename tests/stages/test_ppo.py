@@ -26,7 +26,7 @@ from rewardmix.models.heads import ScalarHeadModel
 from rewardmix.models.lora import LoraSettings, add_adapters, save_adapter
 from rewardmix.models.lora import trainable_parameters as lora_trainable_parameters
 from rewardmix.models.tiny import build_tiny_causal_lm, build_tiny_tokenizer
-from rewardmix.rundir import read_jsonl
+from rewardmix.rundir import RunDirError, read_jsonl
 from rewardmix.scoring import (
     SCORER_TYPES,
     CompositeConfig,
@@ -301,11 +301,12 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
     assert rows[0][-1]["objective/kl_coef"] != rows[0][0]["objective/kl_coef"]  # the controller did move
 
 
-def test_resume_refuses_a_checkpoint_of_another_plan(tmp_path):
+def test_resume_refuses_a_changed_config(tmp_path):
+    # (the checkpoint's plan behind it, for a data file changed in place: tests/train/test_run.py)
     ppo.run(tiny_config(tmp_path / "run", steps=1))
     cfg = tiny_config(tmp_path / "run", steps=1)
     cfg.ppo.batch_size = 2
-    with pytest.raises(ValueError, match="another plan"):
+    with pytest.raises(RunDirError, match=r"another config \(ppo\.batch_size: 4 -> 2\)"):
         ppo.run(cfg)
 
 

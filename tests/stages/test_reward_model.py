@@ -15,7 +15,7 @@ from rewardmix.data.rm_items import Item, balance_ratings, build_items, read_dat
 from rewardmix.data.toy import toy_pairs, toy_rankings, toy_ratings
 from rewardmix.models.heads import ScalarHeadModel
 from rewardmix.models.tiny import build_tiny_tokenizer
-from rewardmix.rundir import read_jsonl
+from rewardmix.rundir import RunDirError, read_jsonl
 from rewardmix.scoring import RewardModelScorer, ScoringBatch, rm_inputs
 from rewardmix.scoring.rm_inputs import RM_META_NAME, InputEncoder, collate, read_rm_meta, score_sequences
 from rewardmix.stages import reward_model as rm
@@ -445,11 +445,22 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, data_dir, spy
         assert rows["killed"][-1][key] == rows["straight"][-1][key], key
 
 
-def test_resume_refuses_other_data(tmp_path, data_dir):
+def test_resume_refuses_other_data(tmp_path):
+    # the same config, the file's content changed: the checkpoint's data/batch plan refuses it
+    train = tmp_path / "pairs.jsonl"
+    write_pairs(train, toy_pairs(128, seed=1))
+    cfg = tiny_config(tmp_path / "run", str(train), max_steps=1)
+    rm.run(cfg)
+    write_pairs(train, toy_pairs(48, seed=2))
+    with pytest.raises(ValueError, match="another data/batch plan"):
+        rm.run(cfg)
+
+
+def test_resume_with_another_data_file_is_refused_by_the_config_check(tmp_path, data_dir):
     cfg = tiny_config(tmp_path / "run", str(data_dir / "train_pairs.jsonl"), max_steps=1)
     rm.run(cfg)
     cfg.data.train = str(data_dir / "eval_pairs.jsonl")
-    with pytest.raises(ValueError, match="another data/batch plan"):
+    with pytest.raises(RunDirError, match=r"another config \(data\.train: "):
         rm.run(cfg)
 
 

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from rewardmix.config import ConfigError, load_config
+from rewardmix.rundir import prepare_run_dir, read_jsonl
 from rewardmix.stages import run, sft
 
 REPO = Path(__file__).resolve().parents[2]
@@ -289,3 +292,149 @@ def test_a_profile_override_the_stage_rejects_names_the_step_and_profile(tmp_pat
     path = write_profiled(tmp_path, {"small": {"steps": {"a": {"optim": {"micro_batch_sizes": 2}}}}})
     with pytest.raises(ConfigError, match=r"recipe step 'a' \(profile 'small'\).*micro_batch_sizes"):
         run.resolve_steps(load_config(run.Config, path, ["profile=small"], stage="run"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unfinished work that started from other inputs
+
+
+@pytest.fixture
+def run_dirs(monkeypatch):
+    """A fast fake sft.run that writes a real run folder (config, lock) and records the folders it ran in;
+    the step named in ``kill`` is cut off after writing a checkpoint."""
+    seen: list[str] = []
+    kill: set[str] = set()
+
+    def fake_run(cfg: sft.Config) -> str:
+        out = prepare_run_dir(cfg.output_dir, cfg, stage="sft", resumable=True)
+        seen.append(out.name)
+        (out / "checkpoints").mkdir(exist_ok=True)
+        (out / "checkpoints" / "step-1").write_text(f"trained from {cfg.model.name}, seed {cfg.seed}")
+        if out.name in kill:
+            raise KeyboardInterrupt
+        (out / "model").mkdir(exist_ok=True)
+        return out.name
+
+    monkeypatch.setattr(sft, "run", fake_run)
+    return seen, kill
+
+
+def test_a_step_cut_off_then_an_earlier_step_edited_restarts_clean(tmp_path, run_dirs):
+    seen, kill = run_dirs
+    path = write_recipe(tmp_path)
+    kill.add("b")
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(path)
+    kill.clear()
+    assert (tmp_path / "out" / "b" / "checkpoints" / "step-1").exists()
+
+    result = run_recipe(write_recipe(tmp_path, a={"seed": 7}))  # step a edited: its output changes
+    assert statuses(result) == [("a", "ran"), ("b", "ran")]
+    stale = list((tmp_path / "out").glob("b.stale-*"))
+    assert len(stale) == 1, "b's unfinished run, trained on a's old output, is set aside"
+    assert (
+        stale[0] / "checkpoints" / "step-1"
+    ).read_text() == f"trained from {tmp_path / 'out' / 'a'}/model, seed 0"
+    assert seen == ["a", "b", "a", "b"]
+    assert len(list((tmp_path / "out").glob("a.stale-*"))) == 1  # a, finished with the old config
+
+
+def test_a_cut_off_step_whose_own_config_changed_is_set_aside_and_an_unchanged_one_resumes(
+    tmp_path, run_dirs
+):
+    seen, kill = run_dirs
+    kill.add("b")
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(write_recipe(tmp_path))
+    with pytest.raises(KeyboardInterrupt):  # a plain rerun resumes b in place
+        run_recipe(write_recipe(tmp_path))
+    assert not list((tmp_path / "out").glob("b.stale-*"))
+    kill.clear()
+
+    result = run_recipe(write_recipe(tmp_path, b={"seed": 3}))
+    assert statuses(result) == [("a", "skipped"), ("b", "ran")]
+    assert len(list((tmp_path / "out").glob("b.stale-*"))) == 1
+    assert not list((tmp_path / "out").glob("a.stale-*"))
+
+
+def test_a_state_without_start_records_sets_aside_a_step_behind_one_that_ran_again(tmp_path, run_dirs):
+    seen, kill = run_dirs
+    kill.add("b")
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(write_recipe(tmp_path))
+    kill.clear()
+    state_path = tmp_path / "out" / run.STATE_FILE
+    state = json.loads(state_path.read_text())
+    del state["started"]  # as an earlier version wrote it
+    state_path.write_text(json.dumps(state))
+
+    run_recipe(write_recipe(tmp_path, a={"seed": 7}))
+    assert len(list((tmp_path / "out").glob("b.stale-*"))) == 1
+
+
+def toy_recipe(tmp_path: Path, name: str, *, seed_a: int = 0) -> run.Config:
+    """The shipped toy recipe (sft_a: 4 steps, then sft_b: 2 steps from sft_a's model), sft_b checkpointing
+    every step, in ``tmp_path / name``."""
+    data = yaml.safe_load((REPO / "configs" / "recipe-toy.yaml").read_text())
+    data["output_dir"] = str(tmp_path / name)
+    data["steps"][0]["config"]["seed"] = seed_a
+    data["steps"][1]["config"]["logging"]["checkpoint_every"] = 1
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(run.Config, path, stage="run")
+
+
+def model_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def cut_in_sft_b(monkeypatch) -> None:
+    """sft_b is killed right after its step-1 checkpoint (the toy recipe's other steps run as they are)."""
+    real_run = sft.run
+
+    def killed(cfg: sft.Config):
+        if Path(cfg.output_dir).name != "sft_b":
+            return real_run(cfg)
+
+        def on_step(step: int, row: dict) -> None:
+            if step == 1:
+                raise KeyboardInterrupt
+
+        return real_run(cfg, on_step=on_step)
+
+    monkeypatch.setattr(sft, "run", killed)
+
+
+def test_real_toy_recipe_kill_in_b_edit_a_rerun_equals_a_clean_run_and_a_plain_rerun_resumes(
+    tmp_path, monkeypatch
+):
+    real_run = sft.run
+    # 1. killed in sft_b, rerun as it is: sft_b resumes its checkpoint and ends as an uninterrupted run
+    clean = run.run(toy_recipe(tmp_path, "clean"))
+    cut_in_sft_b(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run.run(toy_recipe(tmp_path, "resumed"))
+    monkeypatch.setattr(sft, "run", real_run)
+    resumed = run.run(toy_recipe(tmp_path, "resumed"))
+    assert statuses(resumed) == [("sft_a", "skipped"), ("sft_b", "ran")]
+    assert not list((tmp_path / "resumed").glob("*.stale-*"))
+    assert [r["step"] for r in read_jsonl(tmp_path / "resumed" / "sft_b" / "metrics.jsonl")] == [1, 2]
+    for key, value in model_weights(clean.steps[1].output_dir / "model").items():
+        assert torch.equal(model_weights(resumed.steps[1].output_dir / "model")[key], value), key
+
+    # 2. killed in sft_b, sft_a edited, rerun: sft_b must not resume a checkpoint trained on sft_a's old model
+    cut_in_sft_b(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run.run(toy_recipe(tmp_path, "edited"))
+    monkeypatch.setattr(sft, "run", real_run)
+    edited = run.run(toy_recipe(tmp_path, "edited", seed_a=5))
+    assert statuses(edited) == [("sft_a", "ran"), ("sft_b", "ran")]
+    assert len(list((tmp_path / "edited").glob("sft_b.stale-*"))) == 1
+    reference = run.run(toy_recipe(tmp_path, "reference", seed_a=5))
+    got, want = (
+        model_weights(edited.steps[1].output_dir / "model"),
+        model_weights(reference.steps[1].output_dir / "model"),
+    )
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key

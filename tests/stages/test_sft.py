@@ -19,7 +19,7 @@ from rewardmix.data.chat import Message
 from rewardmix.data.toy import BUILTIN_TOY, toy_rows
 from rewardmix.models.loading import load_causal_lm
 from rewardmix.models.tiny import build_tiny_tokenizer
-from rewardmix.rundir import read_jsonl
+from rewardmix.rundir import RunDirError, read_jsonl
 from rewardmix.stages import sft
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,11 +223,20 @@ def test_rerunning_a_finished_run_trains_no_further(tmp_path, toy_file):
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == first.global_step
 
 
-def test_resuming_on_other_data_is_refused(tmp_path, toy_file):
+def test_resuming_on_other_data_is_refused(tmp_path):
+    # the same config, the file's content changed: the checkpoint's data/batch plan refuses it
+    cfg = tiny_config(tmp_path / "run", write_jsonl(tmp_path / "data.jsonl", toy_rows()[:16]))
+    sft.run(cfg)
+    write_jsonl(tmp_path / "data.jsonl", toy_rows()[20:36])
+    with pytest.raises(ValueError, match="another data/batch plan"):
+        sft.run(cfg)
+
+
+def test_resuming_with_another_data_file_is_refused_by_the_config_check(tmp_path, toy_file):
     cfg = tiny_config(tmp_path / "run", toy_file)
     sft.run(cfg)
     cfg.phases[0].data = write_jsonl(tmp_path / "other.jsonl", toy_rows()[20:36])
-    with pytest.raises(ValueError, match="another data/batch plan"):
+    with pytest.raises(RunDirError, match=r"holds a 'sft' run with another config \(phases\[0\]\.data: "):
         sft.run(cfg)
 
 

@@ -9,6 +9,7 @@ resume from step 4, log every step once, and end where an uninterrupted run ends
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def test_an_sft_checkpoint_written_before_the_restructuring_resumes_to_the_unint
 ):
     old = tmp_path / "old"
     shutil.copytree(FIXTURE, old, ignore=shutil.ignore_patterns("uninterrupted_*"))
+    # the fixture keeps the checkpoints and logs; every run folder also has had its run_info.json since the
+    # package skeleton (a folder without one is not taken for a run), its config.yaml is left out
+    (old / "run_info.json").write_text(json.dumps({"stage": "sft", "rewardmix_version": "0.1.0"}))
     caplog.set_level("INFO", logger="rewardmix.train.checkpoint")
     resumed = sft.run(sft_config(old))
     assert "resuming from checkpoint" in caplog.text and "step-00000004" in caplog.text

@@ -28,6 +28,7 @@ import torch
 
 from rewardmix.data.chat import CHATML_TEMPLATE
 from rewardmix.models.tokens import pad_token_id
+from rewardmix.rundir import RunDirError
 from rewardmix.scoring.reward_model import RewardModelScorer
 from rewardmix.scoring.rm_inputs import RM_META_NAME, collate, read_rm_meta
 
@@ -67,6 +68,29 @@ def reward_model_folder(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def check_export_folder(out: Path) -> None:
+    """Refuse to replace a folder that is not an earlier export (its ``config.json`` holds
+    ``rewardmix_reward_model``): a user's files.
+
+    Raises:
+        RunDirError: ``out`` is a file, or a non-empty folder that is no export.
+    """
+    if not out.exists() or (out.is_dir() and (not any(out.iterdir()) or _is_export(out))):
+        return
+    raise RunDirError(
+        f"output_dir {out}: exists and is not an exported reward model (no config.json with "
+        "rewardmix_reward_model); refusing to replace it (nothing was changed): use a new or empty folder"
+    )
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "rewardmix_reward_model" in config
+
+
 def export_reward_model(
     model_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, allow_score_shift: bool = False
 ) -> ExportResult:
@@ -85,10 +109,13 @@ def export_reward_model(
     Raises:
         rewardmix.models.hf_classifier.NotExportableError: When the scores could not be reproduced (the
             message says why), including a probe mismatch.
+        rewardmix.rundir.RunDirError: ``out_dir`` exists and is neither empty nor an earlier export (it would
+            be replaced); nothing is written.
     """
     from rewardmix.models.hf_classifier import NotExportableError, to_sequence_classifier
     from rewardmix.models.loading import save_pretrained_atomic
 
+    check_export_folder(Path(out_dir))
     folder = reward_model_folder(model_path)
     scorer = RewardModelScorer.from_pretrained(folder, batch_size=len(PROBES))
     tokenizer = scorer.tokenizer

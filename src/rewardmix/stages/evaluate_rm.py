@@ -161,8 +161,7 @@ def run(cfg: Config, *, scorer: Scorer | None = None) -> EvalResult:
         An :class:`EvalResult`.
     """
     # step 1. run directory
-    out = Path(cfg.output_dir)
-    prepare_run_dir(out, cfg, stage="evaluate-rm")
+    out = prepare_run_dir(cfg.output_dir, cfg, stage="evaluate-rm")
 
     # step 2. the scorer, building inputs as training did
     if scorer is None:

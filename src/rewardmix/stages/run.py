@@ -10,9 +10,13 @@ What a run does, in order (the numbered steps of :func:`run`):
 3. Skip the leading steps that ``recipe_state.json`` records as done with the same resolved config (its
    SHA-256). From the first step that is not done, or whose config changed, every step runs again: a later
    step's inputs may have changed with it. A step that was finished before is rerun in a fresh directory
-   (the old one is renamed ``<dir>.stale-<time>``, never deleted); a step that was cut off by a kill has no
-   record and resumes from its own checkpoints, where the stage stopped.
-4. After each step, record it as done in ``recipe_state.json`` (written atomically).
+   (the old one is renamed ``<dir>.stale-<time>``, never deleted).
+4. Before a step starts, record what it starts from: its inputs hash (its resolved config and the finished
+   run of every earlier step it may read). A step cut off by a kill resumes from its own checkpoints only when
+   that hash is unchanged; if its config or an earlier step's output changed since (an earlier step edited
+   and rerun), its unfinished run is renamed ``<dir>.stale-<time>`` with a warning and it starts clean.
+5. After each step, record it as done in ``recipe_state.json`` (written atomically). Each step runs with its
+   own run-folder lock, released when it ends.
 
 A recipe wires one step's outputs to the next step's inputs with references in string values::
 
@@ -49,13 +53,14 @@ import json
 import logging
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from rewardmix import preflight
 from rewardmix.config import ConfigError, from_dict, to_dict
-from rewardmix.rundir import atomic_write_text, prepare_run_dir
+from rewardmix.rundir import atomic_write_text, move_aside, prepare_run_dir, run_dir_scope, run_dir_stage
 from rewardmix.stages import get_stage
 
 log = logging.getLogger(__name__)
@@ -202,8 +207,7 @@ def run(cfg: Config) -> RecipeResult:
         A :class:`RecipeResult` with one :class:`StepOutcome` per step.
     """
     # step 1. recipe directory (the profile's, when one is selected) and the record of finished steps
-    out = Path(cfg.run_dir)
-    prepare_run_dir(out, cfg, stage="run")
+    out = prepare_run_dir(cfg.run_dir, cfg, stage="run")
     state_path = out / STATE_FILE
     state = read_state(state_path)
 
@@ -216,26 +220,52 @@ def run(cfg: Config) -> RecipeResult:
         len(resolved),
     )
     # A step recorded as done whose config (or an earlier step) changed holds a finished run that the stage
-    # would resume as "already done": move it aside so the step trains afresh. A step with no record was
-    # cut off, and resumes from its checkpoints. The records go before anything runs, so a kill from here on
-    # never leaves a step marked done on top of stale inputs.
+    # would resume as "already done": move it aside so the step trains afresh. A step with no done record was
+    # cut off: step 4 resumes it, or sets it aside when it started from other inputs. The records go before
+    # anything runs, so a kill from here on never leaves a step marked done on top of stale inputs.
     for step in resolved[first_stale:]:
-        if state["steps"].pop(step.name, None) is not None:
-            set_aside(Path(step.config.output_dir))
+        if state["steps"].pop(step.name, None) is not None and Path(step.config.output_dir).exists():
+            target = move_aside(step.config.output_dir, stage=step.stage, tag="stale")
+            log.warning(
+                "%s was finished with an older config or older inputs; moved it to %s",
+                step.config.output_dir,
+                target,
+            )
     write_state(state_path, state)
     outcomes = []
+    started_records = state.setdefault("started", {})
     for i, step in enumerate(resolved):
         output_dir = Path(step.config.output_dir)
         if i < first_stale:
             log.info("step %d/%d %s (%s): skipped, already done", i + 1, len(resolved), step.name, step.stage)
             outcomes.append(StepOutcome(step.name, step.stage, "skipped", output_dir, None))
             continue
+        # step 4. unfinished work started from other inputs is set aside; then record what this step starts from
+        inputs = inputs_sha256(step, resolved[:i], state)
+        record = started_records.get(step.name)
+        # no record (a state from before these records): stale when an earlier step ran again in this run
+        stale = record.get("inputs_sha256") != inputs if isinstance(record, dict) else i > first_stale
+        if stale and run_dir_stage(output_dir) == step.stage:
+            target = move_aside(output_dir, stage=step.stage, tag="stale")
+            log.warning(
+                "step %s: its unfinished run in %s started from another config or from other outputs of "
+                "earlier steps; moved it to %s, the step starts afresh",
+                step.name,
+                output_dir,
+                target,
+            )
+        started_records[step.name] = {
+            "inputs_sha256": inputs,
+            "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_state(state_path, state)
         log.info("step %d/%d %s (%s): running in %s", i + 1, len(resolved), step.name, step.stage, output_dir)
         started = time.perf_counter()
         try:
             # its inputs exist only now (an earlier step made them): checked as `rewardmix <stage>` checks them
             preflight.check(step.config, stage=step.stage)
-            result = get_stage(step.stage).load().run(step.config)
+            with run_dir_scope():  # the step's run-folder lock goes when it ends
+                result = get_stage(step.stage).load().run(step.config)
         except Exception:
             # the CLI prints the step's own message and exit code; this line says which step it was
             log.error(
@@ -245,14 +275,17 @@ def run(cfg: Config) -> RecipeResult:
             raise
         seconds = time.perf_counter() - started
 
-        # step 4. record it as done
+        # step 5. record it as done
         state["steps"][step.name] = {
             "stage": step.stage,
             "config_sha256": step.config_sha256,
+            "inputs_sha256": inputs,
+            "run_id": uuid.uuid4().hex,
             "output_dir": str(output_dir),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(seconds, 1),
         }
+        started_records.pop(step.name, None)
         write_state(state_path, state)
         log.info("step %d/%d %s done in %.0f s", i + 1, len(resolved), step.name, seconds)
         outcomes.append(StepOutcome(step.name, step.stage, "ran", output_dir, result, seconds))
@@ -367,15 +400,20 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
-def set_aside(run_dir: Path) -> Path | None:
-    """Rename a stale finished run directory to ``<name>.stale-<UTC time>`` (nothing is deleted)."""
-    if not run_dir.exists():
-        return None
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}")
-    run_dir.rename(target)
-    log.warning("%s was finished with an older config or older inputs; moved it to %s", run_dir, target)
-    return target
+def inputs_sha256(step: ResolvedStep, earlier: list[ResolvedStep], state: dict[str, Any]) -> str:
+    """SHA-256 of what a step starts from: its resolved config and the finished run of every earlier step.
+
+    Each earlier step counts by its recorded config and run id (its finish time in records older than run
+    ids), so an earlier step that ran again, with the same config or not, makes another hash.
+    """
+    upstream = []
+    for s in earlier:
+        record = state["steps"].get(s.name) or {}
+        upstream.append(
+            [s.name, record.get("config_sha256"), record.get("run_id") or record.get("finished_at")]
+        )
+    text = json.dumps({"config": step.config_sha256, "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def is_done(state: dict[str, Any], step: ResolvedStep) -> bool:

@@ -42,7 +42,7 @@ from rewardmix import preflight
 from rewardmix.config import ConfigError, apply_overrides, config_defaults, from_dict, load_yaml, parse_key
 from rewardmix.config import set_key as _set_key
 from rewardmix.markdown import md_cell, md_code
-from rewardmix.rundir import atomic_write_text, prepare_run_dir, read_jsonl
+from rewardmix.rundir import atomic_write_text, prepare_run_dir, read_jsonl, run_dir_scope
 from rewardmix.stages import ppo
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,7 @@ def run(cfg: Config) -> SweepResult:
         A :class:`SweepResult`.
     """
     # step 1. run directory and the base config
-    out = Path(cfg.output_dir)
-    prepare_run_dir(out, cfg, stage="sweep")
+    out = prepare_run_dir(cfg.output_dir, cfg, stage="sweep")
     base = load_yaml(cfg.base)
     file_stage = base.pop("stage", None)
     if file_stage not in (None, "ppo"):
@@ -134,7 +133,8 @@ def run(cfg: Config) -> SweepResult:
             log.info("sweep run %s (%s = %s) is finished; keeping it", name, cfg.key, value)
         else:
             log.info("sweep run %s: %s = %s", name, cfg.key, value)
-            ppo.run(ppo_cfg)
+            with run_dir_scope():  # its run-folder lock goes when it ends
+                ppo.run(ppo_cfg)
         runs.append(SweepRun(name, value, run_dir, summarize_run(run_dir, window=cfg.summary_window)))
 
     # step 4. the summary table

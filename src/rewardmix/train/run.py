@@ -30,8 +30,8 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from accelerate import Accelerator
 
-from rewardmix.config import ConfigError
-from rewardmix.rundir import atomic_write_text, prepare_run_dir
+from rewardmix.config import ConfigError, expand_path
+from rewardmix.rundir import RunDirError, atomic_write_text, prepare_run_dir
 from rewardmix.train.checkpoint import (
     Checkpoint,
     load_latest_checkpoint,
@@ -131,19 +131,31 @@ class Resumed(NamedTuple):
 def start_run(cfg: RunSettings, *, stage: str, mixed_precision: str) -> RunContext:
     """The accelerator (data-parallel under ``accelerate launch``), the run directory, the seed.
 
-    The main process writes the resolved config and the run's provenance (``config.yaml``, ``run_info.json``);
-    every process waits for it, then seeds Python, NumPy and torch with ``cfg.seed``.
+    The main process checks and locks the run directory and writes the resolved config and the run's
+    provenance (``config.yaml``, ``run_info.json``; :func:`rewardmix.rundir.prepare_run_dir`, ``resumable``:
+    a run there with another config is refused); every process waits for it and stops with the same error
+    when it was refused, then seeds Python, NumPy and torch with ``cfg.seed``.
 
     Args:
         cfg: The stage config (``output_dir``, ``seed``, ``cpu``; saved whole into the run directory).
         stage: The stage name (``sft``, ``reward-model``, ``ppo``), for messages and ``config.yaml``.
         mixed_precision: ``no``, ``bf16`` or ``fp16``.
+
+    Raises:
+        RunDirError: On every process, when the main process refused the run directory.
     """
     accelerator = make_accelerator(cpu=cfg.cpu, mixed_precision=mixed_precision, stage=stage)
     check_backend(accelerator, stage)
-    out = Path(cfg.output_dir)
+    out, refused = Path(expand_path(cfg.output_dir)), None
     if accelerator.is_main_process:
-        prepare_run_dir(out, cfg, stage=stage)
+        try:
+            out = prepare_run_dir(out, cfg, stage=stage, resumable=True)
+        except RunDirError as e:
+            refused = str(e)
+    # the other processes stop too (with the main process's message) instead of waiting for it forever
+    refusals = [r for r in gather_objects(accelerator, [refused]) if r is not None]
+    if refusals:
+        raise RunDirError(refusals[0])
     accelerator.wait_for_everyone()
     set_seed(cfg.seed)
     return RunContext(accelerator, out, accelerator.is_main_process)
