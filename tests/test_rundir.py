@@ -221,9 +221,10 @@ def test_a_lock_file_naming_a_live_pid_or_another_host_is_refused(tmp_path):
 
 
 def test_the_cli_releases_the_lock_when_the_stage_ends_or_fails(tmp_path, capsys):
-    out = tmp_path / "run"
-    code, _ = run_cli(capsys, "pairs", f"input={tmp_path / 'missing.jsonl'}", f"output_dir={out}")
-    assert code == 1  # the input is missing: the stage failed after taking the folder
+    out, bad = tmp_path / "run", tmp_path / "bad.jsonl"
+    bad.write_text('{"torn": \n')  # exists (pre-flight passes), but its first line is not JSON
+    code, _ = run_cli(capsys, "pairs", f"input={bad}", f"output_dir={out}")
+    assert code == 1  # the input is malformed: the stage failed after taking the folder
     assert (out / "config.yaml").exists() and not (out / LOCK_NAME).exists()
 
 

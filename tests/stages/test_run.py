@@ -17,6 +17,13 @@ from rewardmix.stages import run, sft
 REPO = Path(__file__).resolve().parents[2]
 
 
+def fake_model_folder(out: Path) -> None:
+    """What step b names as its model (checked before it runs, as a real sft run's output would be)."""
+    (out / "model").mkdir(exist_ok=True)
+    (out / "model" / "config.json").write_text("{}")
+    (out / "model" / "model.safetensors").write_bytes(b"")
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """Replace sft.run by a fast fake that records which run directories it was called on."""
@@ -27,10 +34,7 @@ def calls(monkeypatch):
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "done.txt").write_text(cfg.model.name)
-        # what step b names as its model (checked before it runs, as a real sft run's output would be)
-        (out / "model").mkdir(exist_ok=True)
-        (out / "model" / "config.json").write_text("{}")
-        (out / "model" / "model.safetensors").write_bytes(b"")
+        fake_model_folder(out)
         return f"result of {out.name}"
 
     monkeypatch.setattr(sft, "run", fake_run)
@@ -312,7 +316,7 @@ def run_dirs(monkeypatch):
         (out / "checkpoints" / "step-1").write_text(f"trained from {cfg.model.name}, seed {cfg.seed}")
         if out.name in kill:
             raise KeyboardInterrupt
-        (out / "model").mkdir(exist_ok=True)
+        fake_model_folder(out)
         return out.name
 
     monkeypatch.setattr(sft, "run", fake_run)
