@@ -13,6 +13,7 @@ from rewardmix.config import ConfigError, from_dict
 from rewardmix.data.readers import DataError
 from rewardmix.human.export import export_tasks
 from rewardmix.human.formats import import_tool_rankings
+from rewardmix.rundir import prepare_run_dir
 from rewardmix.stages import human_eval
 
 MODELS = ["m1", "m2", "m3"]
@@ -191,6 +192,8 @@ def exported(tmp_path: Path) -> tuple[Path, dict[str, dict[str, str]]]:
         gens[m].write_text(
             "".join(json.dumps({"id": p, "prompt": "q", "response": m}) + "\n" for p in ("p1", "p2"))
         )
+    # as `human-eval action=export` does: the folder becomes a human-eval run, then the tasks are written
+    prepare_run_dir(tmp_path / "he", human_eval.Config(dir=str(tmp_path / "he")), stage="human-eval")
     res = export_tasks(tmp_path / "he", generations=gens, seed=3)
     key = [json.loads(line) for line in res.key_path.read_text().splitlines()]
     return tmp_path / "he", {row["prompt_id"]: {m: s for s, m in row["slots"].items()} for row in key}
