@@ -32,10 +32,11 @@ Command (from the repository root; <= 3 h on 2 idle CPU cores)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
-import shutil
+import random
 import statistics
 import subprocess
 import sys
@@ -80,6 +81,83 @@ def paired_difference(scores: dict[str, dict[str, float]], a: list[str], b: list
     mean = statistics.fmean(diffs)
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     return {"diff": mean, "se": se, "p": normal_p(mean / se) if se > 0 else float("nan"), "n": len(diffs)}
+
+
+def permutation_p(a: list[float], b: list[float]) -> float:
+    """Exact two-sided permutation p of |mean(a) - mean(b)| over every split of the pooled values (the seeds
+    are the units; with 3 against 3 the smallest attainable p is 0.1)."""
+    pooled, k = a + b, len(a)
+    observed = abs(statistics.fmean(a) - statistics.fmean(b))
+    splits = list(itertools.combinations(range(len(pooled)), k))
+    extreme = 0
+    for idx in splits:
+        x = [pooled[i] for i in idx]
+        y = [pooled[i] for i in range(len(pooled)) if i not in idx]
+        extreme += abs(statistics.fmean(x) - statistics.fmean(y)) >= observed - 1e-12
+    return extreme / len(splits)
+
+
+def slope(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares slope of ys on xs and its standard error."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True))
+    return b, math.sqrt(resid / (len(xs) - 2) / sxx)
+
+
+def slope_trend(xs: list[float], ys: list[float], *, draws: int = 20000, seed: int = 0) -> dict[str, float]:
+    """The slope of gold score on w over every policy (one point per trained policy), its SE and a
+    permutation p (w labels shuffled over the policies, ``draws`` times)."""
+    b, se = slope(xs, ys)
+    rng = random.Random(seed)
+    shuffled, extreme = list(xs), 0
+    for _ in range(draws):
+        rng.shuffle(shuffled)
+        extreme += abs(slope(shuffled, ys)[0]) >= abs(b) - 1e-12
+    return {"slope": b, "se": se, "p_permutation": (extreme + 1) / (draws + 1), "n": len(xs)}
+
+
+def curves(run_dir: Path, policies: dict[str, Any], block: int = 4) -> dict[str, Any]:
+    """Per w (seeds pooled): training steps in blocks of ``block``, each block's mean sqrt(KL) and mean raw
+    gold / proxy reward (batch means of 8 answers are too noisy to draw step by step)."""
+    out: dict[str, Any] = {}
+    by_w: dict[float, list[list[dict]]] = defaultdict(list)
+    for name, entry in policies.items():
+        if "w" in entry:
+            by_w[entry["w"]].append(read_jsonl(ppo_dir(run_dir, name) / "metrics.jsonl"))
+    for w, runs in sorted(by_w.items()):
+        n_steps = min(len(rows) for rows in runs)
+        points = []
+        for start in range(0, n_steps - block + 1, block):
+            rows = [r for rows in runs for r in rows[start : start + block]]
+            point = {"steps": [start + 1, start + block]}
+            point["sqrt_kl"] = statistics.fmean(math.sqrt(max(r["objective/kl"], 0.0)) for r in rows)
+            for c in (GOLD, *PROXIES):
+                point[c] = statistics.fmean(r[f"reward/{c}/raw"] for r in rows)
+            points.append(point)
+        out[f"{w:g}"] = {"seeds": len(runs), "points": points}
+    return out
+
+
+def draw_curves(curve: dict[str, Any]) -> bytes:
+    from rewardmix.evaluation.plots import line_panels
+
+    panels = {
+        f"{c} (raw){' - gold' if c == GOLD else ''}": {
+            f"w = {w} ({v['seeds']} seed{'s' if v['seeds'] > 1 else ''})": (
+                [p["sqrt_kl"] for p in v["points"]],
+                [p[c] for p in v["points"]],
+            )
+            for w, v in curve.items()
+        }
+        for c in (GOLD, *PROXIES)
+    }
+    return line_panels(
+        panels,
+        title="Reward against sqrt(KL to the start), per CRS weight w: means over blocks of 4 PPO steps and seeds",
+        xlabel="sqrt(KL) (nats per response)",
+    )
 
 
 def summarize(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
@@ -148,6 +226,13 @@ def summarize(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
         }
         if w != 0.0 and 0.0 in by_w:
             w_sweep[f"{w:g}"]["vs_w0"] = paired_difference(gold, members, sorted(by_w[0.0]))
+            base_means = [policies[m]["gold_mean"] for m in sorted(by_w[0.0])]
+            if len(means) > 1 and len(base_means) > 1:  # the seeds as the units: what the choice of w does
+                w_sweep[f"{w:g}"]["vs_w0_across_seeds"] = {
+                    "diff": statistics.fmean(means) - statistics.fmean(base_means),
+                    "se": math.hypot(se, statistics.stdev(base_means) / math.sqrt(len(base_means))),
+                    "p_permutation": permutation_p(means, base_means),
+                }
     rm_acc = {}
     for rm, step in ((GOLD, "eval_rm_gold"), ("abs_rm", "eval_rm_abs"), ("pref_rm", "eval_rm_pref")):
         data = json.loads((run_dir / step / "eval.json").read_text())
@@ -163,6 +248,20 @@ def summarize(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
         (w for w in (0.0, 0.25, 1.0) if f"{w:g}" in w_sweep), key=lambda w: -w_sweep[f"{w:g}"]["gold_mean"]
     )
     labels = {0.0: "abs", 0.25: "crs", 1.0: "pref"}
+    trained = [n for n in names if "w" in policies[n]]
+    trend = slope_trend([policies[n]["w"] for n in trained], [policies[n]["gold_mean"] for n in trained])
+    spread = [statistics.stdev(s["gold_per_seed"]) for s in w_sweep.values() if len(s["gold_per_seed"]) > 1]
+    base_name = next((n for n in names if "w" not in policies[n]), None)
+    vs_base = None
+    if base_name is not None:
+        gains = [policies[n]["gold_mean"] - policies[base_name]["gold_mean"] for n in trained]
+        vs_base = {
+            "base": base_name,
+            "mean_gain": statistics.fmean(gains),
+            "se": statistics.stdev(gains) / math.sqrt(len(gains)),
+            "n_above": sum(g > 0 for g in gains),
+            "n": len(gains),
+        }
     measured = " > ".join(labels[w] for w in order)
     record = {
         "command": ".venv/bin/python bench/crs_gold.py  (rewardmix run recipes/crs-sentiment.yaml profile=gold)",
@@ -177,6 +276,10 @@ def summarize(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
             "thesis": "abs > crs > pref",
             "same": measured == "abs > crs > pref",
         },
+        "curves": curves(run_dir, policies),
+        "trend": trend,
+        "seed_sd": statistics.fmean(spread) if spread else None,
+        "vs_base": vs_base,
         "seeds": {f"{w:g}": sorted(policies[m]["seed"] for m in by_w[w]) for w in sorted(by_w)},
         "wall_time_s": sum(s.get("seconds", 0.0) for s in state["steps"].values()),
         "steps": {name: s.get("seconds") for name, s in state["steps"].items()},
@@ -204,20 +307,49 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "",
         "## Gold score by CRS weight w (w = weight of the preference reward)",
         "",
-        "| w | policies | gold score | SE | vs w = 0 (paired over prompts) | KL (nats) |",
-        "|---|---|---|---|---|---|",
+        "| w | policies | gold score | SE | vs w = 0 across seeds (permutation p) "
+        "| vs w = 0, these policies, paired over prompts | KL (nats) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for w, s in r["w_sweep"].items():
-        vs = s.get("vs_w0")
+        vs, seeds = s.get("vs_w0"), s.get("vs_w0_across_seeds")
         cell = f"{vs['diff']:+.3f} ± {vs['se']:.3f} (p {vs['p']:.2g})" if vs else "-"
+        seed_cell = (
+            f"{seeds['diff']:+.3f} ± {seeds['se']:.3f} (p {seeds['p_permutation']:.2g})" if seeds else "-"
+        )
         lines.append(
             f"| {w} | {', '.join(s['policies'])} | {s['gold_mean']:.3f} | {s['gold_se']:.3f} ({s['se_kind']}) | "
-            f"{cell} | {s['kl_mean']:.2f} |"
+            f"{seed_cell} | {cell} | {s['kl_mean']:.2f} |"
         )
+    t, vb = r["trend"], r["vs_base"]
+    lines += [
+        "",
+        f"Trend of gold score on w over the {t['n']} trained policies (one point each): slope {t['slope']:+.3f} "
+        f"± {t['se']:.3f} per unit of w (permutation p {t['p_permutation']:.2g}). Seed-to-seed spread of one w "
+        f"(SD of the per-seed means, averaged over the w with 3 seeds): {r['seed_sd']:.3f}.",
+    ]
+    if vb:
+        lines += [
+            "",
+            f"PPO against its start ({vb['base']}): gold score {vb['mean_gain']:+.3f} ± {vb['se']:.3f} "
+            f"(mean over the {vb['n']} policies ± SE); {vb['n_above']} of {vb['n']} policies above it.",
+        ]
     lines += [
         "",
         f"Ordering of abs (w = 0), crs (w = 0.25), pref (w = 1) by gold score: **{r['ordering']['measured']}** "
-        f"(thesis: {r['ordering']['thesis']}).",
+        f"(thesis: {r['ordering']['thesis']}); "
+        + (
+            "significant across seeds."
+            if any(
+                s.get("vs_w0_across_seeds", {}).get("p_permutation", 1.0) < 0.05
+                for s in r["w_sweep"].values()
+            )
+            else "no difference between w is significant across seeds: the ordering is inside the seed noise."
+        ),
+        "",
+        "The two difference columns answer two questions. Across seeds: does choosing this w change the gold "
+        "score of the policy PPO trains (the seeds are the units; what the thesis' claim is about)? Paired over "
+        "prompts: do these particular trained policies differ on these 100 prompts (seed luck included)?",
         "",
         "## Every policy",
         "",
@@ -249,27 +381,81 @@ def markdown(r: dict[str, Any]) -> list[str]:
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Over-optimization curves (gold and proxy rewards against sqrt(KL), every policy): `crs_gold_curves.png`. "
+        "Over-optimization curves (gold and proxy rewards against sqrt(KL), per w, blocks of 4 steps, seeds "
+        "pooled; the run's report has every policy step by step): `crs_gold_curves.png`. "
         f"Wall time of the recipe's steps: {r['wall_time_s'] / 60:.1f} min.",
     ]
     return lines
+
+
+def reproduce(run_dir: Path, step: str, threads: int) -> dict[str, Any]:
+    """Rerun one PPO step of the run with this checkout's code (its saved config.yaml, into a fresh folder)
+    and compare every logged number and every weight with the run's: a rerun on the same machine repeats the
+    same floating-point operations, so anything but equality means the code or the machine changed."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file
+
+    original = run_dir / step
+    with tempfile.TemporaryDirectory(dir=run_dir.parent) as tmp:
+        again = Path(tmp) / step
+        command = [sys.executable, "-m", "rewardmix.cli", "ppo", str(original / "config.yaml"),
+                   f"output_dir={again}"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src")}
+        # the config names the reward models relative to where the recipe ran: the run folder's grandparent
+        subprocess.run(command, cwd=run_dir.parent.parent, check=True, env=env)
+        rows = [read_jsonl(d / "metrics.jsonl") for d in (original, again)]
+        values = [
+            (x.get(k), v)
+            for x, y in zip(*rows, strict=True)
+            for k, v in y.items()
+            if not k.startswith("perf/")
+        ]
+        weights = [load_file(str(next((d / "model").glob("*.safetensors")))) for d in (original, again)]
+        same = [torch.equal(weights[0][k], weights[1][k]) for k in weights[1]]
+    return {
+        "step": step,
+        "metric_values": len(values),
+        "metric_values_equal": sum(a == b for a, b in values),
+        "weight_tensors": len(same),
+        "weight_tensors_equal": sum(same),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--summarize-only", action="store_true", help="read a finished run; run nothing")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the run (2: both cores)")
+    parser.add_argument(
+        "--reproduce",
+        metavar="STEP",
+        help="also rerun this PPO step (e.g. ppo_crs) and compare it bit for bit",
+    )
     args = parser.parse_args()
-    info = machine_info(threads=1)
+    info = machine_info(threads=args.threads)
     if not args.summarize_only:
         command = [str(Path(sys.executable).with_name("rewardmix")), "run", "recipes/crs-sentiment.yaml",
                    "profile=gold", f"profiles.gold.output_dir={args.run_dir}"]  # fmt: skip
-        subprocess.run(command, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(
+            command, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        )
     record, lines = summarize(args.run_dir)
+    run_info = json.loads((args.run_dir / "rm_gold" / "run_info.json").read_text())
+    record["run"] = {"git_commit": run_info["git_commit"], "started_at": run_info["started_at"]}
+    lines += ["", f"The run: git commit {run_info['git_commit']}, started {run_info['started_at']}."]
+    if args.reproduce:
+        rep = record["reproduction"] = reproduce(args.run_dir, args.reproduce, args.threads)
+        rep["git_commit"] = info.get("git_commit")
+        lines += [
+            "",
+            f"Reproduction: `{args.reproduce}` rerun from its config.yaml with the code at {rep['git_commit']}: "
+            f"{rep['metric_values_equal']} of {rep['metric_values']} logged values and "
+            f"{rep['weight_tensors_equal']} of {rep['weight_tensors']} weight tensors equal bit for bit.",
+        ]
     record["machine"] = finish_machine_info(info)
-    figure = args.run_dir / "report" / "figures" / "overoptimization.png"
-    if figure.is_file():
-        shutil.copyfile(figure, RESULTS / "crs_gold_curves.png")
+    (RESULTS / "crs_gold_curves.png").write_bytes(draw_curves(record["curves"]))
     json_path, md_path = write_results("crs_gold", record, [*lines, "", *machine_lines(record["machine"])])
     print(md_path.read_text())
 
