@@ -135,6 +135,10 @@ class _List(list):
         self.override_sources: dict[int, str] = {}
 
 
+SEED_LIMIT = 2**32
+"""Every config field named ``seed`` must be in ``[0, SEED_LIMIT)``: the range every generator the stages seed
+accepts (NumPy's is the narrowest; torch refuses a seed over 64 bits with an internal error)."""
+
 MAX_YAML_VALUES = 100_000
 """The most values (scalars, lists and mappings, keys included) a YAML document may hold once its aliases and
 merges are expanded. A shipped recipe holds a few hundred; ten aliases nested ten deep in 1 KB hold 10^10."""
@@ -550,6 +554,11 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", pre
                 kwargs[name] = expand_path(kwargs[name], key=_dotted(prefix, name))
             except ConfigError as e:
                 raise ConfigError(f"{_where(data, name, source, prefix)}: {e}") from None
+        if name == "seed" and isinstance(kwargs[name], int) and not 0 <= kwargs[name] < SEED_LIMIT:
+            raise ConfigError(
+                f"{_where(data, name, source, prefix)}: {_dotted(prefix, name)!r} must be in [0, 2**32 - 1], "
+                f"got {_show(kwargs[name])}"
+            )
     try:
         return cls(**kwargs)
     except RangeError as e:

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ CORPUS = HERE / "corpus"
 MANIFEST = HERE / "manifest.yaml"
 TRACEBACK = "Traceback (most recent call last)"
 HUGE_LINE_BYTES = 2 << 20  # over the readers' 1 MiB line limit; made at run time, never committed
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+"""The environment of ``setup: offline`` cases (no hub downloads)."""
 _RATIONALE_LABEL = re.compile(r'rationale for the answer "([^"]+)"')
 
 
@@ -196,6 +199,10 @@ def input_path(case: Case, env: Environment) -> Path:
         path.write_text(f"{good[0]}\n{huge}\n{good[1]}\n", encoding="utf-8")
     elif case.generate == "directory":
         path.mkdir()
+    elif case.generate == "pickle_model":
+        path.mkdir()
+        (path / "config.json").write_text('{"model_type": "llama"}\n', encoding="utf-8")
+        (path / "pytorch_model.bin").write_bytes(b"\x80\x02}q\x00.")  # a pickle, never to be loaded
     elif case.generate != "missing":
         raise ValueError(f"{case.file}: unknown generate {case.generate!r}")
     return path
@@ -242,6 +249,21 @@ def _captured_logs() -> Iterator[io.StringIO]:
         root.setLevel(old_level)
 
 
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, restored afterwards."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_case(case: Case, env: Environment) -> Outcome:
     """Run one case through ``rewardmix.cli.main`` in this process."""
     path = input_path(case, env)
@@ -249,7 +271,8 @@ def run_case(case: Case, env: Environment) -> Outcome:
     stderr = io.StringIO()
     raised = None
     started = time.perf_counter()
-    with _captured_logs() as logs, contextlib.redirect_stderr(stderr):
+    variables = OFFLINE if case.setup == "offline" else {}
+    with _environ(variables), _captured_logs() as logs, contextlib.redirect_stderr(stderr):
         try:
             code: int | None = cli.main(argv)
         except SystemExit as e:  # argparse

@@ -32,23 +32,35 @@ def env():
 
 
 def test_the_corpus_is_big_and_varied():
-    """At least 40 inputs, both endings present, every stage that reads user files covered."""
-    assert len(CASES) >= 40
+    """At least 150 inputs (issue 17), both endings present, every stage that reads user files covered."""
+    assert len(CASES) >= 150
     endings = Counter(c.expect for c in CASES)
     assert endings["error"] >= 30 and endings["skip"] >= 10
     stages = {c.command[0] for c in CASES}
     assert {
-        "pairs",
-        "rank",
+        "combine",
+        "oasst",
+        "ratings",
+        "split",
         "rationales",
+        "sample",
+        "rank",
+        "pairs",
         "sft",
         "reward-model",
         "evaluate-rm",
-        "human-eval",
         "ppo",
+        "evaluate",
+        "human-eval",
+        "report",
+        "run",
     } <= stages
     # configs go through every entry point that loads one
     assert sum(c.file.startswith("config-") for c in CASES) >= 12
+    # every human-eval import format, and the cases that run offline or on a pickled model
+    formats = {a.split("=", 1)[1] for c in CASES for a in c.command if a.startswith("import_format=")}
+    assert {"argilla", "labelstudio", "csv"} <= formats
+    assert {"offline"} <= {c.setup for c in CASES} and {"pickle_model"} <= {c.generate for c in CASES}
     # every committed corpus file is in the manifest, and no committed file is huge
     listed = {c.file for c in CASES}
     for path in runner.CORPUS.iterdir():

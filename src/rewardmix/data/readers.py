@@ -63,6 +63,7 @@ __all__ = [
     "as_int",
     "as_str",
     "chain",
+    "decode_json_row",
     "HubSource",
     "detect_format",
     "in_range",
@@ -497,7 +498,7 @@ def _read_jsonl(
             bad.add(line.number, None, line.problem)
             continue
         try:
-            obj = _decode_json_row(line.text)  # type: ignore[arg-type]
+            obj = decode_json_row(line.text)  # type: ignore[arg-type]
         except json.JSONDecodeError as exc:
             bad.add(line.number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
             continue
@@ -542,7 +543,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _decode_json_row(text: str) -> Any:
+def decode_json_row(text: str) -> Any:
     """``json.loads``, strict about what Python's json lets through or chokes on (issue 17).
 
     Raises:

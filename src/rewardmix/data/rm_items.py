@@ -226,6 +226,11 @@ def read_data(
             except DataError as e:
                 raise RowError(None, str(e).removeprefix(f"{source}: ")) from None
         _check_record(row, formats[0], data)
+        if objective == "pairwise" and formats[0] == "ranking" and not isinstance(row["prompt"], str):
+            # a conversation prompt ranks only K-way (the pairs of a ranking are built from string prompts)
+            raise RowError(
+                "prompt", "the pairwise objective needs a string prompt (or objective.kind=ranking)"
+            )
 
     rows, read_report = read_records(source, on_bad_row=data.on_bad_row, check=check)
     fmt = formats[0] if formats else detect_format(rows, source, data)

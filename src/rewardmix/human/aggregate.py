@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
@@ -197,6 +198,16 @@ def read_rankings(
                 row = json.loads(line, object_pairs_hook=_keep_duplicates)
             except json.JSONDecodeError as exc:
                 bad(lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            except RecursionError:
+                bad(lineno, None, "invalid JSON: nested too deep")
+                continue
+            except ValueError:  # an integer over the digit limit of int()
+                bad(
+                    lineno,
+                    None,
+                    f"invalid JSON: an integer of more than {sys.get_int_max_str_digits()} digits",
+                )
                 continue
             if not isinstance(row, _Obj):
                 bad(lineno, None, f"expected a JSON object, got {type(row).__name__}")

@@ -498,6 +498,10 @@ def check_groups(groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         out[group] = []
         for name in annotators:
             name = check_name(name, "annotator")
+            if name in seen and seen[name] == group:  # e.g. once in NFC and once in NFD
+                raise ValueError(
+                    f"annotator {name!r} is named twice in group {group!r} (names compare in NFC)"
+                )
             if name in seen:
                 raise ValueError(f"annotator {name!r} is in two groups: {seen[name]!r} and {group!r}")
             seen[name] = group

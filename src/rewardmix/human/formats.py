@@ -53,7 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, SkippedRow
+from rewardmix.data.readers import BadRowPolicy, DataError, ReadReport, RowError, SkippedRow, decode_json_row
 from rewardmix.human.aggregate import HumanRanking, ImportResult, read_key, read_task_hashes, write_results
 from rewardmix.human.export import KEY_FILE, OPEN_GROUP, as_prompt_id, check_groups, check_name
 
@@ -134,11 +134,17 @@ def _load_records(reader: Reader, container: str) -> list[tuple[str, int, Any]]:
             raise DataError(f"{path}:{_line_of(raw, exc.start)}: {_not_utf8(raw, exc)}") from None
         return _json_lines(reader, raw.split(b"\n"))
     try:
-        doc = json.loads(text)
+        # as strict as the data readers: a key given twice, NaN, a huge integer, too deep nesting are refused
+        doc = decode_json_row(text)
     except json.JSONDecodeError as exc:
         if len([line for line in text.splitlines() if line.strip()]) < 2:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
         return _json_lines(reader, raw.split(b"\n"))
+    except RowError as exc:
+        if _json_lines_file(text):  # the first record of JSON Lines: judged with its line
+            return _json_lines(reader, raw.split(b"\n"))
+        at_field = f" field '{exc.field}':" if exc.field else ""
+        raise DataError(f"{path}:{at_field} {exc}") from None
     if isinstance(doc, dict) and isinstance(doc.get(container), list):
         doc = doc[container]
     if not isinstance(doc, list):
@@ -156,12 +162,28 @@ def _json_lines(reader: Reader, lines: list[bytes]) -> list[tuple[str, int, Any]
             continue
         reader.report.rows_in += 1
         try:
-            records.append((f"{path}:{lineno}", lineno, json.loads(raw.decode("utf-8"))))
+            records.append((f"{path}:{lineno}", lineno, decode_json_row(raw.decode("utf-8"))))
         except UnicodeDecodeError as exc:
             reader.bad(f"{path}:{lineno}", lineno, None, _not_utf8(raw, exc))
         except json.JSONDecodeError as exc:
             reader.bad(f"{path}:{lineno}", lineno, None, f"invalid JSON: {exc.msg}")
+        except RowError as exc:
+            reader.bad(f"{path}:{lineno}", lineno, exc.field, str(exc))
     return records
+
+
+def _json_lines_file(text: str) -> bool:
+    """Whether ``text`` is JSON Lines: two or more non-blank lines, the first a whole JSON value on its own."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return False
+    try:
+        decode_json_row(lines[0])
+    except json.JSONDecodeError:
+        return False
+    except RowError:
+        pass  # a whole value, with a problem of its own
+    return True
 
 
 def _line_of(raw: bytes, offset: int) -> int:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from rewardmix.config import check_ranges
 from rewardmix.data.pairs import wrong_label
 from rewardmix.data.readers import DataError, save_report
-from rewardmix.data.tasks import get_task, load_task_examples, parse_label, task_names
+from rewardmix.data.tasks import check_task_data, get_task, load_task_examples, parse_label
 from rewardmix.llm.batch import check_failures, read_batch_texts, run_batch
 from rewardmix.llm.config import LLMConfig, build_client
 from rewardmix.llm.filters import check_rationale
@@ -61,8 +61,7 @@ class Config:
 
     def __post_init__(self) -> None:
         check_ranges(self, at_least_1=("limit",))
-        if self.task not in task_names():
-            raise ValueError(f"unknown task {self.task!r} (registered: {', '.join(task_names())})")
+        check_task_data(self.task, self.data)
 
 
 class RationalesResult(NamedTuple):

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
+from rewardmix.config import ConfigError
 from rewardmix.data.readers import save_report
 from rewardmix.data.splits import shuffled, split_counts, split_records
-from rewardmix.data.tasks import Example, example_row, get_task, load_task_examples
+from rewardmix.data.tasks import Example, check_task_data, example_row, get_task, load_task_examples
 from rewardmix.rundir import atomic_write_text, prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,20 @@ class Config:
     """Shuffle seed: the same seed and data give the same splits on every machine."""
 
     def __post_init__(self) -> None:
+        check_task_data(self.task, self.data)
         if not self.sizes:
             raise ValueError("sizes: give at least one split")
         bad = [name for name in self.sizes if not name or "/" in name or name.startswith(".")]
         if bad:
             raise ValueError(f"sizes: split names must be plain file names, got {bad}")
+        for name, size in self.sizes.items():
+            if (isinstance(size, int) and size < 0) or (isinstance(size, float) and not 0.0 < size <= 1.0):
+                raise ValueError(
+                    f"sizes: split {name!r}: expected a count >= 0, a fraction in (0, 1] or null, got {size}"
+                )
+        rest = [name for name, size in self.sizes.items() if size is None]
+        if len(rest) > 1:
+            raise ValueError(f"sizes: only one split may take the rest (null), got {rest}")
 
 
 class SplitResult(NamedTuple):
@@ -98,9 +108,12 @@ def run(cfg: Config) -> SplitResult:
         )
 
     # step 3. seeded splits, per label when stratified
-    splits = split_examples(
-        indexed, cfg.sizes, seed=cfg.seed, stratify=cfg.stratify and spec.labels is not None
-    )
+    try:
+        splits = split_examples(
+            indexed, cfg.sizes, seed=cfg.seed, stratify=cfg.stratify and spec.labels is not None
+        )
+    except ValueError as e:  # sizes that do not fit the examples read (their shape is checked at load)
+        raise ConfigError(f"sizes: {e} ({len(indexed)} examples read, after deduplication)") from None
 
     # step 4. one JSONL file per split and the counts
     files = {}

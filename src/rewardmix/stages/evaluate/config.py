@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from rewardmix.config import check_ranges
+from rewardmix.data.tasks import check_task_data
 from rewardmix.evaluation.winrate import JudgePrompt
 from rewardmix.llm.config import LLMConfig
 
@@ -52,6 +53,7 @@ class TaskEntry:
 
     def __post_init__(self) -> None:
         check_ranges(self, at_least_1=("limit",))
+        check_task_data(self.task, self.data)
 
 
 @dataclass
