@@ -40,3 +40,22 @@ def test_paired_difference_by_hand(crs_gold):
         got["diff"] == pytest.approx(mean) and got["se"] == pytest.approx(sd / math.sqrt(3)) and got["n"] == 3
     )
     assert got["p"] == pytest.approx(math.erfc(mean / (sd / math.sqrt(3)) / math.sqrt(2)))
+
+
+def test_permutation_p_by_hand(crs_gold):
+    # 2 against 2: the 6 splits give |mean differences| 2, 1, 1, 1, 1, 2 for [0, 1] vs [2, 3] (observed 2)
+    assert crs_gold.permutation_p([0.0, 1.0], [2.0, 3.0]) == pytest.approx(2 / 6)
+    # 3 against 3, fully separated: only the observed split and its mirror are as extreme -> 2 of 20
+    assert crs_gold.permutation_p([1.0, 2.0, 3.0], [10.0, 11.0, 12.0]) == pytest.approx(0.1)
+    assert crs_gold.permutation_p([1.0, 2.0], [1.0, 2.0]) == 1.0  # no difference: every split is as extreme
+
+
+def test_slope_and_its_permutation_trend(crs_gold):
+    xs, ys = [0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 2.0, 5.0]
+    b, se = crs_gold.slope(xs, ys)
+    # by hand: mean x 1.5, mean y 2.75; sxy = 5.5, sxx = 5 -> b = 1.1; residuals -0.1, 0.8, -1.3, 0.6 -> SS 2.7
+    assert b == pytest.approx(1.1) and se == pytest.approx(math.sqrt(2.7 / 2 / 5))
+    exact = crs_gold.slope_trend([0.0, 0.0, 1.0, 1.0, 2.0, 2.0], [0.0, 0.1, 1.0, 1.1, 2.0, 2.1], draws=2000)
+    assert exact["slope"] == pytest.approx(1.0) and exact["p_permutation"] < 0.05
+    flat = crs_gold.slope_trend([0.0, 1.0, 0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 2.0, 2.0, 3.0, 3.0], draws=2000)
+    assert flat["slope"] == pytest.approx(0.0, abs=1e-12) and flat["p_permutation"] > 0.5
