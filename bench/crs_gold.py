@@ -106,6 +106,25 @@ def slope(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return b, math.sqrt(resid / (len(xs) - 2) / sxx)
 
 
+def adjusted_slopes(ws: list[float], kls: list[float], ys: list[float]) -> dict[str, float]:
+    """Least squares of gold on w and sqrt(KL) together (``y = a + b w + c sqrt(KL)``): the effect of w at equal
+    KL, since the runs do not land on one KL. Returns b, c and their standard errors."""
+    import numpy as np
+
+    x = np.array([[1.0, w, math.sqrt(max(k, 0.0))] for w, k in zip(ws, kls, strict=True)])
+    y = np.array(ys)
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ coef
+    cov = float(resid @ resid) / (len(y) - 3) * np.linalg.inv(x.T @ x)
+    return {
+        "w_slope": float(coef[1]),
+        "w_se": float(math.sqrt(cov[1, 1])),
+        "sqrt_kl_slope": float(coef[2]),
+        "sqrt_kl_se": float(math.sqrt(cov[2, 2])),
+        "n": len(y),
+    }
+
+
 def slope_trend(xs: list[float], ys: list[float], *, draws: int = 20000, seed: int = 0) -> dict[str, float]:
     """The slope of gold score on w over every policy (one point per trained policy), its SE and a
     permutation p (w labels shuffled over the policies, ``draws`` times)."""
@@ -250,6 +269,11 @@ def summarize(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
     labels = {0.0: "abs", 0.25: "crs", 1.0: "pref"}
     trained = [n for n in names if "w" in policies[n]]
     trend = slope_trend([policies[n]["w"] for n in trained], [policies[n]["gold_mean"] for n in trained])
+    at_equal_kl = adjusted_slopes(
+        [policies[n]["w"] for n in trained],
+        [policies[n]["kl"] for n in trained],
+        [policies[n]["gold_mean"] for n in trained],
+    )
     spread = [statistics.stdev(s["gold_per_seed"]) for s in w_sweep.values() if len(s["gold_per_seed"]) > 1]
     base_name = next((n for n in names if "w" not in policies[n]), None)
     vs_base = None
@@ -278,6 +302,7 @@ def summarize(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
         },
         "curves": curves(run_dir, policies),
         "trend": trend,
+        "trend_at_equal_kl": at_equal_kl,
         "seed_sd": statistics.fmean(spread) if spread else None,
         "vs_base": vs_base,
         "seeds": {f"{w:g}": sorted(policies[m]["seed"] for m in by_w[w]) for w in sorted(by_w)},
@@ -327,6 +352,12 @@ def markdown(r: dict[str, Any]) -> list[str]:
         f"Trend of gold score on w over the {t['n']} trained policies (one point each): slope {t['slope']:+.3f} "
         f"± {t['se']:.3f} per unit of w (permutation p {t['p_permutation']:.2g}). Seed-to-seed spread of one w "
         f"(SD of the per-seed means, averaged over the w with 3 seeds): {r['seed_sd']:.3f}.",
+        "",
+        f"The runs end at different KL ({min(p['kl'] for p in pol.values() if 'w' in p):.2f}-"
+        f"{max(p['kl'] for p in pol.values() if 'w' in p):.2f} nats), so gold is also fitted on w and sqrt(KL) "
+        f"together: at equal KL the slope on w is {r['trend_at_equal_kl']['w_slope']:+.3f} ± "
+        f"{r['trend_at_equal_kl']['w_se']:.3f}, and on sqrt(KL) {r['trend_at_equal_kl']['sqrt_kl_slope']:+.3f} ± "
+        f"{r['trend_at_equal_kl']['sqrt_kl_se']:.3f} per nat^(1/2).",
     ]
     if vb:
         lines += [
@@ -445,9 +476,16 @@ def main() -> None:
     run_info = json.loads((args.run_dir / "rm_gold" / "run_info.json").read_text())
     record["run"] = {"git_commit": run_info["git_commit"], "started_at": run_info["started_at"]}
     lines += ["", f"The run: git commit {run_info['git_commit']}, started {run_info['started_at']}."]
+    previous = RESULTS / "crs_gold.json"
+    if not args.reproduce and previous.is_file():  # keep an earlier reproduction check of the same run
+        old = json.loads(previous.read_text())
+        if old.get("run") == record["run"] and "reproduction" in old:
+            args.reproduce, record["reproduction"] = old["reproduction"]["step"], old["reproduction"]
     if args.reproduce:
-        rep = record["reproduction"] = reproduce(args.run_dir, args.reproduce, args.threads)
-        rep["git_commit"] = info.get("git_commit")
+        rep = record.get("reproduction")
+        if rep is None:
+            rep = record["reproduction"] = reproduce(args.run_dir, args.reproduce, args.threads)
+            rep["git_commit"] = info.get("git_commit")
         lines += [
             "",
             f"Reproduction: `{args.reproduce}` rerun from its config.yaml with the code at {rep['git_commit']}: "

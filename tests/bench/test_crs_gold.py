@@ -59,3 +59,14 @@ def test_slope_and_its_permutation_trend(crs_gold):
     assert exact["slope"] == pytest.approx(1.0) and exact["p_permutation"] < 0.05
     flat = crs_gold.slope_trend([0.0, 1.0, 0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 2.0, 2.0, 3.0, 3.0], draws=2000)
     assert flat["slope"] == pytest.approx(0.0, abs=1e-12) and flat["p_permutation"] > 0.5
+
+
+def test_adjusted_slopes_recover_a_known_plane(crs_gold):
+    ws, kls = [0.0, 0.25, 0.5, 1.0, 0.0, 1.0], [1.0, 4.0, 0.25, 2.25, 9.0, 0.0]
+    noise = [0.01, -0.01, 0.0, 0.01, -0.01, 0.0]
+    ys = [1.0 + 2.0 * w + 3.0 * math.sqrt(k) + e for w, k, e in zip(ws, kls, noise, strict=True)]
+    got = crs_gold.adjusted_slopes(ws, kls, ys)
+    assert got["w_slope"] == pytest.approx(2.0, abs=0.05) and got["sqrt_kl_slope"] == pytest.approx(
+        3.0, abs=0.05
+    )
+    assert 0 < got["w_se"] < 0.05 and 0 < got["sqrt_kl_se"] < 0.05 and got["n"] == 6
