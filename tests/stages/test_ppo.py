@@ -6,6 +6,7 @@ tokenizer), so responses are random byte soup; the tests check what must hold wh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -795,6 +796,11 @@ def test_sweep_runs_each_weight_and_summarizes(tmp_path):
     metrics = result.runs[0].output_dir / "metrics.jsonl"
     stamp = metrics.stat().st_mtime_ns
     sweep.run(cfg)
+    assert metrics.stat().st_mtime_ns == stamp
+    # A finished run of another config (the shared overrides edited) is not kept as if it were this one's.
+    edited = dataclasses.replace(cfg, overrides=["ppo.learning_rate=2e-3"])
+    with pytest.raises(ConfigError, match=r"another config \(ppo.learning_rate: 0.001 -> 0.002\)"):
+        sweep.run(edited)
     assert metrics.stat().st_mtime_ns == stamp
 
 

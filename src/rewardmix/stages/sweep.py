@@ -42,7 +42,7 @@ from rewardmix import preflight
 from rewardmix.config import ConfigError, apply_overrides, config_defaults, from_dict, load_yaml, parse_key
 from rewardmix.config import set_key as _set_key
 from rewardmix.markdown import md_cell, md_code
-from rewardmix.rundir import atomic_write_text, prepare_run_dir, read_jsonl, run_dir_scope
+from rewardmix.rundir import atomic_write_text, config_changes, prepare_run_dir, read_jsonl, run_dir_scope
 from rewardmix.stages import ppo
 
 log = logging.getLogger(__name__)
@@ -176,9 +176,11 @@ def build_run_config(cfg: Config, base: dict[str, Any], value: float | str, run_
 
 
 def is_finished(run_dir: Path, ppo_cfg: ppo.Config) -> bool:
-    """Whether the run's summary.json exists and reports its configured steps (unknown steps: any summary)."""
+    """Whether the run's summary.json exists and reports its configured steps (unknown steps: any summary),
+    and it was trained with this config: a finished run of another config (the base or the overrides were
+    edited) goes to ``ppo.run``, which refuses it naming the keys (``--restart`` sets it aside)."""
     path = run_dir / "summary.json"
-    if not path.is_file():
+    if not path.is_file() or config_changes(run_dir, ppo_cfg, "ppo"):
         return False
     done = json.loads(path.read_text()).get("global_step")
     return ppo_cfg.ppo.steps is None or done == ppo_cfg.ppo.steps
