@@ -218,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{counts.lora_per_role / 1e6:.1f} M per role; GiB per GPU ({args.dtype}, N={args.processes})\n")  # fmt: skip
     print("| setup | DDP | ZeRO-2 | FSDP / ZeRO-3 |\n|---|---|---|---|")
     for row in rows:
-        # PPO runs data-parallel only (docs/distributed.md, Limitations): its sharded columns are what it would take
+        # PPO runs data-parallel or under FSDP (LoRA roles; it also keeps the embeddings and output layer gathered
+        # during rollouts and updates, not counted here: docs/distributed.md); ZeRO-2 is what it would take
         sharded = [
-            f"{row[e]:.1f}" + (" (not supported)" if row["setup"].startswith("PPO") else "")
+            f"{row[e]:.1f}" + (" (not supported)" if e == "zero2" and row["setup"].startswith("PPO") else "")
             for e in ("zero2", "fsdp")
         ]
         print(f"| {row['setup']} | {row['ddp']:.1f} | {sharded[0]} | {sharded[1]} |")

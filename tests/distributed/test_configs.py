@@ -63,7 +63,7 @@ def test_config_loads_and_launches_as_the_backend_it_names(path):
         (DistributedType.MULTI_GPU, "ppo", None),
         (DistributedType.FSDP, "sft", None),
         (DistributedType.FSDP, "reward-model", None),
-        (DistributedType.FSDP, "ppo", "adapters on ONE shared base"),
+        (DistributedType.FSDP, "ppo", None),
         (DistributedType.DEEPSPEED, "sft", "DeepSpeed's engine owns the optimizer step"),
         (DistributedType.DEEPSPEED, "ppo", "DeepSpeed's engine owns the optimizer step"),
         (DistributedType.MEGATRON_LM, "reward-model", "no Megatron-LM model code"),
@@ -79,6 +79,26 @@ def test_backends_are_refused_before_any_work_with_the_reason(kind, stage, refus
             ConfigError, match=f"{stage}: accelerate config distributed_type {kind.value} .*{refusal}"
         ):
             check_backend(accelerator, stage)
+
+
+def test_a_stage_config_that_cannot_be_sharded_is_refused_under_fsdp_only():
+    """PPO with full fine-tuning: the stage names why (roles.fsdp_refusal); data-parallel runs it."""
+    from rewardmix.stages.ppo.roles import fsdp_refusal
+
+    reason = fsdp_refusal(lora_enabled=False, backend="hf")
+    assert fsdp_refusal(lora_enabled=True, backend="hf") is None
+    assert "generation.backend: vllm" in fsdp_refusal(lora_enabled=True, backend="vllm")
+    plugin = SimpleNamespace(fsdp_version=2)
+    for kind in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        accelerator = SimpleNamespace(distributed_type=kind, state=SimpleNamespace(fsdp_plugin=plugin))
+        check_backend(accelerator, "ppo", sharded_refusal=reason)
+    accelerator = SimpleNamespace(
+        distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin)
+    )
+    with pytest.raises(
+        ConfigError, match="ppo: accelerate config distributed_type FSDP .*lora.enabled: false"
+    ):
+        check_backend(accelerator, "ppo", sharded_refusal=reason)
 
 
 def test_fsdp1_is_refused():

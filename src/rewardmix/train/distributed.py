@@ -8,7 +8,7 @@ processes, so N processes x batch b give the update of 1 process x batch N*b. Ho
 - :func:`make_accelerator`: the ``Accelerator`` of a stage; on a machine without CUDA a multi-process launch
   runs on the CPU with gloo, and a launch whose processes would each train alone is an error.
 - :func:`check_backend`: refuse, before any work, a backend the stage cannot run under, naming why (FSDP
-  runs ``sft`` and ``reward-model``; see :mod:`rewardmix.train.sharded`).
+  runs ``sft``, ``reward-model`` and ``ppo``; see :mod:`rewardmix.train.sharded`).
 - :func:`gather_rows`: every process's rows, concatenated in process order, padded to a common width.
 - :func:`gather_objects`, :func:`any_process`: picklable objects and flags across processes.
 - :func:`all_reduce_gradients`, :func:`broadcast_parameters`: what a stage that does not wrap its model in
@@ -110,15 +110,8 @@ def make_accelerator(*, cpu: bool, mixed_precision: str, stage: str) -> Accelera
     return accelerator
 
 
-# Why a stage cannot run under a backend, by stage ("*": every stage). FSDP is supported by sft and reward-model.
+# Why a stage cannot run under a backend, by stage ("*": every stage). FSDP runs sft, reward-model and ppo.
 _REFUSED: dict[tuple[str, str], str] = {
-    ("ppo", "FSDP"): (
-        "its roles (policy, value, reference = adapters off, LoRA reward models) are adapters on ONE shared base "
-        "switched between forward passes, and its gradient all-reduce and weight broadcast run over replicated "
-        "LoRA tensors; under FSDP those are shards, and sharding a base that every role reads in turn would "
-        "gather it once per role and per generated token. Run PPO data-parallel "
-        "(configs/accelerate/multi-gpu.yaml)"
-    ),
     ("*", "DEEPSPEED"): (
         "DeepSpeed's engine owns the optimizer step and its own gradient-accumulation boundaries, while "
         "rewardmix scales each micro-batch by the whole step's token count and steps the optimizer itself "
@@ -132,11 +125,12 @@ _REFUSED: dict[tuple[str, str], str] = {
 _SUPPORTED = _DATA_PARALLEL | {DistributedType.FSDP}
 
 
-def check_backend(accelerator: Accelerator, stage: str) -> None:
+def check_backend(accelerator: Accelerator, stage: str, *, sharded_refusal: str | None = None) -> None:
     """Stop before any work when Accelerate was launched with a backend the stage cannot run under.
 
-    Data parallelism (DDP on GPUs, gloo on CPUs) runs every stage; FSDP (FSDP2) runs ``sft`` and
-    ``reward-model``. The message names the limitation that stops the others (see ``_REFUSED``).
+    Data parallelism (DDP on GPUs, gloo on CPUs) runs every stage; FSDP (FSDP2) runs ``sft``,
+    ``reward-model`` and ``ppo``. The message names the limitation that stops the others (see ``_REFUSED``),
+    or ``sharded_refusal``: why this config of the stage cannot run under FSDP (PPO: full fine-tuning, vLLM).
 
     Raises:
         ConfigError: The backend (the accelerate config's ``distributed_type``) is refused for this stage; the
@@ -145,6 +139,8 @@ def check_backend(accelerator: Accelerator, stage: str) -> None:
     kind = accelerator.distributed_type
     name = str(getattr(kind, "value", kind))
     reason = _REFUSED.get((stage, name)) or _REFUSED.get(("*", name))
+    if reason is None and kind == DistributedType.FSDP:
+        reason = sharded_refusal
     if reason is None and kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
         reason = "rewardmix runs FSDP2 (fully_shard) only; set fsdp_version: 2 in the accelerate config"
     if reason is None and kind not in _SUPPORTED:

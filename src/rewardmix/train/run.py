@@ -66,6 +66,7 @@ __all__ = [
     "finish",
     "make_adamw",
     "optimizer_step",
+    "check_sharding",
     "restore_optimizer",
     "restore_weights",
     "resume",
@@ -128,7 +129,9 @@ class Resumed(NamedTuple):
 # Start and resume
 
 
-def start_run(cfg: RunSettings, *, stage: str, mixed_precision: str) -> RunContext:
+def start_run(
+    cfg: RunSettings, *, stage: str, mixed_precision: str, sharded_refusal: str | None = None
+) -> RunContext:
     """The accelerator (data-parallel under ``accelerate launch``), the run directory, the seed.
 
     The main process checks and locks the run directory and writes the resolved config and the run's
@@ -140,12 +143,13 @@ def start_run(cfg: RunSettings, *, stage: str, mixed_precision: str) -> RunConte
         cfg: The stage config (``output_dir``, ``seed``, ``cpu``; saved whole into the run directory).
         stage: The stage name (``sft``, ``reward-model``, ``ppo``), for messages and ``config.yaml``.
         mixed_precision: ``no``, ``bf16`` or ``fp16``.
+        sharded_refusal: Why this config cannot run under FSDP (None: it can); see :func:`check_backend`.
 
     Raises:
         RunDirError: On every process, when the main process refused the run directory.
     """
     accelerator = make_accelerator(cpu=cfg.cpu, mixed_precision=mixed_precision, stage=stage)
-    check_backend(accelerator, stage)
+    check_backend(accelerator, stage, sharded_refusal=sharded_refusal)
     out, refused = Path(expand_path(cfg.output_dir)), None
     if accelerator.is_main_process:
         try:
@@ -237,7 +241,7 @@ def restore_weights(ctx: RunContext, checkpoint: Checkpoint, model: torch.nn.Mod
         ConfigError: The checkpoint and the launch disagree on sharding (an FSDP checkpoint resumed
             data-parallel, or the other way round): the optimizer state could not be restored.
     """
-    _check_sharding(ctx, checkpoint)
+    check_sharding(ctx, checkpoint)
     if checkpoint.shards is not None:
         load_model_shards(ctx.accelerator, model, checkpoint.shards)
     else:
@@ -248,7 +252,7 @@ def restore_optimizer(
     ctx: RunContext, checkpoint: Checkpoint, model: torch.nn.Module, optimizer: Any, scheduler: Any
 ) -> None:
     """Load the checkpoint's optimizer state and learning-rate schedule (every process; collective under FSDP)."""
-    _check_sharding(ctx, checkpoint)
+    check_sharding(ctx, checkpoint)
     if checkpoint.shards is not None:
         load_optimizer_shards(ctx.accelerator, optimizer, model, checkpoint.shards)
     else:
@@ -256,7 +260,12 @@ def restore_optimizer(
     scheduler.load_state_dict(checkpoint.scheduler_state)
 
 
-def _check_sharding(ctx: RunContext, checkpoint: Checkpoint) -> None:
+def check_sharding(ctx: RunContext, checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint written by an FSDP run in a data-parallel launch, or the other way round.
+
+    Raises:
+        ConfigError: Naming the checkpoint, both launches and the way out.
+    """
     sharded = is_sharded(ctx.accelerator)
     if sharded != (checkpoint.shards is not None):
         written, now = (

@@ -6,7 +6,8 @@ from all processes. Three consequences for a stage, each handled by one function
 
 - **Every forward pass is a collective**: all processes must run the same number of them, or the ones with
   fewer wait forever. :func:`lockstep` gives the count each process must reach (it pads with passes that carry
-  no weight); generation, which calls the inner model directly, runs inside :func:`full_weights_for_generation`.
+  no weight); generation, which calls the inner model directly, runs inside :func:`full_weights_for_generation`
+  (PPO: every rollout and update, whose roles call the inner model too).
 - **Checkpoints are sharded**: :func:`save_shards` / :func:`load_model_shards` / :func:`load_optimizer_shards`
   write and read each process's shards of the model and the optimizer with Accelerate's FSDP helpers
   (``torch.distributed.checkpoint`` underneath); :mod:`rewardmix.train.checkpoint` adds them to a checkpoint

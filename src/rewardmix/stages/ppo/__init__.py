@@ -16,6 +16,8 @@ the loop is one call (rollout, rewards and KL, advantages, update, log). What th
 - **Data parallel.** Under ``accelerate launch`` with N processes each process generates, scores and evaluates
   its share of every rollout batch, then every process holds the whole batch, and each minibatch's gradients
   are summed across processes: N processes x ``batch_size`` b run as 1 process x N*b (``docs/distributed.md``).
+  Under FSDP the base is sharded with every LoRA role on it (:func:`~rewardmix.stages.ppo.roles.shard_models`),
+  with the same result.
 - **Deterministic and resumable.** The prompts of a step and the seed of each response are pure functions of
   the run seed, the step and the place in the batch (:mod:`rewardmix.algos.sequences`), so a response depends
   neither on the batch, the process nor the generation batch size it is made with. A checkpoint keeps the

@@ -43,7 +43,19 @@ from rewardmix.stages.ppo.rollout import (
 from rewardmix.train.distributed import all_reduce_gradients, broadcast_parameters
 from rewardmix.train.hub import push_final_model
 from rewardmix.train.loop import NonFiniteGuard, chunk, global_sum
-from rewardmix.train.run import every, finish, make_adamw, optimizer_step, resume, save_step, start_run
+from rewardmix.train.run import (
+    check_sharding,
+    every,
+    finish,
+    make_adamw,
+    optimizer_step,
+    restore_optimizer,
+    restore_weights,
+    resume,
+    save_step,
+    start_run,
+)
+from rewardmix.train.sharded import lockstep
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +100,12 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         A :class:`PPOResult`.
     """
     # step 1. run directory, accelerator (data-parallel when launched with several processes), seed
-    ctx = start_run(cfg, stage="ppo", mixed_precision=cfg.ppo.mixed_precision)
+    ctx = start_run(
+        cfg,
+        stage="ppo",
+        mixed_precision=cfg.ppo.mixed_precision,
+        sharded_refusal=roles.fsdp_refusal(cfg.lora.enabled, cfg.generation.backend),
+    )
     accelerator, out, is_main = ctx
 
     # step 2. tokenizer, base and roles: policy, value (GAE only), reference (= adapters disabled)
@@ -113,6 +130,8 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
 
     # step 3. the composite reward; reward models with a role become roles on the shared base
     reward = roles.build_reward(cfg.reward, models, accelerator.device, group_size=cfg.ppo.samples_per_prompt)
+    # under FSDP the base is sharded with every role on it (after the reward-model roles joined it)
+    models, sharded = roles.shard_models(models, accelerator)
 
     # step 4. the prompt pool
     prompts = load_prompts(cfg.data, models.tokenizer, out=out if is_main else None)
@@ -152,21 +171,27 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     checkpoint, metrics, samples = resume(ctx, plan, logging=cfg.logging, config=to_dict(cfg))
     done = 0
     if checkpoint is not None:
-        # a critic-free run of an earlier version also checkpointed its idle value role: dropped (logged)
-        trainable_state, optimizer_state, scheduler_state = roles.drop_stale_value_state(
-            models, checkpoint.trainable_state, checkpoint.optimizer_state, checkpoint.scheduler_state
-        )
-        roles.load_named_state(models, trainable_state)
-        roles.sync_rollout_weights(models)  # the vLLM engine (if any) samples with the resumed policy
-        optimizer.load_state_dict(optimizer_state)
-        scheduler.load_state_dict(scheduler_state)
+        if sharded is not None:  # each process reads its shards of the weights and the AdamW state
+            restore_weights(ctx, checkpoint, sharded)
+            restore_optimizer(ctx, checkpoint, sharded, optimizer, scheduler)
+        else:
+            check_sharding(ctx, checkpoint)  # an FSDP checkpoint holds no optimizer.pt
+            # a critic-free run of an earlier version also checkpointed its idle value role: dropped (logged)
+            trainable_state, optimizer_state, scheduler_state = roles.drop_stale_value_state(
+                models, checkpoint.trainable_state, checkpoint.optimizer_state, checkpoint.scheduler_state
+            )
+            roles.load_named_state(models, trainable_state)
+            roles.sync_rollout_weights(models)  # the vLLM engine (if any) samples with the resumed policy
+            optimizer.load_state_dict(optimizer_state)
+            scheduler.load_state_dict(scheduler_state)
         kl_ctl.load_state_dict(checkpoint.extra["kl"])
         reward.load_state_dict(checkpoint.extra["reward"])
         done = checkpoint.step
     elif any(c.normalize == "reference" for c in cfg.reward.components):
-        calibrate_reward(
-            models, reward, prompts, cfg.generation, samples=cfg.ppo.reference_samples, seed=cfg.seed
-        )
+        with roles.full_weights(models):
+            calibrate_reward(
+                models, reward, prompts, cfg.generation, samples=cfg.ppo.reference_samples, seed=cfg.seed
+            )
 
     # step 6. the PPO loop, one rollout batch per step; every process holds the whole batch after the rollout
     guard = NonFiniteGuard()
@@ -180,18 +205,19 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         batch = [prompts[i] for i in picked for _ in range(group)]
         seeds = rollout_seeds(cfg.seed, step - 1, range(global_batch))
         # 6.1 rollout: sample, score every component, log-probabilities (policy, reference), values, entropy
-        trajectory = rollout(
-            models,
-            reward,
-            batch,
-            seeds=seeds,
-            generation=cfg.generation,
-            ppo=cfg.ppo,
-            accelerator=accelerator,
-            step=step,
-            timer=timer,
-            policy_pass=not one_pass,
-        )
+        with roles.full_weights(models):  # FSDP: the base's own weights gathered for every role's passes
+            trajectory = rollout(
+                models,
+                reward,
+                batch,
+                seeds=seeds,
+                generation=cfg.generation,
+                ppo=cfg.ppo,
+                accelerator=accelerator,
+                step=step,
+                timer=timer,
+                policy_pass=not one_pass,
+            )
         held = None
         if one_pass:  # the update's forward pass, taken now, gives the rollout's log-probabilities (exact)
             with timer("update"):
@@ -215,7 +241,7 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         # 6.4 PPO epochs over minibatches (clipped policy + value losses), then the KL controller sees this
         # batch's mean KL per response
         lr = optimizer.param_groups[0]["lr"]
-        with timer("update"):
+        with timer("update"), roles.full_weights(models):
             stats = ppo_update(
                 models,
                 optimizer,
@@ -258,11 +284,12 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
             save_step(
                 ctx,
                 step,
-                trainable_state={name: p.detach() for name, p in roles.named_trainable(models).items()},
+                trainable_state=roles.gathered_trainable(models, sharded, accelerator),
                 optimizer=optimizer,
                 scheduler=scheduler,
                 extra={"plan": plan, "kl": kl_ctl.state_dict(), "reward": reward.state_dict()},
                 keep=cfg.logging.keep_checkpoints,
+                model=sharded,
             )
         if on_step is not None:
             on_step(step, row)
@@ -276,9 +303,17 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     merged = cfg.lora.enabled and cfg.lora.merge_lora
     model_dir, adapter_dir = out / "model", (out / "adapter" if merged else None)
     value_dir = out / "value" if value_model else None
+    final = roles.models_to_save(  # under FSDP: gathered into a whole copy on the main process
+        models,
+        sharded,
+        accelerator,
+        lambda: roles.load_models(
+            cfg.model, cfg.lora, torch.device("cpu"), seed=cfg.seed, value_model=value_model
+        ),
+    )
     if is_main:
         model_dir, adapter_dir, value_dir = roles.save_final_models(
-            models, out, merge_lora=cfg.lora.merge_lora
+            final, out, merge_lora=cfg.lora.merge_lora
         )
         log.info("PPO done after %d steps; policy in %s", total_steps, model_dir)
     summary = {"global_step": total_steps, "model_dir": str(model_dir), "metrics": row}
@@ -488,6 +523,10 @@ def ppo_update(
         raise ValueError("a held forward pass serves only an update of one micro-batch (see single_pass)")
     R = t.response_mask.shape[1]
     rank, world = accelerator.process_index, accelerator.num_processes
+    # FSDP averages the gradients over the processes; each process's losses are shares of the whole minibatch's
+    # sum already, so they are scaled by N (data-parallel: all_reduce_gradients sums instead).
+    sharded = roles.is_sharded(models)
+    scale = world if sharded else 1
     models.policy.train()  # dropout is zeroed: training mode only enables gradient checkpointing
     if models.value is not None:
         models.value.train()
@@ -499,14 +538,19 @@ def ppo_update(
         order = epoch_order(B, seed=seed, epoch=(step - 1) * p.ppo_epochs + epoch, salt="ppo-minibatches")
         for minibatch in chunk(order, p.minibatch_size * world):
             n_tokens = float(t.response_mask[minibatch].sum())  # the whole minibatch's, on every process
-            for micro in chunk(minibatch[rank::world], p.micro_batch_size):
-                rows = list(micro)
+            micros = [list(micro) for micro in chunk(minibatch[rank::world], p.micro_batch_size)]
+            own = len(micros)
+            # FSDP: every process runs as many passes as the busiest one; padding passes weigh 0
+            micros += [[minibatch[0]]] * (lockstep(accelerator, own) - own)
+            for k, rows in enumerate(micros):
                 mask = t.response_mask[rows]
-                weight = float(mask.sum()) / n_tokens  # this micro-batch's share of the minibatch's tokens
+                # this micro-batch's share of the minibatch's tokens
+                weight = float(mask.sum()) / n_tokens if k < own else 0.0
                 if models.policy_value_head is not None:  # value head on the policy: one pass for both losses
                     losses = _shared_trunk_backward(
-                        models, t, rows, advantages, returns, p, temperature, weight, accelerator, held=held
-                    )
+                        models, t, rows, advantages, returns, p, temperature, weight * scale, accelerator,
+                        held=held,
+                    )  # fmt: skip
                     for key, value in losses.items():
                         totals[key] += value * weight
                     continue
@@ -523,7 +567,7 @@ def ppo_update(
                 pg_loss, clipfrac, approx_kl = policy_loss(
                     logprobs, t.logprobs[rows], advantages[rows], mask, clip_range=p.clip_range
                 )
-                accelerator.backward(pg_loss * weight)
+                accelerator.backward(pg_loss * (weight * scale))
                 del logprobs
                 totals["loss_policy"] += float(pg_loss.detach()) * weight
                 totals["clipfrac"] += float(clipfrac) * weight
@@ -535,10 +579,12 @@ def ppo_update(
                 vf_loss, vf_clipfrac = value_loss(
                     values.float(), t.values[rows], returns[rows], mask, clip_range_value=p.clip_range_value
                 )
-                accelerator.backward(p.vf_coef * vf_loss * weight)
+                accelerator.backward(p.vf_coef * vf_loss * (weight * scale))
                 totals["loss_value"] += float(vf_loss.detach()) * weight
                 totals["value_clipfrac"] += float(vf_clipfrac) * weight
-            all_reduce_gradients(accelerator, models.params)  # sum of every process's share of the minibatch
+            # the sum of every process's share of the minibatch (FSDP reduced them in the backward passes)
+            if not sharded:
+                all_reduce_gradients(accelerator, models.params)
             # clip, skip a non-finite step (naming the culprits), update, schedule
             grad_norm = optimizer_step(
                 optimizer,

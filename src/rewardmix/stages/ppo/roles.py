@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -126,15 +126,152 @@ def load_models(
         if module is not None:
             module.to(device)
             disable_dropout(module)
-    if lora.enabled:
-        params = lora_roles.trainable_parameters(shared, POLICY_ROLE)
+    models = Models(tokenizer, policy, shared, value, policy_role, [], policy_value_head=policy_value_head)
+    return models._replace(params=_trained_parameters(models))
+
+
+def _trained_parameters(models: Models) -> list[torch.nn.Parameter]:
+    """The policy's weights, then the value role's and its head's (or the head on the policy), in that order."""
+    from rewardmix.models import lora as lora_roles
+
+    if models.policy_role is not None:
+        params = lora_roles.trainable_parameters(models.shared, POLICY_ROLE)
     else:
-        params = list(policy.parameters())
-    if value is not None:
-        params += lora_roles.trainable_parameters(value, VALUE_ROLE)
-    if policy_value_head is not None:
-        params += list(policy_value_head.parameters())
-    return Models(tokenizer, policy, shared, value, policy_role, params, policy_value_head=policy_value_head)
+        params = list(models.policy.parameters())
+    if models.value is not None:
+        params += lora_roles.trainable_parameters(models.value, VALUE_ROLE)
+    if models.policy_value_head is not None:
+        params += list(models.policy_value_head.parameters())
+    return params
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FSDP: the roles sharded over the processes
+
+
+class ShardedRoles(torch.nn.Module):
+    """What FSDP shards, as one module: the shared base with every LoRA role, and the value heads.
+
+    Under FSDP its state dict is what checkpoints hold (``shards/``, resharded on load) and what the optimizer
+    state is keyed by. It has no ``forward``: the roles run as without FSDP (see :func:`shard_models`).
+    """
+
+    def __init__(self, models: Models) -> None:
+        super().__init__()
+        self.shared = models.shared
+        if models.value is not None:
+            self.value_head = models.value.head
+        if models.policy_value_head is not None:
+            self.policy_value_head = models.policy_value_head
+
+
+def fsdp_refusal(lora_enabled: bool, backend: str) -> str | None:
+    """Why this PPO config cannot run under FSDP, or None when it can (LoRA roles, ``generation.backend: hf``)."""
+    if not lora_enabled:
+        return (
+            "lora.enabled: false trains a second, full copy of the base beside the frozen reference; under FSDP "
+            "PPO shards one base whose roles are LoRA adapters: set lora.enabled: true or run data-parallel"
+        )
+    if backend == "vllm":
+        return (
+            "generation.backend: vllm loads whole policy weights into its engine after every update, which "
+            "sharded weights would first have to gather: use generation.backend: hf or run data-parallel"
+        )
+    return None
+
+
+def shard_models(models: Models, accelerator: Any) -> tuple[Models, ShardedRoles | None]:
+    """Under FSDP: shard the base and every role on it, and return the models with their sharded trained weights.
+
+    Unsharded launches get ``(models, None)`` back unchanged. Sharded (collective): Accelerate's FSDP2 wraps each
+    decoder layer of the shared base (with the LoRA weights of every role in it) and then the base; each value
+    head is a unit of its own. Roles are switched exactly as without FSDP (PEFT's active adapter and
+    ``requires_grad`` flags: FSDP copies the flags onto the gathered weights at every gather). Two things
+    differ, both so that every role's passes run through the same units:
+
+    - the base's own weights (embeddings, final norm, output layer) are gathered for a whole rollout and a
+      whole update (:func:`full_weights`): generation, the value role and the reward-model roles call the
+      inner model, not the base's ``forward`` that would gather them;
+    - one tiny forward pass through the base here, so that it is the root FSDP initializes from.
+
+    Returns:
+        ``(models, roles)``: ``models.params`` are now the sharded trained weights; ``roles`` the module whose
+        shards checkpoints hold.
+    """
+    from rewardmix.train.sharded import is_sharded
+
+    if not is_sharded(accelerator):
+        return models, None
+    from torch.distributed.fsdp import fully_shard
+
+    shared = accelerator.prepare(models.shared)  # in place: fully_shard per decoder layer, then the root
+    shared.set_reshard_after_forward(False, recurse=False)  # the root's weights stay gathered during
+    shared.set_reshard_after_backward(False, recurse=False)  # full_weights(): reshard on leaving it only
+    for head in (models.value.head if models.value is not None else None, models.policy_value_head):
+        if head is not None:
+            fully_shard(head)
+    models = models._replace(shared=shared, policy=shared)
+    with torch.no_grad(), policy_context(models):
+        one = torch.ones((1, 1), dtype=torch.long, device=accelerator.device)
+        shared(input_ids=one, attention_mask=one)  # the root's first forward: FSDP's lazy initialization
+    shared.reshard()
+    return models._replace(params=_trained_parameters(models)), ShardedRoles(models)
+
+
+def models_to_save(
+    models: Models, sharded: ShardedRoles | None, accelerator: Any, build: Callable[[], Models]
+) -> Models | None:
+    """The roles with whole weights, for :func:`save_final_models`.
+
+    Unsharded: ``models``. Sharded (collective): on the main process ``build()`` (fresh roles on the CPU, the
+    frozen base as loaded) given the gathered trained weights; None on the others.
+    """
+    if sharded is None:
+        return models
+    state = gathered_trainable(models, sharded, accelerator)
+    if not accelerator.is_main_process:
+        return None
+    plain = build()
+    load_named_state(plain, state)
+    return plain
+
+
+@contextmanager
+def full_weights(models: Models) -> Iterator[None]:
+    """Run a block (a rollout, an update) with the sharded base's own weights gathered; see :func:`shard_models`.
+
+    Every process must enter it. Nothing happens when the models are not sharded.
+    """
+    from rewardmix.train.sharded import full_weights_for_generation
+
+    with full_weights_for_generation(models.shared):
+        yield
+
+
+def is_sharded(models: Models) -> bool:
+    """Whether the roles are sharded over the processes (FSDP)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(models.shared, FSDPModule)
+
+
+def gathered_trainable(
+    models: Models, sharded: ShardedRoles | None, accelerator: Any
+) -> dict[str, torch.Tensor]:
+    """Checkpoint name (:func:`named_trainable`) -> whole tensor of every trained weight.
+
+    Unsharded: the parameters themselves, detached. Sharded (collective): gathered on the main process,
+    ``{}`` on the others.
+    """
+    named = named_trainable(models)
+    if sharded is None:
+        return {name: p.detach() for name, p in named.items()}
+    from rewardmix.train.sharded import full_state_dict
+
+    by_id = {id(p): name for name, p in named.items()}
+    rename = {key: by_id[id(p)] for key, p in sharded.named_parameters() if id(p) in by_id}
+    state = full_state_dict(accelerator, sharded)
+    return {rename[key]: tensor for key, tensor in state.items() if key in rename}
 
 
 def build_reward(

@@ -208,6 +208,7 @@ def generate_responses(
         )
         pieces = [torch.tensor(r, dtype=prompt_ids.dtype, device=device).reshape(1, -1) for r in responses]
     else:
+        sharded = roles.is_sharded(models)
         for rows in chunk(range(len(prompts)), gen.batch_size):
             rows = list(rows)
             with roles.policy_context(models):
@@ -227,6 +228,8 @@ def generate_responses(
                     max_new_tokens=gen.max_new_tokens,
                     pad_token_id=pad,
                     eos_token_id=stops or None,
+                    # FSDP: every decoding step is a collective; a process whose rows all ended keeps stepping
+                    synced_gpus=sharded,
                 )
             pieces.append(output[:, P:])
     R = max(p.shape[1] for p in pieces)
