@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -111,6 +112,9 @@ def test_rationales_drop_a_plain_language_contradiction(tmp_path, chat_server, s
         get_task("sst2").template.format(text=t)
         for t in ("dull and tired", "REFUSE-ME please", "warm , funny")
     ]
+    # filter_plain_language: false keeps only the explicit "the answer is X" rules (the demo's weak teacher)
+    explicit_only = dataclasses.replace(cfg, output_dir=str(tmp_path / "rat2"), filter_plain_language=False)
+    assert rationales.run(explicit_only).stats["dropped"] == {"missing": 0, "refusal": 0, "contradiction": 0}
 
 
 def test_rank_then_rationale_sensitive_pairs(tmp_path, chat_server):
