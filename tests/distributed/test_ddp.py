@@ -182,6 +182,8 @@ def test_a_refused_run_directory_stops_every_process_with_the_main_ones_message(
     config = {"cpu": True, "lora": {"enabled": False}, "phases": [{"data": "builtin:toy", "max_steps": 1}]}
     out, done = launch_process(tmp_path, "sft", config)
     assert done.returncode != 0
-    # both processes stop (no wait for the main one forever) with the same clean message
-    assert done.stderr.count("holds no rewardmix run (no run_info.json); refusing to write into it") == 2
+    # both processes stop (the launch ends: no wait for the main one forever) with the same clean message; the
+    # launcher may stop the second process before it prints, so 1 or 2 copies
+    assert 1 <= done.stderr.count("holds no rewardmix run (no run_info.json); refusing to write into it") <= 2
+    assert "Traceback" not in done.stderr.split("holds no rewardmix run")[0]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

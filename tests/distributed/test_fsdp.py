@@ -266,7 +266,8 @@ def test_ppo_full_fine_tuning_under_fsdp_stops_before_any_work_naming_the_reason
     )  # fmt: skip
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.startswith("rewardmix: error:")]
-    assert len(lines) == 2  # one per process, each the config error, no traceback from the stage
+    # one per process that got to print it (the launcher may stop the other first), each the config error
+    assert 1 <= len(lines) <= 2 and len(set(lines)) == 1
     assert lines[0].startswith(
         "rewardmix: error: ppo: accelerate config distributed_type FSDP is not supported"
     )
