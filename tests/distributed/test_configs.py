@@ -26,6 +26,7 @@ EXPECTED = {
     "multi-gpu.yaml": "multi_gpu",
     "deepspeed-zero2.yaml": "use_deepspeed",
     "deepspeed-zero3.yaml": "use_deepspeed",
+    "deepspeed-cpu-2proc.yaml": "use_deepspeed",
     "fsdp.yaml": "use_fsdp",
     "fsdp-cpu-2proc.yaml": "use_fsdp",
 }
@@ -64,14 +65,17 @@ def test_config_loads_and_launches_as_the_backend_it_names(path):
         (DistributedType.FSDP, "sft", None),
         (DistributedType.FSDP, "reward-model", None),
         (DistributedType.FSDP, "ppo", None),
-        (DistributedType.DEEPSPEED, "sft", "DeepSpeed's engine owns the optimizer step"),
-        (DistributedType.DEEPSPEED, "ppo", "DeepSpeed's engine owns the optimizer step"),
+        (DistributedType.DEEPSPEED, "sft", None),
+        (DistributedType.DEEPSPEED, "reward-model", None),
+        (DistributedType.DEEPSPEED, "ppo", "LoRA adapters switched on ONE shared base"),
         (DistributedType.MEGATRON_LM, "reward-model", "no Megatron-LM model code"),
     ],
 )
 def test_backends_are_refused_before_any_work_with_the_reason(kind, stage, refusal):
     plugin = SimpleNamespace(fsdp_version=2)
-    accelerator = SimpleNamespace(distributed_type=kind, state=SimpleNamespace(fsdp_plugin=plugin))
+    zero3 = SimpleNamespace(zero_stage=3, deepspeed_config={"zero_optimization": {"stage": 3}})
+    state = SimpleNamespace(fsdp_plugin=plugin, deepspeed_plugin=zero3)
+    accelerator = SimpleNamespace(distributed_type=kind, state=state)
     if refusal is None:
         check_backend(accelerator, stage)
     else:

@@ -80,14 +80,23 @@ def launch(tmp_path: Path, stage: str, config: dict[str, Any], name: str, accele
     return done.stderr
 
 
-def launch_and_kill(tmp_path: Path, stage: str, config: dict[str, Any], name: str, *, after: int) -> None:
-    """Start ``stage`` with FSDP and SIGKILL every process of the launch once checkpoint ``after`` is complete."""
+def launch_and_kill(
+    tmp_path: Path,
+    stage: str,
+    config: dict[str, Any],
+    name: str,
+    *,
+    after: int,
+    accelerate_config: Path = FSDP_CPU,
+) -> None:
+    """Start ``stage`` (FSDP unless told otherwise) and SIGKILL every process of the launch once checkpoint
+    ``after`` is complete."""
     import psutil
 
     out = tmp_path / name
     manifest = out / "checkpoints" / f"step-{after:08d}" / "manifest.json"
     process = subprocess.Popen(
-        command(tmp_path, stage, config, out, FSDP_CPU),
+        command(tmp_path, stage, config, out, accelerate_config),
         cwd=tmp_path,
         env=ENV,
         stdout=subprocess.DEVNULL,

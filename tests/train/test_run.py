@@ -388,3 +388,28 @@ def test_a_checkpoint_is_not_restored_across_a_change_of_sharding(tmp_path):
         restore_optimizer(RunContext(fsdp, tmp_path, True), plain, model, None, None)
     restore_weights(RunContext(data_parallel, tmp_path, True), plain, model)
     assert torch.equal(model.weight, torch.ones(2, 2))
+
+
+def test_a_deepspeed_checkpoint_is_refused_by_fsdp_and_by_another_process_count(tmp_path):
+    """DeepSpeed's checkpoint (shards/engine/, one optimizer partition per process) is neither read by an FSDP
+    launch nor by a DeepSpeed launch of another size: ZeRO's partitions are per process."""
+    from types import SimpleNamespace
+
+    from rewardmix.config import ConfigError
+    from rewardmix.train.checkpoint import Checkpoint
+    from rewardmix.train.run import RunContext, restore_weights
+
+    shards = tmp_path / "step-00000002" / "shards"
+    (shards / "engine").mkdir(parents=True)
+    for rank in (0, 1):
+        (shards / "engine" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    checkpoint = Checkpoint(tmp_path / "step-00000002", 2, {}, shards=shards)
+    model = torch.nn.Linear(2, 2)
+    fsdp = SimpleNamespace(distributed_type="FSDP", num_processes=2)
+    with pytest.raises(ConfigError, match="written by a DeepSpeed run and this launch is FSDP"):
+        restore_weights(RunContext(fsdp, tmp_path, True), checkpoint, model)
+    four = SimpleNamespace(distributed_type="DEEPSPEED", num_processes=4)
+    with pytest.raises(
+        ConfigError, match="DeepSpeed run of 2 processes and this launch has 4.*--num_processes 2"
+    ):
+        restore_weights(RunContext(four, tmp_path, True), checkpoint, model)

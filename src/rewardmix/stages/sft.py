@@ -64,8 +64,9 @@ from rewardmix.train.loop import (
 from rewardmix.train.run import (
     every,
     finish,
-    make_adamw,
     optimizer_step,
+    phase_optimizer,
+    prepare_model,
     restore_optimizer,
     restore_weights,
     resume,
@@ -77,7 +78,9 @@ from rewardmix.train.sharded import (
     gathered_trainable_state,
     is_sharded,
     lockstep,
+    model_construction,
     model_to_save,
+    numel,
 )
 
 log = logging.getLogger(__name__)
@@ -229,15 +232,23 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     accelerator, out, is_main = ctx
 
     # step 2. tokenizer and model; a LoRA adapter unless full fine-tuning
-    tokenizer, model = load_model(cfg)
+    with model_construction(accelerator):  # ZeRO-3 with zero3_init_flag: partitioned as it is built
+        tokenizer, model = load_model(cfg)
     model.train()
-    model = accelerator.prepare(model)
+    micro_batch_size = cfg.optim.micro_batch_size
+    # (under DeepSpeed the engine binds its one optimizer here; each phase makes it fresh again)
+    model, engine_optimizer = prepare_model(
+        accelerator,
+        model,
+        cfg.optim,
+        micro_batch_size=micro_batch_size,
+        max_grad_norm=cfg.optim.max_grad_norm,
+    )
     unwrapped = accelerator.unwrap_model(model)
-    n_train = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in unwrapped.parameters())
+    n_train = sum(numel(p) for p in unwrapped.parameters() if p.requires_grad)
+    n_all = sum(numel(p) for p in unwrapped.parameters())
     log.info("trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100.0 * n_train / max(1, n_all))
     pad_id = pad_token_id(tokenizer)
-    micro_batch_size = cfg.optim.micro_batch_size
 
     # step 3. data: each phase's train / eval examples, tokenized with the answer-only loss mask
     global_batch = micro_batch_size * cfg.optim.gradient_accumulation_steps * accelerator.num_processes
@@ -270,10 +281,14 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     guard = NonFiniteGuard()
     for p in range(start_phase, len(phases)):
         phase = phases[p]
-        optimizer, scheduler = make_adamw(
-            model, cfg.optim, total_steps=phase.total_steps, learning_rate=phase.learning_rate
+        optimizer, scheduler = phase_optimizer(
+            accelerator,
+            model,
+            engine_optimizer,
+            cfg.optim,
+            total_steps=phase.total_steps,
+            learning_rate=phase.learning_rate,
         )
-        optimizer = accelerator.prepare_optimizer(optimizer)
         first = start_step if p == start_phase else 0
         if first > 0:
             restore_optimizer(ctx, checkpoint, model, optimizer, scheduler)

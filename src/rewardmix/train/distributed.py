@@ -8,7 +8,8 @@ processes, so N processes x batch b give the update of 1 process x batch N*b. Ho
 - :func:`make_accelerator`: the ``Accelerator`` of a stage; on a machine without CUDA a multi-process launch
   runs on the CPU with gloo, and a launch whose processes would each train alone is an error.
 - :func:`check_backend`: refuse, before any work, a backend the stage cannot run under, naming why (FSDP
-  runs ``sft``, ``reward-model`` and ``ppo``; see :mod:`rewardmix.train.sharded`).
+  runs ``sft``, ``reward-model`` and ``ppo``; DeepSpeed ZeRO-2/3 runs ``sft`` and ``reward-model``; see
+  :mod:`rewardmix.train.sharded`).
 - :func:`gather_rows`: every process's rows, concatenated in process order, padded to a common width.
 - :func:`gather_objects`, :func:`any_process`: picklable objects and flags across processes.
 - :func:`all_reduce_gradients`, :func:`broadcast_parameters`: what a stage that does not wrap its model in
@@ -20,6 +21,7 @@ exactly the code path they took before.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -83,11 +85,18 @@ def make_accelerator(*, cpu: bool, mixed_precision: str, stage: str) -> Accelera
         RuntimeError: The launcher started several processes but Accelerate runs each alone.
     """
     world = launched_world_size()
+    if _deepspeed_requested() and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"{stage}: the accelerate config asks for DeepSpeed (distributed_type: DEEPSPEED) but the deepspeed "
+            "package is not installed; install it with: pip install -c constraints.txt 'rewardmix[deepspeed]'"
+        )
     if world > 1 and not cpu and not torch.cuda.is_available():
         cpu = True  # several processes, no GPU: gloo on the CPU (see the docstring)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
     if _fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
         _switch_to_fsdp(accelerator, mixed_precision)
+    if _deepspeed_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        _switch_to_deepspeed(accelerator, mixed_precision)
     if world > 1 and accelerator.num_processes == 1:
         raise RuntimeError(
             f"{stage}: launched with WORLD_SIZE={world} but Accelerate set up a single process "
@@ -110,27 +119,28 @@ def make_accelerator(*, cpu: bool, mixed_precision: str, stage: str) -> Accelera
     return accelerator
 
 
-# Why a stage cannot run under a backend, by stage ("*": every stage). FSDP runs sft, reward-model and ppo.
+# Why a stage cannot run under a backend, by stage ("*": every stage). FSDP runs sft, reward-model and ppo;
+# DeepSpeed ZeRO-2/3 runs sft and reward-model.
 _REFUSED: dict[tuple[str, str], str] = {
-    ("*", "DEEPSPEED"): (
-        "DeepSpeed's engine owns the optimizer step and its own gradient-accumulation boundaries, while "
-        "rewardmix scales each micro-batch by the whole step's token count and steps the optimizer itself "
-        "(and SFT starts a new optimizer per phase, which DeepSpeed binds to the engine once); and Accelerate "
-        "does not run DeepSpeed without CUDA, so that path could not be tested. Use FSDP for sharding "
-        "(configs/accelerate/fsdp.yaml; sft and reward-model) or DDP"
+    ("ppo", "DEEPSPEED"): (
+        "a DeepSpeed engine wraps one module with one optimizer and applies the update inside its backward pass, "
+        "while PPO runs every role (policy, value, reference, reward models) as LoRA adapters switched on ONE "
+        "shared base, calls the inner model for rollouts and the other roles, and sums the gradients itself; "
+        "use FSDP (configs/accelerate/fsdp.yaml) or DDP for ppo"
     ),
     ("*", "MEGATRON_LM"): "rewardmix has no Megatron-LM model code; use FSDP or DDP",
     ("*", "XLA"): "rewardmix's stages are not tested on TPUs/XLA; use a GPU or CPU launch",
 }
-_SUPPORTED = _DATA_PARALLEL | {DistributedType.FSDP}
+_SUPPORTED = _DATA_PARALLEL | {DistributedType.FSDP, DistributedType.DEEPSPEED}
 
 
 def check_backend(accelerator: Accelerator, stage: str, *, sharded_refusal: str | None = None) -> None:
     """Stop before any work when Accelerate was launched with a backend the stage cannot run under.
 
     Data parallelism (DDP on GPUs, gloo on CPUs) runs every stage; FSDP (FSDP2) runs ``sft``,
-    ``reward-model`` and ``ppo``. The message names the limitation that stops the others (see ``_REFUSED``),
-    or ``sharded_refusal``: why this config of the stage cannot run under FSDP (PPO: full fine-tuning, vLLM).
+    ``reward-model`` and ``ppo``; DeepSpeed ZeRO stage 2 or 3 runs ``sft`` and ``reward-model``. The message
+    names the limitation that stops the others (see ``_REFUSED``), or ``sharded_refusal``: why this config of
+    the stage cannot run under FSDP (PPO: full fine-tuning, vLLM).
 
     Raises:
         ConfigError: The backend (the accelerate config's ``distributed_type``) is refused for this stage; the
@@ -143,6 +153,8 @@ def check_backend(accelerator: Accelerator, stage: str, *, sharded_refusal: str 
         reason = sharded_refusal
     if reason is None and kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
         reason = "rewardmix runs FSDP2 (fully_shard) only; set fsdp_version: 2 in the accelerate config"
+    if reason is None and kind == DistributedType.DEEPSPEED:
+        reason = _deepspeed_refusal(accelerator)
     if reason is None and kind not in _SUPPORTED:
         reason = "only data-parallel launches and FSDP are supported (docs/distributed.md)"
     if reason is not None:
@@ -155,6 +167,64 @@ def check_backend(accelerator: Accelerator, stage: str, *, sharded_refusal: str 
 def _fsdp_requested() -> bool:
     """Whether ``accelerate launch`` was given an FSDP config (it exports ``ACCELERATE_USE_FSDP=true``)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def _deepspeed_refusal(accelerator: Accelerator) -> str | None:
+    """Why this DeepSpeed setup is refused (None: ZeRO stage 2 or 3 without offload, the tested ones)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin.zero_stage not in (2, 3):
+        return (
+            f"zero_stage {plugin.zero_stage}: rewardmix runs ZeRO stage 2 or 3 (stages 0 and 1 keep the "
+            "gradients whole, which is what DDP does: use configs/accelerate/multi-gpu.yaml)"
+        )
+    accumulation = plugin.deepspeed_config.get("gradient_accumulation_steps", "auto")
+    if accumulation not in ("auto", 1):
+        return (
+            f"gradient_accumulation_steps {accumulation}: set it to 1 (or auto) in the accelerate config; the "
+            "stages accumulate micro-batches themselves (optim.gradient_accumulation_steps) and tell the engine "
+            "where each optimizer step ends"
+        )
+    zero = plugin.deepspeed_config.get("zero_optimization", {})
+    offloaded = [
+        key
+        for key in ("offload_optimizer", "offload_param")
+        if str(zero.get(key, {}).get("device", "none")).lower() not in ("none", "")
+    ]
+    if offloaded:
+        return (
+            f"{' and '.join(offloaded)} to the CPU needs DeepSpeed's own CPU Adam optimizer, while the stages "
+            "build a torch AdamW (weight-decay groups and the warm-up + cosine schedule); set "
+            "offload_optimizer_device and offload_param_device to none, or use FSDP with fsdp_offload_params"
+        )
+    return None
+
+
+def _deepspeed_requested() -> bool:
+    """Whether ``accelerate launch`` was given a DeepSpeed config (it exports ``ACCELERATE_USE_DEEPSPEED``)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def _switch_to_deepspeed(accelerator: Accelerator, mixed_precision: str) -> None:
+    """Run a DeepSpeed launch on CPU processes (gloo): Accelerate sets DeepSpeed up for accelerator devices only.
+
+    As :func:`_switch_to_fsdp`: without CUDA ``accelerate launch`` gives a gloo process group of type MULTI_CPU
+    and drops the DeepSpeed settings. DeepSpeed itself runs on the CPU (its CPU accelerator falls back to
+    gloo), so its communication layer is started on the existing process group and the state switched to
+    DEEPSPEED with the plugin read from the launch settings, as Accelerate does on GPUs.
+    """
+    import deepspeed
+    from accelerate.state import PartialState
+    from accelerate.utils import DeepSpeedPlugin
+
+    deepspeed.comm.init_distributed(dist_backend=accelerator.state.backend, auto_mpi_discovery=False)
+    plugin = DeepSpeedPlugin()  # reads the ACCELERATE_DEEPSPEED_* variables that `accelerate launch` exported
+    plugin.set_mixed_precision(mixed_precision)
+    accelerator.state.distributed_type = DistributedType.DEEPSPEED
+    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+    accelerator.state.deepspeed_plugins = plugin
+    plugin.select(_from_accelerator_state=True)
+    accelerator.deepspeed_engine_wrapped = None
+    logger.info("DeepSpeed ZeRO-%s on CPU processes (gloo)", plugin.zero_stage)
 
 
 def _switch_to_fsdp(accelerator: Accelerator, mixed_precision: str) -> None:

@@ -110,9 +110,25 @@ def sync_gradients_if(
 ) -> contextlib.AbstractContextManager:
     """``accelerator.no_sync(model)`` unless ``sync``: accumulate locally, all-reduce on the last micro-batch.
 
-    With one process it is a no-op either way; with DDP it saves one all-reduce per extra micro-batch.
+    With one process it is a no-op either way; with DDP it saves one all-reduce per extra micro-batch. Under
+    DeepSpeed it tells the engine whether this micro-batch's backward pass ends the optimizer step: the engine
+    reduces the gradients and applies the update (clip, step, zero) inside that backward pass.
     """
+    if accelerator is not None and getattr(accelerator, "distributed_type", None) == "DEEPSPEED":
+        return _deepspeed_boundary(accelerator, sync)
     return contextlib.nullcontext() if sync or accelerator is None else accelerator.no_sync(model)
+
+
+@contextlib.contextmanager
+def _deepspeed_boundary(accelerator: Any, last: bool) -> Iterator[None]:
+    """Accelerate's ``sync_gradients`` flag set to ``last`` for one backward pass (it is the engine's boundary)."""
+    state = accelerator.gradient_state
+    before = state.sync_gradients
+    state._set_sync_gradients(last)
+    try:
+        yield
+    finally:
+        state._set_sync_gradients(before)
 
 
 def global_sum(accelerator: Any, value: float | int) -> float:
@@ -253,6 +269,7 @@ class NonFiniteGuard:
         *,
         losses: Mapping[str, float] | None = None,
         parameters: NamedParameters | Callable[[], NamedParameters] | None = None,
+        can_skip: bool = True,
     ) -> bool:
         """True when the step may be taken; on False the caller zeroes the gradients and skips it.
 
@@ -264,9 +281,11 @@ class NonFiniteGuard:
                 skips the step.
             parameters: ``(name, parameter)`` pairs to name the culprits with, or a function returning them
                 (called only on a bad step).
+            can_skip: False when the update was already applied (DeepSpeed applies it inside the backward
+                pass): a bad step then stops the run at once.
 
         Raises:
-            NonFiniteError: ``max_consecutive`` bad steps in a row.
+            NonFiniteError: ``max_consecutive`` bad steps in a row, or one that could not be skipped.
         """
         grad_ok = grad_norm is None or math.isfinite(grad_norm)
         loss_ok = all(math.isfinite(v) for v in (losses or {}).values())
@@ -277,6 +296,12 @@ class NonFiniteGuard:
         self.skipped += 1
         parts = _nonfinite_parts(grad_norm, losses, parameters() if callable(parameters) else parameters)
         self.last_reason = f"step {step}: " + "; ".join(parts)
+        if not can_skip:
+            raise NonFiniteError(
+                f"{self.last_reason}. Under DeepSpeed the engine applies the update inside the backward pass, "
+                "so this step could not be skipped: stopping. The checkpoints on disk hold the finite weights "
+                "from before it; lower the learning rate, check the data, or use bf16 instead of fp16"
+            )
         # "step 7: gradient norm is nan, skipping ...: loss/train is nan; non-finite gradients in ..."
         detail = "; ".join(parts[1:])
         logger.warning(

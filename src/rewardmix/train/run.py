@@ -5,13 +5,17 @@ loops differ, and each stage keeps its loop in its own ``run()``:
 
 - :func:`start_run`: the accelerator, the run directory (resolved config and provenance), the seed.
 - :func:`make_adamw`: AdamW with weight decay on matrices only, and its warm-up + cosine schedule.
+- :func:`prepare_model`, :func:`phase_optimizer`: the model prepared for the launch's backend and, for each
+  stretch of training with its own schedule (an SFT phase, a reward-model run), a fresh optimizer; under
+  DeepSpeed one engine binds one optimizer, which each stretch resets instead.
 - :func:`resume`: the latest valid checkpoint (refused when written for another plan), the metrics and
   sample logs cut back to its step and opened, the random state it saved. The stage then loads its own
   tensors from the checkpoint.
 - :func:`restore_weights`, :func:`restore_optimizer`: load a checkpoint's tensors into the model, the
-  optimizer and its schedule (from the gathered copy, or from the shards under FSDP).
+  optimizer and its schedule (from the gathered copy, or from the shards under FSDP / DeepSpeed).
 - In the loop: :func:`optimizer_step` (clip, skip a non-finite step, update, schedule), :func:`every` for
-  the cadences, :func:`save_step` for a checkpoint (sharded under FSDP: :mod:`rewardmix.train.sharded`).
+  the cadences, :func:`save_step` for a checkpoint (sharded under FSDP and DeepSpeed:
+  :mod:`rewardmix.train.sharded`).
 - :func:`finish`: ``summary.json``.
 
 Nothing here imports ``transformers`` or ``peft``. A function reads no more of a stage's config than it names:
@@ -53,7 +57,15 @@ from rewardmix.train.loop import (
     truncate_jsonl_after,
 )
 from rewardmix.train.schedule import cosine_with_warmup, warmup_steps_for
-from rewardmix.train.sharded import is_sharded, load_model_shards, load_optimizer_shards, save_shards
+from rewardmix.train.sharded import (
+    engine_of_shards,
+    is_deepspeed,
+    is_sharded,
+    load_model_shards,
+    load_optimizer_shards,
+    save_shards,
+    zero_ranks,
+)
 
 __all__ = [
     "LOG_FILES",
@@ -67,6 +79,8 @@ __all__ = [
     "make_adamw",
     "optimizer_step",
     "check_sharding",
+    "phase_optimizer",
+    "prepare_model",
     "restore_optimizer",
     "restore_weights",
     "resume",
@@ -261,21 +275,29 @@ def restore_optimizer(
 
 
 def check_sharding(ctx: RunContext, checkpoint: Checkpoint) -> None:
-    """Refuse a checkpoint written by an FSDP run in a data-parallel launch, or the other way round.
+    """Refuse a checkpoint that this launch cannot read: written by another backend (FSDP, DeepSpeed or
+    data-parallel), or by DeepSpeed with another number of processes (its optimizer partitions are per process).
 
     Raises:
         ConfigError: Naming the checkpoint, both launches and the way out.
     """
-    sharded = is_sharded(ctx.accelerator)
-    if sharded != (checkpoint.shards is not None):
-        written, now = (
-            ("FSDP", "data-parallel") if checkpoint.shards is not None else ("data-parallel", "FSDP")
-        )
+    accelerator = ctx.accelerator
+    now = "DeepSpeed" if is_deepspeed(accelerator) else "FSDP" if is_sharded(accelerator) else "data-parallel"
+    written = engine_of_shards(checkpoint.shards) if checkpoint.shards is not None else "data-parallel"
+    if written != now:
         raise ConfigError(
             f"{checkpoint.path} was written by a {written} run and this launch is {now}: its optimizer state "
             f"cannot be restored across that change; resume with the launch config it was written with, or use "
             f"a new output_dir"
         )
+    if now == "DeepSpeed" and checkpoint.shards is not None:
+        ranks = zero_ranks(checkpoint.shards)
+        if ranks != accelerator.num_processes:
+            raise ConfigError(
+                f"{checkpoint.path} was written by a DeepSpeed run of {ranks} processes and this launch has "
+                f"{accelerator.num_processes}: ZeRO's optimizer partitions are per process; resume with "
+                f"--num_processes {ranks}, or use a new output_dir"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -326,6 +348,75 @@ def make_adamw(
     return optimizer, scheduler
 
 
+def prepare_model(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optim: AdamWSettings,
+    *,
+    micro_batch_size: int,
+    max_grad_norm: float | None,
+) -> tuple[torch.nn.Module, Any]:
+    """The model prepared for the launch's backend, and under DeepSpeed the optimizer its engine binds.
+
+    Data-parallel and FSDP: ``accelerator.prepare(model)`` (FSDP2 shards the parameters in place, so the
+    optimizer is made afterwards, by :func:`phase_optimizer`) and ``None``. DeepSpeed: the model and an AdamW
+    from :func:`make_adamw` prepared together into one engine (it binds one optimizer for its lifetime); the
+    engine's settings that the stage owns are set from the stage config: ``train_micro_batch_size_per_gpu``,
+    ``gradient_accumulation_steps`` 1 (the stage accumulates its micro-batches itself and tells the engine
+    where a step ends) and ``gradient_clipping`` = ``max_grad_norm``; ZeRO-3 gathers whole weights when the
+    final model is saved.
+
+    Returns:
+        ``(model, engine_optimizer)``: pass ``engine_optimizer`` to :func:`phase_optimizer`.
+    """
+    if not is_deepspeed(accelerator):
+        return accelerator.prepare(model), None
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    config["gradient_accumulation_steps"] = 1
+    config["gradient_clipping"] = float(max_grad_norm) if max_grad_norm else 0.0
+    if accelerator.state.deepspeed_plugin.zero_stage == 3:
+        config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
+    optimizer, _ = make_adamw(model, optim, total_steps=1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer
+
+
+def phase_optimizer(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    engine_optimizer: Any,
+    optim: AdamWSettings,
+    *,
+    total_steps: int,
+    learning_rate: float | None = None,
+) -> tuple[Any, torch.optim.lr_scheduler.LambdaLR]:
+    """A fresh AdamW and its schedule for ``total_steps`` steps (an SFT phase, or a whole run).
+
+    Data-parallel and FSDP: :func:`make_adamw` on the prepared parameters, prepared by Accelerate.
+    DeepSpeed (``engine_optimizer`` from :func:`prepare_model`): the engine's optimizer made fresh again, its
+    moments and step counts cleared and its peak rate set, with a new schedule on it. Either way the first
+    step of the stretch is that of a new AdamW.
+    """
+    if engine_optimizer is None:
+        optimizer, scheduler = make_adamw(model, optim, total_steps=total_steps, learning_rate=learning_rate)
+        return accelerator.prepare_optimizer(optimizer), scheduler
+    adamw = (
+        engine_optimizer.optimizer.optimizer
+    )  # Accelerate's wrapper -> ZeRO's optimizer -> the torch AdamW
+    adamw.state.clear()
+    for group in adamw.param_groups:
+        group["lr"] = optim.learning_rate if learning_rate is None else learning_rate
+        group.pop("initial_lr", None)
+    scheduler = cosine_with_warmup(
+        adamw,
+        warmup_steps=warmup_steps_for(total_steps, optim.warmup_ratio),
+        total_steps=max(1, total_steps),
+        min_lr_ratio=optim.min_lr_ratio,
+    )
+    return engine_optimizer, scheduler
+
+
 def optimizer_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -357,11 +448,18 @@ def optimizer_step(
         named_parameters: ``(name, parameter)`` pairs, or a function returning them, to name the culprits.
         skip: Skip the update without asking the guard (a step that had nothing to learn from).
 
+    Under DeepSpeed the engine has already applied the update inside the last backward pass (clipped by its
+    ``gradient_clipping``): ``optimizer.step()`` and ``zero_grad()`` are no-ops, the norm is the engine's, and a
+    non-finite step stops the run (:class:`NonFiniteGuard`, ``can_skip=False``).
+
     Returns:
         The gradient norm before clipping (None when the backend does not report it).
     """
     grad_norm = clip_gradients(list(params), max_grad_norm, accelerator=accelerator)
-    if not skip and guard.step_ok(grad_norm, step, losses=losses, parameters=named_parameters):
+    can_skip = not is_deepspeed(accelerator)
+    if not skip and guard.step_ok(
+        grad_norm, step, losses=losses, parameters=named_parameters, can_skip=can_skip
+    ):
         optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -393,17 +491,18 @@ def save_step(
     See :func:`rewardmix.train.checkpoint.save_checkpoint` (atomic, checksummed, the newest ``keep`` kept).
     Data-parallel: every process holds the same weights and optimizer state, so one copy is enough. FSDP:
     every process first writes its shards of ``model`` and ``optimizer`` into a temporary folder, which the
-    main process moves into the checkpoint (``shards/``, in the manifest); ``trainable_state`` is then the
+    main process moves into the checkpoint (``shards/``, in the manifest; DeepSpeed: the engine's checkpoint
+    under ``shards/engine/``); ``trainable_state`` is then the
     gathered copy (:func:`rewardmix.train.sharded.gathered_trainable_state`). The random state saved is the
     main process's. ``extra`` is the stage's own state and must hold the ``plan`` that :func:`resume` checks.
 
     Args:
-        model: The prepared model; required under FSDP (its shards are saved).
+        model: The prepared model; required under FSDP and DeepSpeed (its shards are saved).
     """
     shards = None
     if is_sharded(ctx.accelerator):
         if model is None:
-            raise ValueError("save_step under FSDP needs the prepared model")
+            raise ValueError("save_step under FSDP or DeepSpeed needs the prepared model")
         token = gather_objects(ctx.accelerator, [uuid.uuid4().hex[:12]])[0]  # the main process's, everywhere
         shards = shards_path(ctx.out, step, token)
         save_shards(ctx.accelerator, model, optimizer, shards)

@@ -52,15 +52,22 @@ from rewardmix.train.loop import NonFiniteGuard, chunk, epoch_order, global_sum,
 from rewardmix.train.run import (
     every,
     finish,
-    make_adamw,
     optimizer_step,
+    phase_optimizer,
+    prepare_model,
     restore_optimizer,
     restore_weights,
     resume,
     save_step,
     start_run,
 )
-from rewardmix.train.sharded import gathered_trainable_state, lockstep, model_to_save
+from rewardmix.train.sharded import (
+    gathered_trainable_state,
+    lockstep,
+    model_construction,
+    model_to_save,
+    numel,
+)
 
 if TYPE_CHECKING:  # the package defines Config and imports this module
     from rewardmix.stages.reward_model import Config
@@ -108,12 +115,19 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
     accelerator, out, is_main = ctx
 
     # step 2. tokenizer, backbone + scalar head; a LoRA adapter unless full fine-tuning
-    tokenizer, model, kind = load_model(cfg)
+    with model_construction(accelerator):  # ZeRO-3 with zero3_init_flag: partitioned as it is built
+        tokenizer, model, kind = load_model(cfg)
     model.train()
-    model = accelerator.prepare(model)
+    model, engine_optimizer = prepare_model(  # DeepSpeed: the engine and the optimizer it binds
+        accelerator,
+        model,
+        cfg.optim,
+        micro_batch_size=cfg.optim.micro_batch_size,
+        max_grad_norm=cfg.optim.max_grad_norm,
+    )
     unwrapped = accelerator.unwrap_model(model)
-    n_train = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in unwrapped.parameters())
+    n_train = sum(numel(p) for p in unwrapped.parameters() if p.requires_grad)
+    n_all = sum(numel(p) for p in unwrapped.parameters())
     log.info("trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100.0 * n_train / max(1, n_all))
     encoder = InputEncoder(
         tokenizer, kind, max_length=cfg.model.max_length, min_prompt_tokens=cfg.model.min_prompt_tokens
@@ -152,8 +166,9 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         samples=bool(eval_items),
         plan_name="data/batch plan",
     )
-    optimizer, scheduler = make_adamw(model, cfg.optim, total_steps=total_steps)
-    optimizer = accelerator.prepare_optimizer(optimizer)
+    optimizer, scheduler = phase_optimizer(
+        accelerator, model, engine_optimizer, cfg.optim, total_steps=total_steps
+    )
     start, eval_metrics, eval_batch = 0, {}, cfg.logging.eval_batch_size
     if checkpoint is not None:
         restore_weights(ctx, checkpoint, model)
