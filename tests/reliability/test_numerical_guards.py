@@ -327,6 +327,20 @@ def test_the_guard_names_loss_and_parameters_and_stops_after_a_streak():
     assert guard.skipped == 4
 
 
+def test_a_step_that_cannot_be_skipped_stops_the_run_at_once_naming_it(caplog):
+    """Under DeepSpeed the update is applied inside the backward pass: a non-finite step cannot be skipped, so
+    the guard stops at the first one (no 'skipping' warning that would not be true)."""
+    bad = torch.nn.Parameter(torch.zeros(2))
+    bad.grad = torch.tensor([math.nan, 0.0])
+    guard = NonFiniteGuard(max_consecutive=3)
+    assert guard.step_ok(1.0, 1, can_skip=False)  # a finite step goes on
+    with pytest.raises(
+        NonFiniteError, match=r"^step 2: gradient norm is nan; .*bad \(nan\)\. Under DeepSpeed"
+    ):
+        guard.step_ok(math.nan, 2, parameters=[("bad", bad)], can_skip=False)
+    assert "skipping" not in caplog.text
+
+
 @pytest.mark.parametrize("max_norm", [1.0, None])
 def test_clipping_leaves_a_non_finite_gradient_visible_and_the_others_untouched(max_norm):
     good, bad = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
