@@ -80,6 +80,13 @@ def launch(tmp_path: Path, stage: str, config: dict[str, Any], name: str, accele
     return done.stderr
 
 
+def lose_the_end(out: Path, step: int) -> None:
+    """Delete checkpoint ``step`` (the last) and what the run wrote at its end, so that a rerun resumes."""
+    shutil.rmtree(out / "checkpoints" / f"step-{step:08d}")
+    for name in ("summary.json", "model", "adapter"):
+        shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink()
+
+
 def launch_and_kill(
     tmp_path: Path,
     stage: str,
@@ -181,9 +188,7 @@ def test_reward_model_fsdp_equals_one_process_and_resumes_from_its_shards(tmp_pa
     first = json.loads((fsdp / "summary.json").read_text())
 
     # Lose the last checkpoint and the end of the run: the rerun resumes from step 2's shards.
-    shutil.rmtree(fsdp / "checkpoints" / "step-00000004")
-    for name in ("summary.json", "model", "adapter"):
-        shutil.rmtree(fsdp / name, ignore_errors=True) if (fsdp / name).is_dir() else (fsdp / name).unlink()
+    lose_the_end(fsdp, 4)
     stderr = launch(tmp_path, "reward-model", config, "fsdp", FSDP_CPU)
     assert "step-00000002 (step 2)" in stderr
     assert_same_metrics(fsdp, one)

@@ -339,13 +339,19 @@ def make_adamw(
         betas=optim.adam_betas,
         eps=optim.adam_epsilon,
     )
-    scheduler = cosine_with_warmup(
+    return optimizer, _schedule(optimizer, optim, total_steps)
+
+
+def _schedule(
+    optimizer: torch.optim.Optimizer, optim: AdamWSettings, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio`` of ``total_steps``, then cosine down to ``min_lr_ratio``."""
+    return cosine_with_warmup(
         optimizer,
         warmup_steps=warmup_steps_for(total_steps, optim.warmup_ratio),
         total_steps=max(1, total_steps),
         min_lr_ratio=optim.min_lr_ratio,
     )
-    return optimizer, scheduler
 
 
 def prepare_model(
@@ -408,13 +414,7 @@ def phase_optimizer(
     for group in adamw.param_groups:
         group["lr"] = optim.learning_rate if learning_rate is None else learning_rate
         group.pop("initial_lr", None)
-    scheduler = cosine_with_warmup(
-        adamw,
-        warmup_steps=warmup_steps_for(total_steps, optim.warmup_ratio),
-        total_steps=max(1, total_steps),
-        min_lr_ratio=optim.min_lr_ratio,
-    )
-    return engine_optimizer, scheduler
+    return engine_optimizer, _schedule(adamw, optim, total_steps)
 
 
 def optimizer_step(
