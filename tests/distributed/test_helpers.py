@@ -53,7 +53,7 @@ def test_one_process_returns_its_inputs_untouched():
     assert torch.equal(p.grad, torch.full((2,), 5.0))
 
 
-def test_only_fsdp_counts_as_sharded_and_lockstep_is_the_identity_otherwise():
+def test_only_fsdp_and_deepspeed_count_as_sharded_and_lockstep_is_the_identity_otherwise():
     """Accelerate's DistributedType is a str enum: the check must compare values, not ``str()`` (which gives
     ``DistributedType.FSDP``: the first FSDP runs silently took the unsharded path that way)."""
     from accelerate.utils import DistributedType
@@ -61,7 +61,10 @@ def test_only_fsdp_counts_as_sharded_and_lockstep_is_the_identity_otherwise():
     from rewardmix.train import sharded
 
     for kind in DistributedType:
-        assert sharded.is_sharded(SimpleNamespace(distributed_type=kind)) is (kind == DistributedType.FSDP)
+        accelerator = SimpleNamespace(distributed_type=kind)
+        expected = kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        assert sharded.is_sharded(accelerator) is expected
+        assert sharded.is_deepspeed(accelerator) is (kind == DistributedType.DEEPSPEED)
     assert sharded.is_sharded(None) is False
     ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2)
     assert sharded.lockstep(ddp, 3) == 3  # no collective: processes may run different numbers of passes
