@@ -137,10 +137,11 @@ def set_active_role(model: torch.nn.Module, role: str) -> None:
     if peft_model.active_adapter == role:
         return
     flags = {name: p.requires_grad for name, p in peft_model.named_parameters()}
-    peft_model.set_adapter(role)
-    # peft's set_adapter also (un)freezes adapters; restore the flags so switching never changes training.
-    for name, p in peft_model.named_parameters():
-        p.requires_grad_(flags[name])
+    with _root_kept_gathered(peft_model):
+        peft_model.set_adapter(role)
+        # peft's set_adapter also (un)freezes adapters; restore the flags so switching never changes training.
+        for name, p in peft_model.named_parameters():
+            p.requires_grad_(flags[name])
 
 
 @contextmanager
@@ -164,12 +165,13 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
     """
     peft_model = _peft(model)
     flags = [(p, p.requires_grad) for p in peft_model.parameters()]
-    try:
-        with peft_model.disable_adapter():
-            yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    with _root_kept_gathered(peft_model):
+        try:
+            with peft_model.disable_adapter():
+                yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def trainable_parameters(model: torch.nn.Module, role: str | None = None) -> list[torch.nn.Parameter]:
@@ -320,6 +322,26 @@ def _find_peft(model: torch.nn.Module) -> PeftModel | None:
         return model
     backbone = getattr(model, "backbone", None)
     return backbone if isinstance(backbone, PeftModel) else None
+
+
+@contextmanager
+def _root_kept_gathered(peft_model: PeftModel) -> Iterator[None]:
+    """Gather an FSDP root's weights again after PEFT resharded them, when they were held gathered.
+
+    PEFT 0.22 and later reshard every FSDP2 module when adapters are switched or re-enabled, so that
+    ``requires_grad`` lands on the shards. PPO under FSDP holds the shared base's own weights (embeddings,
+    final norm, output layer) gathered for a whole rollout or update
+    (:func:`rewardmix.train.sharded.full_weights_for_generation`), because its roles call the inner model;
+    without this, the next role's forward would meet sharded weights. Weights do not change in between, so
+    gathering again gives the same values.
+    """
+    from rewardmix.train.sharded import GATHERED
+
+    try:
+        yield
+    finally:
+        if getattr(peft_model, GATHERED, False):
+            peft_model.unshard()
 
 
 def _peft(model: torch.nn.Module) -> PeftModel:

@@ -43,6 +43,7 @@ __all__ = [
     "full_state_dict",
     "full_weights_for_generation",
     "gathered_trainable_state",
+    "GATHERED",
     "ZERO_TAG",
     "engine_of_shards",
     "is_deepspeed",
@@ -63,6 +64,9 @@ SHARDS_DIR = "shards"
 """Sub-folder of a checkpoint that holds the sharded model and optimizer (``pytorch_model_fsdp_0/``,
 ``optimizer_0/``: one ``__<rank>_0.distcp`` file per process and a ``.metadata`` index each)."""
 
+
+GATHERED = "_rewardmix_root_gathered"
+"""Attribute set on an FSDP root while :func:`full_weights_for_generation` holds its weights gathered."""
 
 ZERO_TAG = "engine"
 """The DeepSpeed checkpoint tag: the sub-folder of ``shards/`` that holds the engine's files."""
@@ -118,16 +122,21 @@ def zero_ranks(folder: Path) -> int:
 def full_weights_for_generation(model: torch.nn.Module) -> Iterator[None]:
     """Gather the root's weights for ``generate`` (which calls the inner model, not the sharded root's
     ``forward``, so the embeddings and output layer would stay sharded); the layers gather their own.
-    Every process must enter it. Nothing happens for an unsharded model."""
+    Every process must enter it. Nothing happens for an unsharded model.
+
+    While inside, ``model.`` :data:`GATHERED` is True: PEFT (0.22 and later) reshards every FSDP module when it
+    switches or re-enables adapters, and :mod:`rewardmix.models.lora` gathers the root again after it."""
     from torch.distributed.fsdp import FSDPModule
 
     if not isinstance(model, FSDPModule):
         yield
         return
     model.unshard()
+    setattr(model, GATHERED, True)
     try:
         yield
     finally:
+        setattr(model, GATHERED, False)
         model.reshard()
 
 
