@@ -207,6 +207,16 @@ def test_make_adamw_decays_matrices_only_and_follows_the_schedule():
     assert lrs[2:] == sorted(lrs[2:], reverse=True) and lrs[-1] == pytest.approx(0.05)
 
 
+def test_make_adamw_groups_a_zero3_partition_by_the_shape_of_its_weight():
+    """Under ZeRO-3 with zero3_init_flag a weight is an empty 1-D partition with its real shape in ds_shape."""
+    matrix, vector = torch.nn.Parameter(torch.empty(0)), torch.nn.Parameter(torch.empty(0))
+    matrix.ds_shape, vector.ds_shape = torch.Size([3, 4]), torch.Size([3])
+    optimizer, _ = make_adamw([matrix, vector], OptimConfig(weight_decay=0.01), total_steps=4)
+    decay, no_decay = optimizer.param_groups
+    assert decay["params"] == [matrix] and decay["weight_decay"] == 0.01
+    assert no_decay["params"] == [vector] and no_decay["weight_decay"] == 0.0
+
+
 def test_make_adamw_takes_parameters_in_order_and_an_own_learning_rate():
     vector, matrix = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, 2))
     optimizer, scheduler = make_adamw(

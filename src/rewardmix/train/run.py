@@ -329,9 +329,11 @@ def make_adamw(
     if isinstance(params, torch.nn.Module):
         params = [p for p in params.parameters() if p.requires_grad]
     params = list(params)
+    # ZeRO-3 with zero3_init_flag leaves each weight an empty 1-D partition: its own shape is ds_shape
+    matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 for p in params]
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p, m in zip(params, matrix, strict=True) if m], "weight_decay": optim.weight_decay},
+        {"params": [p for p, m in zip(params, matrix, strict=True) if not m], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(
         [g for g in groups if g["params"]],
