@@ -80,7 +80,6 @@ from rewardmix.train.sharded import (
     lockstep,
     model_construction,
     model_to_save,
-    numel,
 )
 
 log = logging.getLogger(__name__)
@@ -245,9 +244,6 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         max_grad_norm=cfg.optim.max_grad_norm,
     )
     unwrapped = accelerator.unwrap_model(model)
-    n_train = sum(numel(p) for p in unwrapped.parameters() if p.requires_grad)
-    n_all = sum(numel(p) for p in unwrapped.parameters())
-    log.info("trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100.0 * n_train / max(1, n_all))
     pad_id = pad_token_id(tokenizer)
 
     # step 3. data: each phase's train / eval examples, tokenized with the answer-only loss mask

@@ -30,6 +30,7 @@ import torch
 
 from rewardmix.algos.sequences import epoch_order
 from rewardmix.rundir import MetricsLogger, atomic_write_bytes
+from rewardmix.train.sharded import is_deepspeed
 
 __all__ = [
     "NonFiniteError",
@@ -114,7 +115,7 @@ def sync_gradients_if(
     DeepSpeed it tells the engine whether this micro-batch's backward pass ends the optimizer step: the engine
     reduces the gradients and applies the update (clip, step, zero) inside that backward pass.
     """
-    if accelerator is not None and getattr(accelerator, "distributed_type", None) == "DEEPSPEED":
+    if is_deepspeed(accelerator):
         return _deepspeed_boundary(accelerator, sync)
     return contextlib.nullcontext() if sync or accelerator is None else accelerator.no_sync(model)
 

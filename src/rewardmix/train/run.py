@@ -63,6 +63,7 @@ from rewardmix.train.sharded import (
     is_sharded,
     load_model_shards,
     load_optimizer_shards,
+    numel,
     save_shards,
     zero_ranks,
 )
@@ -374,11 +375,31 @@ def prepare_model(
     where a step ends) and ``gradient_clipping`` = ``max_grad_norm``; ZeRO-3 gathers whole weights when the
     final model is saved.
 
+    Logs how many of the model's parameters train (counted whole also when ZeRO-3 has partitioned them).
+
     Returns:
         ``(model, engine_optimizer)``: pass ``engine_optimizer`` to :func:`phase_optimizer`.
     """
-    if not is_deepspeed(accelerator):
-        return accelerator.prepare(model), None
+    engine_optimizer = None
+    if is_deepspeed(accelerator):
+        model, engine_optimizer = _prepare_engine(accelerator, model, optim, micro_batch_size, max_grad_norm)
+    else:
+        model = accelerator.prepare(model)
+    unwrapped = accelerator.unwrap_model(model)
+    n_train = sum(numel(p) for p in unwrapped.parameters() if p.requires_grad)
+    n_all = sum(numel(p) for p in unwrapped.parameters())
+    log.info("trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100.0 * n_train / max(1, n_all))
+    return model, engine_optimizer
+
+
+def _prepare_engine(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optim: AdamWSettings,
+    micro_batch_size: int,
+    max_grad_norm: float | None,
+) -> tuple[torch.nn.Module, Any]:
+    """The DeepSpeed engine of ``model`` and the AdamW it binds (see :func:`prepare_model`)."""
     config = accelerator.state.deepspeed_plugin.deepspeed_config
     config["train_micro_batch_size_per_gpu"] = micro_batch_size
     config["gradient_accumulation_steps"] = 1
@@ -386,8 +407,7 @@ def prepare_model(
     if accelerator.state.deepspeed_plugin.zero_stage == 3:
         config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
     optimizer, _ = make_adamw(model, optim, total_steps=1)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    return model, optimizer
+    return accelerator.prepare(model, optimizer)
 
 
 def phase_optimizer(

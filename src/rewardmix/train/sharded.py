@@ -20,9 +20,9 @@ whole). Three consequences for a stage, each handled by one function here:
   copy of every checkpoint) and :func:`model_to_save` (the final model) gather them on the main process.
 
 DeepSpeed adds one more: its engine applies the optimizer update inside the backward pass of the step's last
-micro-batch (:func:`rewardmix.train.loop.sync_gradients_if` tells it which one that is), so a stage's ``optimizer.step()`` is a
-no-op there and a non-finite step cannot be skipped (:class:`rewardmix.train.loop.NonFiniteGuard` stops the
-run instead).
+micro-batch (:func:`rewardmix.train.loop.sync_gradients_if` tells it which one that is), so a stage's
+``optimizer.step()`` is a no-op there and a non-finite step cannot be skipped
+(:class:`rewardmix.train.loop.NonFiniteGuard` stops the run instead).
 
 With a data-parallel backend (DDP, gloo, one process) every function is the identity or the plain-torch way,
 so those runs take exactly the code path they took before.
@@ -39,13 +39,13 @@ from typing import Any
 import torch
 
 __all__ = [
+    "GATHERED",
     "SHARDS_DIR",
+    "ZERO_TAG",
+    "engine_of_shards",
     "full_state_dict",
     "full_weights_for_generation",
     "gathered_trainable_state",
-    "GATHERED",
-    "ZERO_TAG",
-    "engine_of_shards",
     "is_deepspeed",
     "is_sharded",
     "load_model_shards",
@@ -54,8 +54,8 @@ __all__ = [
     "model_construction",
     "model_to_save",
     "numel",
-    "zero_ranks",
     "save_shards",
+    "zero_ranks",
 ]
 
 log = logging.getLogger(__name__)

@@ -66,7 +66,6 @@ from rewardmix.train.sharded import (
     lockstep,
     model_construction,
     model_to_save,
-    numel,
 )
 
 if TYPE_CHECKING:  # the package defines Config and imports this module
@@ -126,9 +125,6 @@ def run(cfg: Config, *, on_step: Callable[[int, dict[str, float]], None] | None 
         max_grad_norm=cfg.optim.max_grad_norm,
     )
     unwrapped = accelerator.unwrap_model(model)
-    n_train = sum(numel(p) for p in unwrapped.parameters() if p.requires_grad)
-    n_all = sum(numel(p) for p in unwrapped.parameters())
-    log.info("trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100.0 * n_train / max(1, n_all))
     encoder = InputEncoder(
         tokenizer, kind, max_length=cfg.model.max_length, min_prompt_tokens=cfg.model.min_prompt_tokens
     )
